@@ -1,0 +1,257 @@
+"""Full-precision Mamba1 and Mamba2 language models in plain PyTorch.
+
+Layout and parameter names follow the state-spaces checkpoints (``backbone.embedding``,
+``backbone.layers.N.{norm,mixer}``, ``backbone.norm_f``, ``lm_head``) so that their state dicts load
+unchanged. Data flow for input_ids [B, L]:
+    embedding -> N x (residual add + RMSNorm -> mixer) -> residual add + norm_f -> lm_head -> logits [B, L, V]
+Every mixer runs either a full sequence (optionally continuing from an ``InferenceCache``) or, for one
+token with a cache, a recurrent step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops import (
+    add_rms_norm_ref,
+    causal_conv1d_ref,
+    causal_conv1d_update_ref,
+    gated_rms_norm_ref,
+    rms_norm_ref,
+    selective_scan_ref,
+    selective_state_update_ref,
+    ssd_chunked_ref,
+    ssd_state_update_ref,
+)
+from .config import MambaConfig
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor  # [B, L, padded_vocab]
+
+
+class InferenceCache:
+    """Per-layer recurrent state for decoding: conv_states[i] [B, conv_dim, K] and ssm_states[i]
+    ([B, d_inner, N] for Mamba1, [B, H, P, N] for Mamba2; fp32). ``seqlen_offset`` counts tokens seen."""
+
+    def __init__(self, config: MambaConfig, batch_size: int, device=None, dtype=torch.float32):
+        c = config
+        ssm_shape = (batch_size, c.d_inner, c.d_state) if c.arch == "mamba1" else (batch_size, c.nheads, c.headdim, c.d_state)
+        self.conv_states = [torch.zeros(batch_size, c.conv_dim, c.d_conv, device=device, dtype=dtype) for _ in range(c.n_layer)]
+        self.ssm_states = [torch.zeros(ssm_shape, device=device, dtype=torch.float32) for _ in range(c.n_layer)]
+        self.seqlen_offset = 0
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm_ref(x, self.weight, self.eps)
+
+
+class GatedRMSNorm(nn.Module):
+    """Mamba2's norm of the scan output, gated by z (silu), normalised per group of channels."""
+
+    def __init__(self, dim: int, group_size: int, eps: float = 1e-5, norm_before_gate: bool = False, device=None, dtype=None):
+        super().__init__()
+        self.eps, self.group_size, self.norm_before_gate = eps, group_size, norm_before_gate
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return gated_rms_norm_ref(x, z, self.weight, self.eps, self.group_size, self.norm_before_gate)
+
+
+def _depthwise_conv(channels: int, config: MambaConfig, factory: dict) -> nn.Conv1d:
+    # An nn.Conv1d only so that the checkpoint key and shape ([D, 1, K]) match; the op is causal_conv1d_ref.
+    return nn.Conv1d(channels, channels, config.d_conv, groups=channels, padding=config.d_conv - 1,
+                     bias=config.conv_bias, **factory)
+
+
+class Mamba1Mixer(nn.Module):
+    def __init__(self, config: MambaConfig, layer_idx: int, device=None, dtype=None):
+        super().__init__()
+        f = {"device": device, "dtype": dtype}
+        c = self.config = config
+        self.layer_idx = layer_idx
+        self.in_proj = nn.Linear(c.d_model, 2 * c.d_inner, bias=c.bias, **f)
+        self.conv1d = _depthwise_conv(c.d_inner, c, f)
+        self.x_proj = nn.Linear(c.d_inner, c.dt_rank + 2 * c.d_state, bias=False, **f)
+        self.dt_proj = nn.Linear(c.dt_rank, c.d_inner, bias=True, **f)
+        self.A_log = nn.Parameter(torch.empty(c.d_inner, c.d_state, **f))
+        self.D = nn.Parameter(torch.empty(c.d_inner, **f))
+        self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=c.bias, **f)
+
+    def forward(self, hidden: torch.Tensor, cache: InferenceCache | None = None) -> torch.Tensor:
+        """hidden: [B, L, d_model] -> [B, L, d_model]."""
+        c = self.config
+        if cache is not None and hidden.shape[1] == 1:
+            return self.step(hidden, cache)
+        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # [B, d_inner, L] each
+        conv_w = self.conv1d.weight.squeeze(1)
+        if cache is None:
+            x = causal_conv1d_ref(x, conv_w, self.conv1d.bias)
+        else:
+            x, cache.conv_states[self.layer_idx] = causal_conv1d_ref(
+                x, conv_w, self.conv1d.bias, cache.conv_states[self.layer_idx], return_final_state=True)
+        dt, B, C = self.x_proj(x.transpose(1, 2)).split([c.dt_rank, c.d_state, c.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias is added inside the scan
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan_ref(
+            x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D, z=z, delta_bias=self.dt_proj.bias,
+            delta_softplus=True, initial_state=None if cache is None else cache.ssm_states[self.layer_idx],
+            return_final_state=cache is not None)
+        if cache is not None:
+            y, cache.ssm_states[self.layer_idx] = y
+        return self.out_proj(y.transpose(1, 2))
+
+    def step(self, hidden: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        """hidden: [B, 1, d_model]; updates this layer's states in ``cache``."""
+        c = self.config
+        x, z = self.in_proj(hidden.squeeze(1)).chunk(2, dim=-1)  # [B, d_inner]
+        x = causal_conv1d_update_ref(x, cache.conv_states[self.layer_idx], self.conv1d.weight.squeeze(1), self.conv1d.bias)
+        dt, B, C = self.x_proj(x).split([c.dt_rank, c.d_state, c.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)
+        A = -torch.exp(self.A_log.float())
+        y = selective_state_update_ref(cache.ssm_states[self.layer_idx], x, dt, A, B, C, self.D, z=z,
+                                       dt_bias=self.dt_proj.bias, dt_softplus=True)
+        return self.out_proj(y).unsqueeze(1)
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, config: MambaConfig, layer_idx: int, device=None, dtype=None):
+        super().__init__()
+        f = {"device": device, "dtype": dtype}
+        c = self.config = config
+        self.layer_idx = layer_idx
+        self.in_proj = nn.Linear(c.d_model, 2 * c.d_inner + 2 * c.ngroups * c.d_state + c.nheads, bias=c.bias, **f)
+        self.conv1d = _depthwise_conv(c.conv_dim, c, f)
+        self.dt_bias = nn.Parameter(torch.empty(c.nheads, **f))
+        self.A_log = nn.Parameter(torch.empty(c.nheads, **f))
+        self.D = nn.Parameter(torch.empty(c.d_inner if c.D_has_hdim else c.nheads, **f))
+        self.norm = GatedRMSNorm(c.d_inner, c.d_inner // c.ngroups, c.norm_eps, c.norm_before_gate, **f)
+        self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=c.bias, **f)
+
+    def _D(self):
+        c = self.config
+        return self.D.view(c.nheads, c.headdim) if c.D_has_hdim else self.D
+
+    def _split_xbc(self, xBC: torch.Tensor):
+        c = self.config
+        gn = c.ngroups * c.d_state
+        x, B, C = xBC.split([c.d_inner, gn, gn], dim=-1)
+        lead = x.shape[:-1]
+        return (x.reshape(*lead, c.nheads, c.headdim), B.reshape(*lead, c.ngroups, c.d_state),
+                C.reshape(*lead, c.ngroups, c.d_state))
+
+    def forward(self, hidden: torch.Tensor, cache: InferenceCache | None = None) -> torch.Tensor:
+        """hidden: [B, L, d_model] -> [B, L, d_model]."""
+        c = self.config
+        if cache is not None and hidden.shape[1] == 1:
+            return self.step(hidden, cache)
+        batch, seqlen, _ = hidden.shape
+        z, xBC, dt = self.in_proj(hidden).split([c.d_inner, c.conv_dim, c.nheads], dim=-1)
+        conv_w = self.conv1d.weight.squeeze(1)
+        if cache is None:
+            xBC = causal_conv1d_ref(xBC.transpose(1, 2), conv_w, self.conv1d.bias)
+        else:
+            xBC, cache.conv_states[self.layer_idx] = causal_conv1d_ref(
+                xBC.transpose(1, 2), conv_w, self.conv1d.bias, cache.conv_states[self.layer_idx], return_final_state=True)
+        x, B, C = self._split_xbc(xBC.transpose(1, 2))
+        A = -torch.exp(self.A_log.float())
+        y = ssd_chunked_ref(x, dt, A, B, C, c.chunk_size, self._D(), self.dt_bias, dt_softplus=True,
+                            dt_limit=c.dt_limit, initial_state=None if cache is None else cache.ssm_states[self.layer_idx],
+                            return_final_state=cache is not None)
+        if cache is not None:
+            y, cache.ssm_states[self.layer_idx] = y
+        y = self.norm(y.reshape(batch, seqlen, c.d_inner), z)
+        return self.out_proj(y)
+
+    def step(self, hidden: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        c = self.config
+        z, xBC, dt = self.in_proj(hidden.squeeze(1)).split([c.d_inner, c.conv_dim, c.nheads], dim=-1)
+        xBC = causal_conv1d_update_ref(xBC, cache.conv_states[self.layer_idx], self.conv1d.weight.squeeze(1), self.conv1d.bias)
+        x, B, C = self._split_xbc(xBC)
+        A = -torch.exp(self.A_log.float())
+        y = ssd_state_update_ref(cache.ssm_states[self.layer_idx], x, dt, A, B, C, self._D(), self.dt_bias,
+                                 dt_softplus=True, dt_limit=c.dt_limit)
+        y = self.norm(y.reshape(-1, c.d_inner), z)
+        return self.out_proj(y).unsqueeze(1)
+
+
+class Block(nn.Module):
+    """residual += hidden; hidden = mixer(norm(residual)). The residual is carried separately (fp32
+    when ``residual_in_fp32``) so that the add can be fused with the next norm."""
+
+    def __init__(self, config: MambaConfig, layer_idx: int, device=None, dtype=None):
+        super().__init__()
+        self.config = config
+        self.norm = RMSNorm(config.d_model, config.norm_eps, device=device, dtype=dtype)
+        mixer_cls = Mamba1Mixer if config.arch == "mamba1" else Mamba2Mixer
+        self.mixer = mixer_cls(config, layer_idx, device=device, dtype=dtype)
+
+    def forward(self, hidden, residual, cache=None):
+        hidden, residual = add_rms_norm_ref(hidden, residual, self.norm.weight, self.norm.eps, self.config.residual_in_fp32)
+        return self.mixer(hidden, cache), residual
+
+
+class Backbone(nn.Module):
+    def __init__(self, config: MambaConfig, device=None, dtype=None):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model, device=device, dtype=dtype)
+        self.layers = nn.ModuleList(Block(config, i, device=device, dtype=dtype) for i in range(config.n_layer))
+        self.norm_f = RMSNorm(config.d_model, config.norm_eps, device=device, dtype=dtype)
+
+    def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None) -> torch.Tensor:
+        hidden, residual = self.embedding(input_ids), None
+        for layer in self.layers:
+            hidden, residual = layer(hidden, residual, cache)
+        residual = hidden + residual
+        return self.norm_f(residual)
+
+
+class MambaLMHeadModel(nn.Module):
+    """A Mamba1 or Mamba2 causal language model: ``model(input_ids).logits`` is [B, L, padded_vocab]."""
+
+    def __init__(self, config: MambaConfig, device=None, dtype=None):
+        super().__init__()
+        self.config = config
+        self.backbone = Backbone(config, device=device, dtype=dtype)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False, device=device, dtype=dtype)
+        self.tie_weights()
+
+    def tie_weights(self):
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+
+    def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None) -> CausalLMOutput:
+        """input_ids: [B, L] int64. With ``cache``, continues from and updates its state."""
+        hidden = self.backbone(input_ids, cache)
+        logits = self.lm_head(hidden.to(self.lm_head.weight.dtype))
+        if cache is not None:
+            cache.seqlen_offset += input_ids.shape[1]
+        return CausalLMOutput(logits=logits)
+
+    def allocate_cache(self, batch_size: int) -> InferenceCache:
+        w = self.backbone.embedding.weight
+        return InferenceCache(self.config, batch_size, device=w.device, dtype=w.dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.embedding.weight.dtype
+
+    def save_pretrained(self, path, tokenizer=None, overwrite: bool = False):
+        from .io import save_model
+
+        save_model(self, path, tokenizer=tokenizer, overwrite=overwrite)

@@ -1,0 +1,59 @@
+"""RMSNorm, with the residual add that precedes it in every Mamba block, and Mamba2's gated RMSNorm."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """y = x / sqrt(mean(x^2) + eps) * weight over the last dim, computed in fp32.
+
+    x: [..., D]; weight: [D]. Returns y in weight's dtype (the dtype of the consumer).
+    """
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (y * weight.float()).to(weight.dtype)
+
+
+def add_rms_norm_ref(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float = 1e-5,
+    residual_in_fp32: bool = True,
+):
+    """The block prologue: residual = x + residual; y = rms_norm(residual).
+
+    x: [..., D]; residual: [..., D] or None (first block). Returns (y, residual); the new residual is
+    fp32 when ``residual_in_fp32`` so that 64 layers of adds do not lose the small updates.
+    """
+    residual = x if residual is None else x + residual  # mixed dtypes promote to the wider one
+    if residual_in_fp32:
+        residual = residual.float()
+    return rms_norm_ref(residual, weight, eps), residual
+
+
+def gated_rms_norm_ref(
+    x: torch.Tensor,
+    z: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float = 1e-5,
+    group_size: int | None = None,
+    norm_before_gate: bool = False,
+) -> torch.Tensor:
+    """Mamba2's output norm: rms_norm(x * silu(z)) per group of ``group_size`` channels (or
+    rms_norm(x) * silu(z) when ``norm_before_gate``), times weight. Computed in fp32.
+
+    x, z: [..., D]; weight: [D]; group_size divides D (None: one group). Returns x's dtype.
+    """
+    xf = x.float()
+    d = xf.shape[-1]
+    group_size = d if group_size is None else group_size
+    if z is not None and not norm_before_gate:
+        xf = xf * F.silu(z.float())
+    g = xf.reshape(*xf.shape[:-1], d // group_size, group_size)
+    g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps)
+    y = g.reshape(xf.shape) * weight.float()
+    if z is not None and norm_before_gate:
+        y = y * F.silu(z.float())
+    return y.to(x.dtype)

@@ -1,0 +1,150 @@
+"""Mamba2's state-space dual (SSD) scan: scalar decay per head, B/C shared by groups of heads.
+
+Recurrence, per head h (group g = h // (H // G)), channel p and state n:
+    h_t = exp(dt_t * A[h]) * h_{t-1} + dt_t * x_t[p] * B_t[g, n]
+    y_t[p] = sum_n C_t[g, n] * h_t[p, n] + D[h] * x_t[p]
+``ssd_chunked_ref`` computes the same thing in chunks (the algorithm of the Mamba2 paper, steps
+numbered as there); ``ssd_scan_sequential_ref`` is the recurrence itself, used to check it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _discretize_dt(dt, dt_bias, dt_softplus, dt_limit):
+    dt = dt.float()
+    if dt_bias is not None:
+        dt = dt + dt_bias.float()
+    if dt_softplus:
+        dt = F.softplus(dt)
+    lo, hi = dt_limit
+    if lo > 0.0 or hi < math.inf:
+        dt = dt.clamp(min=lo, max=hi)
+    return dt
+
+
+def _heads_from_groups(t: torch.Tensor, nheads: int) -> torch.Tensor:
+    """[..., G, N] -> [..., H, N]: each group serves H // G consecutive heads."""
+    return t.repeat_interleave(nheads // t.shape[-2], dim=-2)
+
+
+def _d_skip(y, x, D):
+    if D is None:
+        return y
+    Df = D.float()
+    return y + x * (Df[:, None] if Df.dim() == 1 else Df)  # D: [H] or [H, P]
+
+
+def _segsum(a: torch.Tensor) -> torch.Tensor:
+    """a: [..., T] -> [..., T, T] with out[i, j] = sum(a[j+1 .. i]) for j <= i, -inf above."""
+    T = a.shape[-1]
+    a = a[..., None].expand(*a.shape, T)
+    a = a.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), -1), 0)
+    out = torch.cumsum(a, dim=-2)
+    return out.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), 0), -math.inf)
+
+
+def ssd_chunked_ref(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, math.inf),
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+):
+    """Chunked SSD scan over a full sequence (differentiable, fp32 inside).
+
+    x: [B, L, H, P]; dt: [B, L, H]; A: [H] (negative); B, C: [B, L, G, N] with G dividing H;
+    D: [H] or [H, P]; dt_bias: [H]; initial_state: [B, H, P, N] or None.
+    Returns y: [B, L, H, P] in x's dtype and, with ``return_final_state``, the state [B, H, P, N] fp32.
+    """
+    batch, seqlen, nheads, headdim = x.shape
+    dt = _discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # [B, L, H]
+    pad = (-seqlen) % chunk_size
+    xf = F.pad(x.float(), (0, 0, 0, 0, 0, pad))
+    dt = F.pad(dt, (0, 0, 0, pad))  # dt = 0 on padding: no decay, no input
+    Bh = F.pad(_heads_from_groups(B.float(), nheads), (0, 0, 0, 0, 0, pad))
+    Ch = F.pad(_heads_from_groups(C.float(), nheads), (0, 0, 0, 0, 0, pad))
+    nchunks = (seqlen + pad) // chunk_size
+
+    def chunks(t):  # [B, L, ...] -> [B, c, l, ...]
+        return t.reshape(batch, nchunks, chunk_size, *t.shape[2:])
+
+    xdt = chunks(xf * dt[..., None])  # [B, c, l, H, P]
+    Bc, Cc = chunks(Bh), chunks(Ch)  # [B, c, l, H, N]
+    a = chunks(dt * A.float()).permute(0, 3, 1, 2)  # [B, H, c, l]
+    a_cum = torch.cumsum(a, dim=-1)
+
+    # 1. Outputs within each chunk (the quadratic, attention-like part).
+    Lmat = torch.exp(_segsum(a))  # [B, H, c, l, s]
+    y_diag = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", Cc, Bc, Lmat, xdt)
+    # 2. State at the end of each chunk, from that chunk's inputs alone.
+    decay_states = torch.exp(a_cum[..., -1:] - a_cum)  # [B, H, c, l]
+    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bc, decay_states, xdt)
+    # 3. Pass states across chunks (a recurrence over chunk boundaries).
+    init = xf.new_zeros(batch, 1, nheads, headdim, Bc.shape[-1]) if initial_state is None else initial_state.float()[:, None]
+    states = torch.cat([init, states], dim=1)  # [B, c+1, H, P, N]
+    decay_chunk = torch.exp(_segsum(F.pad(a_cum[..., -1], (1, 0))))  # [B, H, c+1, c+1]
+    states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunk, states)
+    states, final_state = states[:, :-1], states[:, -1]
+    # 4. Contribution of the state entering each chunk to that chunk's outputs.
+    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", Cc, states, torch.exp(a_cum))
+
+    y = (y_diag + y_off).reshape(batch, nchunks * chunk_size, nheads, headdim)[:, :seqlen]
+    y = _d_skip(y, x.float(), D).to(x.dtype)
+    return (y, final_state) if return_final_state else y
+
+
+def ssd_state_update_ref(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, math.inf),
+) -> torch.Tensor:
+    """One decoding step; ``state`` [B, H, P, N] is updated in place.
+
+    x: [B, H, P]; dt: [B, H]; A: [H]; B, C: [B, G, N]; D: [H] or [H, P]; dt_bias: [H].
+    Returns y: [B, H, P] in x's dtype.
+    """
+    nheads = x.shape[1]
+    dtf = _discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # [B, H]
+    Bh, Ch = _heads_from_groups(B.float(), nheads), _heads_from_groups(C.float(), nheads)  # [B, H, N]
+    xf = x.float()
+    decay = torch.exp(dtf * A.float())[..., None, None]  # [B, H, 1, 1]
+    h = decay * state.float() + (dtf[..., None] * xf)[..., None] * Bh[:, :, None, :]
+    state.copy_(h.to(state.dtype))
+    y = torch.einsum("bhpn,bhn->bhp", h, Ch)
+    return _d_skip(y, xf, D).to(x.dtype)
+
+
+def ssd_scan_sequential_ref(
+    x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, dt_limit=(0.0, math.inf), initial_state=None
+):
+    """The SSD recurrence token by token (same arguments as ``ssd_chunked_ref`` minus chunk_size).
+
+    Returns (y [B, L, H, P] in x's dtype, final state [B, H, P, N] fp32).
+    """
+    batch, seqlen, nheads, headdim = x.shape
+    state = x.new_zeros(batch, nheads, headdim, B.shape[-1], dtype=torch.float32)
+    if initial_state is not None:
+        state.copy_(initial_state)
+    ys = [
+        ssd_state_update_ref(state, x[:, t], dt[:, t], A, B[:, t], C[:, t], D, dt_bias, dt_softplus, dt_limit)
+        for t in range(seqlen)
+    ]
+    return torch.stack(ys, dim=1), state
