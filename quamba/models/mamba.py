@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..ops import (
     add_rms_norm_ref,
@@ -35,14 +34,13 @@ class CausalLMOutput:
 
 
 class InferenceCache:
-    """Per-layer recurrent state for decoding: conv_states[i] [B, conv_dim, K] and ssm_states[i]
-    ([B, d_inner, N] for Mamba1, [B, H, P, N] for Mamba2; fp32). ``seqlen_offset`` counts tokens seen."""
+    """Per-layer recurrent state for decoding, allocated by each mixer (``mixer.allocate_state``): conv_states[i]
+    (the last K conv inputs, [B, conv_dim, K]) and ssm_states[i] ([B, d_inner, N] for Mamba1, [B, H, P, N] for
+    Mamba2). ``seqlen_offset`` counts the tokens seen."""
 
-    def __init__(self, config: MambaConfig, batch_size: int, device=None, dtype=torch.float32):
-        c = config
-        ssm_shape = (batch_size, c.d_inner, c.d_state) if c.arch == "mamba1" else (batch_size, c.nheads, c.headdim, c.d_state)
-        self.conv_states = [torch.zeros(batch_size, c.conv_dim, c.d_conv, device=device, dtype=dtype) for _ in range(c.n_layer)]
-        self.ssm_states = [torch.zeros(ssm_shape, device=device, dtype=torch.float32) for _ in range(c.n_layer)]
+    def __init__(self, states: list[tuple]):
+        self.conv_states = [conv for conv, _ in states]
+        self.ssm_states = [ssm for _, ssm in states]
         self.seqlen_offset = 0
 
 
@@ -68,10 +66,24 @@ class GatedRMSNorm(nn.Module):
         return gated_rms_norm_ref(x, z, self.weight, self.eps, self.group_size, self.norm_before_gate)
 
 
-def _depthwise_conv(channels: int, config: MambaConfig, factory: dict) -> nn.Conv1d:
-    # An nn.Conv1d only so that the checkpoint key and shape ([D, 1, K]) match; the op is causal_conv1d_ref.
-    return nn.Conv1d(channels, channels, config.d_conv, groups=channels, padding=config.d_conv - 1,
-                     bias=config.conv_bias, **factory)
+class CausalConv1d(nn.Module):
+    """Depthwise causal conv1d + SiLU. Parameters are stored as nn.Conv1d stores them (weight [D, 1, K]) so that
+    checkpoint keys and shapes match; the op is ``causal_conv1d_ref``."""
+
+    def __init__(self, channels: int, kernel_size: int, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(channels, device=device, dtype=dtype)) if bias else None
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
+        """x: [B, D, L]. With ``state`` ([B, D, K], previous inputs) returns (y, new_state), else y."""
+        if state is None:
+            return causal_conv1d_ref(x, self.weight.squeeze(1), self.bias)
+        return causal_conv1d_ref(x, self.weight.squeeze(1), self.bias, state, return_final_state=True)
+
+    def step(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """x: [B, D]; ``state`` [B, D, K] is updated in place."""
+        return causal_conv1d_update_ref(x, state, self.weight.squeeze(1), self.bias)
 
 
 class Mamba1Mixer(nn.Module):
@@ -81,12 +93,17 @@ class Mamba1Mixer(nn.Module):
         c = self.config = config
         self.layer_idx = layer_idx
         self.in_proj = nn.Linear(c.d_model, 2 * c.d_inner, bias=c.bias, **f)
-        self.conv1d = _depthwise_conv(c.d_inner, c, f)
+        self.conv1d = CausalConv1d(c.d_inner, c.d_conv, c.conv_bias, **f)
         self.x_proj = nn.Linear(c.d_inner, c.dt_rank + 2 * c.d_state, bias=False, **f)
         self.dt_proj = nn.Linear(c.dt_rank, c.d_inner, bias=True, **f)
         self.A_log = nn.Parameter(torch.empty(c.d_inner, c.d_state, **f))
         self.D = nn.Parameter(torch.empty(c.d_inner, **f))
         self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=c.bias, **f)
+
+    def allocate_state(self, batch_size: int):
+        c, w = self.config, self.in_proj.weight
+        return (torch.zeros(batch_size, c.d_inner, c.d_conv, device=w.device, dtype=w.dtype),
+                torch.zeros(batch_size, c.d_inner, c.d_state, device=w.device, dtype=torch.float32))
 
     def forward(self, hidden: torch.Tensor, cache: InferenceCache | None = None) -> torch.Tensor:
         """hidden: [B, L, d_model] -> [B, L, d_model]."""
@@ -94,18 +111,15 @@ class Mamba1Mixer(nn.Module):
         if cache is not None and hidden.shape[1] == 1:
             return self.step(hidden, cache)
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # [B, d_inner, L] each
-        conv_w = self.conv1d.weight.squeeze(1)
         if cache is None:
-            x = causal_conv1d_ref(x, conv_w, self.conv1d.bias)
+            x = self.conv1d(x)
         else:
-            x, cache.conv_states[self.layer_idx] = causal_conv1d_ref(
-                x, conv_w, self.conv1d.bias, cache.conv_states[self.layer_idx], return_final_state=True)
+            x, cache.conv_states[self.layer_idx] = self.conv1d(x, cache.conv_states[self.layer_idx])
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([c.dt_rank, c.d_state, c.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias is added inside the scan
+        dt = self.dt_proj(dt).transpose(1, 2)  # dt_proj's bias is the scan's delta_bias
         A = -torch.exp(self.A_log.float())
         y = selective_scan_ref(
-            x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D, z=z, delta_bias=self.dt_proj.bias,
-            delta_softplus=True, initial_state=None if cache is None else cache.ssm_states[self.layer_idx],
+            x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D, z=z, delta_softplus=True, initial_state=None if cache is None else cache.ssm_states[self.layer_idx],
             return_final_state=cache is not None)
         if cache is not None:
             y, cache.ssm_states[self.layer_idx] = y
@@ -115,12 +129,11 @@ class Mamba1Mixer(nn.Module):
         """hidden: [B, 1, d_model]; updates this layer's states in ``cache``."""
         c = self.config
         x, z = self.in_proj(hidden.squeeze(1)).chunk(2, dim=-1)  # [B, d_inner]
-        x = causal_conv1d_update_ref(x, cache.conv_states[self.layer_idx], self.conv1d.weight.squeeze(1), self.conv1d.bias)
+        x = self.conv1d.step(x, cache.conv_states[self.layer_idx])
         dt, B, C = self.x_proj(x).split([c.dt_rank, c.d_state, c.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight)
+        dt = self.dt_proj(dt)
         A = -torch.exp(self.A_log.float())
-        y = selective_state_update_ref(cache.ssm_states[self.layer_idx], x, dt, A, B, C, self.D, z=z,
-                                       dt_bias=self.dt_proj.bias, dt_softplus=True)
+        y = selective_state_update_ref(cache.ssm_states[self.layer_idx], x, dt, A, B, C, self.D, z=z, dt_softplus=True)
         return self.out_proj(y).unsqueeze(1)
 
 
@@ -131,12 +144,17 @@ class Mamba2Mixer(nn.Module):
         c = self.config = config
         self.layer_idx = layer_idx
         self.in_proj = nn.Linear(c.d_model, 2 * c.d_inner + 2 * c.ngroups * c.d_state + c.nheads, bias=c.bias, **f)
-        self.conv1d = _depthwise_conv(c.conv_dim, c, f)
+        self.conv1d = CausalConv1d(c.conv_dim, c.d_conv, c.conv_bias, **f)
         self.dt_bias = nn.Parameter(torch.empty(c.nheads, **f))
         self.A_log = nn.Parameter(torch.empty(c.nheads, **f))
         self.D = nn.Parameter(torch.empty(c.d_inner if c.D_has_hdim else c.nheads, **f))
         self.norm = GatedRMSNorm(c.d_inner, c.d_inner // c.ngroups, c.norm_eps, c.norm_before_gate, **f)
         self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=c.bias, **f)
+
+    def allocate_state(self, batch_size: int):
+        c, w = self.config, self.in_proj.weight
+        return (torch.zeros(batch_size, c.conv_dim, c.d_conv, device=w.device, dtype=w.dtype),
+                torch.zeros(batch_size, c.nheads, c.headdim, c.d_state, device=w.device, dtype=torch.float32))
 
     def _D(self):
         c = self.config
@@ -157,12 +175,10 @@ class Mamba2Mixer(nn.Module):
             return self.step(hidden, cache)
         batch, seqlen, _ = hidden.shape
         z, xBC, dt = self.in_proj(hidden).split([c.d_inner, c.conv_dim, c.nheads], dim=-1)
-        conv_w = self.conv1d.weight.squeeze(1)
         if cache is None:
-            xBC = causal_conv1d_ref(xBC.transpose(1, 2), conv_w, self.conv1d.bias)
+            xBC = self.conv1d(xBC.transpose(1, 2))
         else:
-            xBC, cache.conv_states[self.layer_idx] = causal_conv1d_ref(
-                xBC.transpose(1, 2), conv_w, self.conv1d.bias, cache.conv_states[self.layer_idx], return_final_state=True)
+            xBC, cache.conv_states[self.layer_idx] = self.conv1d(xBC.transpose(1, 2), cache.conv_states[self.layer_idx])
         x, B, C = self._split_xbc(xBC.transpose(1, 2))
         A = -torch.exp(self.A_log.float())
         y = ssd_chunked_ref(x, dt, A, B, C, c.chunk_size, self._D(), self.dt_bias, dt_softplus=True,
@@ -176,7 +192,7 @@ class Mamba2Mixer(nn.Module):
     def step(self, hidden: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         c = self.config
         z, xBC, dt = self.in_proj(hidden.squeeze(1)).split([c.d_inner, c.conv_dim, c.nheads], dim=-1)
-        xBC = causal_conv1d_update_ref(xBC, cache.conv_states[self.layer_idx], self.conv1d.weight.squeeze(1), self.conv1d.bias)
+        xBC = self.conv1d.step(xBC, cache.conv_states[self.layer_idx])
         x, B, C = self._split_xbc(xBC)
         A = -torch.exp(self.A_log.float())
         y = ssd_state_update_ref(cache.ssm_states[self.layer_idx], x, dt, A, B, C, self._D(), self.dt_bias,
@@ -240,8 +256,7 @@ class MambaLMHeadModel(nn.Module):
         return CausalLMOutput(logits=logits)
 
     def allocate_cache(self, batch_size: int) -> InferenceCache:
-        w = self.backbone.embedding.weight
-        return InferenceCache(self.config, batch_size, device=w.device, dtype=w.dtype)
+        return InferenceCache([layer.mixer.allocate_state(batch_size) for layer in self.backbone.layers])
 
     @property
     def device(self) -> torch.device:
