@@ -15,7 +15,6 @@ import torch
 import torch.nn as nn
 
 from ..ops import (
-    add_rms_norm_ref,
     causal_conv1d_ref,
     causal_conv1d_update_ref,
     gated_rms_norm_ref,
@@ -202,8 +201,9 @@ class Mamba2Mixer(nn.Module):
 
 
 class Block(nn.Module):
-    """residual += hidden; hidden = mixer(norm(residual)). The residual is carried separately (fp32
-    when ``residual_in_fp32``) so that the add can be fused with the next norm."""
+    """residual += hidden; hidden = mixer(norm(residual)). The residual is carried separately (fp32 when
+    ``residual_in_fp32``). Norms take one tensor and return one tensor (a quantized norm returns int8), so the
+    block is the same for full-precision and quantized models; only ``norm`` and ``mixer`` are swapped."""
 
     def __init__(self, config: MambaConfig, layer_idx: int, device=None, dtype=None):
         super().__init__()
@@ -213,8 +213,10 @@ class Block(nn.Module):
         self.mixer = mixer_cls(config, layer_idx, device=device, dtype=dtype)
 
     def forward(self, hidden, residual, cache=None):
-        hidden, residual = add_rms_norm_ref(hidden, residual, self.norm.weight, self.norm.eps, self.config.residual_in_fp32)
-        return self.mixer(hidden, cache), residual
+        residual = hidden if residual is None else hidden + residual  # mixed dtypes promote to the wider one
+        if self.config.residual_in_fp32:
+            residual = residual.float()
+        return self.mixer(self.norm(residual), cache), residual
 
 
 class Backbone(nn.Module):
