@@ -64,7 +64,7 @@ def _cmd_inspect(args):
     t0 = time.perf_counter()
     model, tok, label = _load_model_and_tokenizer(args)
     c = model.config
-    n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    n_params = sum(t.numel() for t in {t.data_ptr(): t for t in [*model.parameters(), *model.buffers()]}.values())
     print(f"model        {label}")
     print(f"architecture {c.arch}: d_model {c.d_model}, {c.n_layer} layers, d_state {c.d_state}, vocab {c.vocab_size} "
           f"(padded {c.padded_vocab_size})" + (f", {c.nheads} heads x {c.headdim}, {c.ngroups} groups" if c.arch == "mamba2" else ""))
@@ -78,7 +78,50 @@ def _cmd_inspect(args):
     print(f"time         {time.perf_counter() - t0:.2f} s")
 
 
-def _add_model_args(p, model_required=False):
+def _summarise_quantized(qmodel, src_bytes: int) -> list[str]:
+    from collections import Counter
+
+    types = Counter(type(m).__name__ for m in qmodel.modules() if type(m).__module__.startswith("quamba.modules"))
+    q_bytes = _param_bytes(qmodel)
+    return [f"quantized    {', '.join(f'{k} x{n}' for k, n in sorted(types.items()))}",
+            f"size         {src_bytes / 2**20:.2f} MiB -> {q_bytes / 2**20:.2f} MiB ({q_bytes / src_bytes:.2f}x)"]
+
+
+def _cmd_quantize(args):
+    import quamba
+
+    t0 = time.perf_counter()
+    if args.model is None:
+        raise QuambaError("give the model to quantize (a checkpoint directory, bundled model name or hub id)")
+    if args.output is None:
+        raise QuambaError("--output DIR is required: where to write the quantized checkpoint")
+    from pathlib import Path
+
+    if Path(args.output).exists() and not args.overwrite:
+        raise QuambaError(f"{args.output} already exists; choose another --output or pass --overwrite")
+    device = _device(args.device)
+    model = quamba.load_model(args.model, device=device, dtype=_torch_dtype(args.source_dtype))
+    tok = quamba.load_tokenizer(args.tokenizer or args.model) if args.calib_data is not None else None
+    options = {k: v for k, v in {
+        "w_bits": args.w_bits, "a_bits": args.a_bits, "quantize_embedding": args.quantize_embedding,
+        "quantize_lm_head": args.quantize_lm_head, "gptq": args.gptq, "percentile_alpha": args.percentile_alpha,
+        "calib_samples": args.calib_samples, "calib_seqlen": args.calib_seqlen, "seed": args.seed,
+        "dtype": DTYPES.get(args.dtype, args.dtype) if args.dtype else None, "state_int8": args.state_int8,
+        "weight_granularity": args.weight_granularity, "calib_batch_size": args.calib_batch_size,
+    }.items() if v is not None}
+    qmodel = quamba.quantize(model, args.recipe, calib_data=args.calib_data, tokenizer=tok, **options)
+    qmodel.save_pretrained(args.output, tokenizer=tok, overwrite=args.overwrite)
+    rec = qmodel.quantization["recipe"]["data"]
+    print(f"model        {args.model} ({model.config.arch}, {model.config.n_layer} layers)")
+    print(f"recipe       {args.recipe} W{rec['w_bits']}A{rec['a_bits']}, calibration {qmodel.quantization['calibration']['source']} "
+          f"({rec['calib_samples']} x {rec['calib_seqlen']} tokens)")
+    for line in _summarise_quantized(qmodel, _param_bytes(model)):
+        print(line)
+    print(f"saved        {args.output}")
+    print(f"time         {time.perf_counter() - t0:.1f} s")
+
+
+def _add_model_args(p, model_required=False, dtype_help="cast full-precision weights: float32, float16 or bfloat16 (default: as stored)"):
     if model_required:
         p.add_argument("model", help="checkpoint directory, bundled model name or hub id")
     else:
@@ -86,7 +129,7 @@ def _add_model_args(p, model_required=False):
                        "(default: a small random Mamba1, no files needed)")
     p.add_argument("--tokenizer", help="tokenizer directory or hub id (default: the model's own)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ... (default cpu)")
-    p.add_argument("--dtype", help="cast full-precision weights: float32, float16 or bfloat16 (default: as stored)")
+    p.add_argument("--dtype", help=dtype_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +142,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="The capital of France is", help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=20, help="tokens to generate greedily (default 20)")
     p.set_defaults(func=_cmd_inspect)
+
+    q = sub.add_parser("quantize", help="quantize a model and save the quantized checkpoint",
+                       description="Calibrate a full-precision model, quantize it with a recipe and save the result "
+                                   "(config.json with the recipe and a per-module type map, model.safetensors).")
+    _add_model_args(q, dtype_help="float dtype of the quantized model's float parts (scan output, fp lm_head): "
+                    "float16 (default), bfloat16 or float32")
+    q.add_argument("--recipe", default="quamba1", help="quamba1 (W8A8 Mamba1); default quamba1")
+    q.add_argument("--w-bits", "--w_bits", type=int, help="weight bits (quamba1: 8)")
+    q.add_argument("--a-bits", "--a_bits", type=int, help="activation bits (quamba1: 8)")
+    q.add_argument("--quantize-embedding", "--quantize_embedding", action="store_true", default=None,
+                   help="int8 embedding rows with abs-max scales (off by default)")
+    q.add_argument("--quantize-lm-head", "--quantize_lm_head", action="store_true", default=None,
+                   help="quantized final norm feeding a W8A8 lm_head (off by default)")
+    q.add_argument("--gptq", "--apply_gptq", action="store_true", default=None,
+                   help="GPTQ on the projections before int8 rounding (off by default)")
+    q.add_argument("--weight-granularity", choices=["per_tensor", "per_channel"],
+                   help="int8 weight scales per tensor (quamba1 default, as published) or per output channel")
+    q.add_argument("--percentile-alpha", type=float, help="quantile of |x| for the SSM input's scale (default 0.99999)")
+    q.add_argument("--state-int8", action="store_true", default=None,
+                   help="cache the SSM state as int8 while decoding (default: fp32 state)")
+    q.add_argument("--calib-data", help="calibration text: a .txt or .jsonl (field 'text') file, optionally .gz, or "
+                   "a hub dataset name (online). Never use evaluation data.")
+    q.add_argument("--calib-samples", type=int, help="number of calibration windows (default 512)")
+    q.add_argument("--calib-seqlen", type=int, help="tokens per calibration window (default 512)")
+    q.add_argument("--calib-batch-size", type=int, help="windows per forward pass while calibrating (default 8)")
+    q.add_argument("--seed", type=int, help="seed for choosing calibration windows (default 0)")
+    q.add_argument("--source-dtype", help="cast the full-precision model before calibrating (default: as stored)")
+    q.add_argument("--output", "-o", help="directory for the quantized checkpoint (must not exist unless --overwrite)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
+    q.set_defaults(func=_cmd_quantize)
     return parser
 
 

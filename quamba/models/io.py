@@ -133,8 +133,9 @@ def _rename_transformers_keys(tensors: dict, origin: dict):
         tensors[new], origin[new] = tensors.pop(k), origin.pop(k)
 
 
-def check_and_assign(model: torch.nn.Module, tensors: dict, origin: dict, where: Path) -> torch.nn.Module:
-    """Strictly load ``tensors`` into a model built on the meta device; errors name file and key."""
+def check_and_assign(model: torch.nn.Module, tensors: dict, origin: dict, where: Path, exact_dtype: bool = False):
+    """Strictly load ``tensors`` into a model built on the meta device; errors name file and key. Full-precision
+    weights may come in any float dtype; with ``exact_dtype`` (quantized checkpoints) every dtype must match."""
     expected = model.state_dict()
     tied = getattr(model.config, "tie_embeddings", False) and "lm_head.weight" in expected
     if tied:
@@ -157,7 +158,8 @@ def check_and_assign(model: torch.nn.Module, tensors: dict, origin: dict, where:
         if tuple(t.shape) != tuple(ref.shape):
             raise QuambaError(f"{where}/{origin.get(k, '?')}: tensor {k!r} has shape {tuple(t.shape)}, the config "
                               f"implies {tuple(ref.shape)}")
-        if t.dtype.is_floating_point != ref.dtype.is_floating_point or (not t.dtype.is_floating_point and t.dtype != ref.dtype):
+        if t.dtype != ref.dtype and (exact_dtype or t.dtype.is_floating_point != ref.dtype.is_floating_point
+                                     or not t.dtype.is_floating_point):
             raise QuambaError(f"{where}/{origin.get(k, '?')}: tensor {k!r} has dtype {t.dtype}, expected {ref.dtype}")
     if tied:
         tensors["lm_head.weight"] = tensors["backbone.embedding.weight"]
@@ -214,8 +216,10 @@ def checkpoint_config(model) -> dict:
     """config.json for a model: the state-spaces fields (so other tools read it) plus our own section."""
     raw = model.config.to_state_spaces()
     raw["quamba"] = {"format_version": FORMAT_VERSION, "model": model.config.to_dict()}
-    if hasattr(model, "quantization_config"):
-        raw["quantization"] = model.quantization_config()
+    if getattr(model, "quantization", None):
+        from ..quantization.checkpoint import QUANT_FORMAT_VERSION, module_map
+
+        raw["quantization"] = {"format_version": QUANT_FORMAT_VERSION, **model.quantization, "modules": module_map(model)}
     return raw
 
 

@@ -19,11 +19,11 @@ from ..ops import (
     causal_conv1d_update_ref,
     gated_rms_norm_ref,
     rms_norm_ref,
-    selective_scan_ref,
     selective_state_update_ref,
     ssd_chunked_ref,
     ssd_state_update_ref,
 )
+from ..ops.selective_scan_chunked import selective_scan_chunked  # same function as selective_scan_ref, vectorised
 from .config import MambaConfig
 
 
@@ -117,7 +117,7 @@ class Mamba1Mixer(nn.Module):
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([c.dt_rank, c.d_state, c.d_state], dim=-1)
         dt = self.dt_proj(dt).transpose(1, 2)  # dt_proj's bias is the scan's delta_bias
         A = -torch.exp(self.A_log.float())
-        y = selective_scan_ref(
+        y = selective_scan_chunked(
             x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D, z=z, delta_softplus=True, initial_state=None if cache is None else cache.ssm_states[self.layer_idx],
             return_final_state=cache is not None)
         if cache is not None:
@@ -243,6 +243,7 @@ class MambaLMHeadModel(nn.Module):
         self.config = config
         self.backbone = Backbone(config, device=device, dtype=dtype)
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False, device=device, dtype=dtype)
+        self.quantization: dict | None = None  # recipe, calibration provenance and dtype of a quantized model
         self.tie_weights()
 
     def tie_weights(self):
@@ -266,7 +267,11 @@ class MambaLMHeadModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.backbone.embedding.weight.dtype
+        """The float dtype of the model's activations (a quantized model's float parts)."""
+        return self.backbone.norm_f.weight.dtype
+
+    def quantization_config(self) -> dict | None:
+        return self.quantization
 
     def save_pretrained(self, path, tokenizer=None, overwrite: bool = False):
         from .io import save_model

@@ -1,0 +1,71 @@
+"""Quantized depthwise causal conv1d + SiLU: int8 in, exact integer accumulation, int8 out."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops.quant import quantize_ref
+from .registry import register
+
+
+def _qconv_ref(x_q, state_q, weight_q, scale, bias, out_scale):
+    """x_q: [B, D, L] int8, state_q: [B, D, K] int8 (previous inputs), weight_q: [D, K] int8,
+    scale: [D] fp32 (= weight_scale * input_scale), bias: [D] fp32 or None, out_scale: [D] fp32.
+    Returns (y_q [B, D, L] int8, new state [B, D, K] int8)."""
+    k = weight_q.shape[-1]
+    padded = torch.cat([state_q[..., 1:], x_q], dim=-1).double()  # [B, D, K-1+L]
+    acc = F.conv1d(padded, weight_q.double().unsqueeze(1), groups=weight_q.shape[0])  # exact integer sums
+    y = acc.float() * scale[:, None]
+    if bias is not None:
+        y = y + bias[:, None]
+    y_q = quantize_ref(F.silu(y), out_scale[:, None])
+    full = torch.cat([state_q[..., :1], padded.to(torch.int8)], dim=-1)
+    return y_q, full[..., -k:].contiguous()
+
+
+@register
+class QCausalConv1d(nn.Module):
+    """Buffers: weight int8 [D, K], weight_scale fp32 [] (per tensor), bias fp32 [D], input_scale fp32 [D],
+    output_scale fp32 [D] (per channel so that Mamba2's x, B and C keep their own scales). The decoding state
+    is the last K int8 inputs [B, D, K]."""
+
+    def __init__(self, channels: int, kernel_size: int, bias: bool = True):
+        super().__init__()
+        self.channels, self.kernel_size = channels, kernel_size
+        self.register_buffer("weight", torch.zeros(channels, kernel_size, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(()))
+        self.register_buffer("bias", torch.zeros(channels) if bias else None)
+        self.register_buffer("input_scale", torch.ones(channels))
+        self.register_buffer("output_scale", torch.ones(channels))
+
+    def spec(self) -> dict:
+        return {"channels": self.channels, "kernel_size": self.kernel_size, "bias": self.bias is not None}
+
+    @classmethod
+    def from_float(cls, conv: nn.Module, input_scale: torch.Tensor, output_scale: torch.Tensor) -> "QCausalConv1d":
+        w = conv.weight.detach().float().squeeze(1)  # [D, K]
+        m = cls(w.shape[0], w.shape[1], conv.bias is not None)
+        scale = w.abs().amax().clamp_min(1e-8) / 127
+        m.weight.copy_(quantize_ref(w, scale))
+        m.weight_scale.fill_(float(scale))
+        if conv.bias is not None:
+            m.bias.copy_(conv.bias.detach().float())
+        m.input_scale.copy_(input_scale.expand(m.channels))
+        m.output_scale.copy_(output_scale.expand(m.channels))
+        return m
+
+    def empty_state(self, batch_size: int, device=None) -> torch.Tensor:
+        return torch.zeros(batch_size, self.channels, self.kernel_size, dtype=torch.int8, device=device)
+
+    def forward(self, x_q: torch.Tensor, state: torch.Tensor | None = None):
+        """x_q: [B, D, L] int8 -> y_q [B, D, L] int8; with ``state`` returns (y_q, new_state)."""
+        s = self.empty_state(x_q.shape[0], x_q.device) if state is None else state
+        y, new_state = _qconv_ref(x_q, s, self.weight, self.weight_scale * self.input_scale, self.bias, self.output_scale)
+        return y if state is None else (y, new_state)
+
+    def step(self, x_q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """x_q: [B, D] int8; ``state`` [B, D, K] int8 updated in place."""
+        y, new_state = self.forward(x_q[..., None], state)
+        state.copy_(new_state)
+        return y[..., 0]

@@ -1,0 +1,66 @@
+"""W8A8Linear: int8 weights x static int8 activations, exact int32 accumulation, fused dequantisation."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..ops.quant import quantize_ref, w8a8_gemm_ref
+from .registry import parse_dtype, register
+
+
+@register
+class W8A8Linear(nn.Module):
+    """y = dequant(x_q @ W_q^T) (+ bias), as ``dtype`` or requantized to int8 (``output="int8"``).
+
+    Buffers: weight int8 [N, K]; weight_scale fp32 [N] (per channel) or [1] (per tensor); input_scale fp32 [];
+    output_scale fp32 [N] when the output is int8 (one value per output channel, so that the segments of a
+    fused projection — x and z of in_proj, dt/B/C of x_proj — each keep their own scale); bias fp32 [N].
+    forward: x_q int8 [..., K] -> [..., N] int8 or ``dtype``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, per_channel: bool = True, output: str = "float16",
+                 bias: bool = False):
+        super().__init__()
+        self.in_features, self.out_features, self.per_channel, self.output = in_features, out_features, per_channel, output
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features if per_channel else 1))
+        self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("output_scale", torch.ones(out_features) if output == "int8" else None)
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    def spec(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features, "per_channel": self.per_channel,
+                "output": self.output, "bias": self.bias is not None}
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, input_scale: float, output: str = "float16", per_channel: bool = True,
+                   bias: torch.Tensor | None = None, output_scale: torch.Tensor | None = None,
+                   quantized: tuple[torch.Tensor, torch.Tensor] | None = None) -> "W8A8Linear":
+        """Round-to-nearest int8 weights (or ``quantized`` = (q, scale) from GPTQ), static input scale."""
+        n, k = weight.shape
+        m = cls(k, n, per_channel=per_channel, output=output, bias=bias is not None)
+        if quantized is None:
+            w = weight.detach().float()
+            absmax = w.abs().amax(dim=1) if per_channel else w.abs().amax().reshape(1)
+            scale = absmax.clamp_min(1e-8) / 127
+            quantized = (quantize_ref(w, scale[:, None] if per_channel else scale), scale)
+        m.weight.copy_(quantized[0])
+        m.weight_scale.copy_(quantized[1].reshape(m.weight_scale.shape))
+        m.input_scale.fill_(float(input_scale))
+        if bias is not None:
+            m.bias.copy_(bias.detach().float())
+        if output == "int8":
+            m.output_scale.copy_(output_scale.expand(n) if output_scale.numel() == 1 else output_scale)
+        return m
+
+    def forward(self, x_q: torch.Tensor) -> torch.Tensor:
+        if x_q.dtype != torch.int8:
+            raise TypeError(f"W8A8Linear takes int8 input, got {x_q.dtype}")
+        out_dtype = torch.float16 if self.output == "int8" else parse_dtype(self.output)
+        return w8a8_gemm_ref(x_q, self.input_scale, self.weight, self.weight_scale, self.bias,
+                             self.output_scale if self.output == "int8" else None, out_dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, per_channel={self.per_channel}, "
+                f"output={self.output}, bias={self.bias is not None}")
+

@@ -1,0 +1,37 @@
+"""Quantized RMSNorm: normalises the residual stream and emits int8 for the int8 projection that follows.
+(Where the consumer is not quantized — the final norm before an fp16 lm_head — the plain RMSNorm stays.)"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..ops.quant import quantize_ref
+from ..ops.rmsnorm import rms_norm_ref
+from .registry import dtype_name, parse_dtype, register
+
+
+@register
+class QRMSNorm(nn.Module):
+    """x [..., D] float -> int8 [..., D] = quantize(rms_norm(x) * weight, output_scale).
+
+    Buffers: weight [D] (``dtype``), output_scale fp32 [] (static, from calibration).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, dtype: str = "float16"):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.register_buffer("weight", torch.ones(dim, dtype=parse_dtype(dtype)))
+        self.register_buffer("output_scale", torch.ones(()))
+
+    def spec(self) -> dict:
+        return {"dim": self.dim, "eps": self.eps, "dtype": dtype_name(self.weight.dtype)}
+
+    @classmethod
+    def from_float(cls, norm: nn.Module, output_scale: float, dtype: torch.dtype) -> "QRMSNorm":
+        m = cls(norm.weight.shape[0], norm.eps, dtype_name(dtype))
+        m.weight.copy_(norm.weight.detach().to(dtype))
+        m.output_scale.fill_(float(output_scale.detach() if torch.is_tensor(output_scale) else output_scale))
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return quantize_ref(rms_norm_ref(x, self.weight.float(), self.eps), self.output_scale)
