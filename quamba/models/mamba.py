@@ -253,7 +253,9 @@ class MambaLMHeadModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None) -> CausalLMOutput:
         """input_ids: [B, L] int64. With ``cache``, continues from and updates its state."""
         hidden = self.backbone(input_ids, cache)
-        logits = self.lm_head(hidden.to(self.lm_head.weight.dtype))
+        if type(self.lm_head) is nn.Linear:  # a float head reads the norm's output in its own dtype
+            hidden = hidden.to(self.lm_head.weight.dtype)
+        logits = self.lm_head(hidden)
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]
         return CausalLMOutput(logits=logits)

@@ -1,8 +1,8 @@
-"""The W8A8 Mamba1 mixer of the Quamba1 recipe. It owns its forward: every tensor between its parts is int8
+"""The int8-activation Mamba1 mixer (Quamba1 W8A8, Quamba2 W4A8). It owns its forward: every tensor between its parts is int8
 with a static scale, except the scan output (float) and the mixer output (float, into the residual stream).
 
     h_q [B, L, d_model] int8 (from QRMSNorm)
-      -> in_proj (W8A8, int8 out: x | z)            x_q, z_q [B, L, D]
+      -> in_proj (W8A8 or W4A8, int8 out: x | z)   x_q, z_q [B, L, D]
       -> conv1d (int8 -> int8, SiLU)                u_q [B, D, L]   (percentile-clipped scale)
       -> x_proj (W8A8, int8 out: dt_low | B | C)
       -> dt_proj (W8A8, int8 out, bias in the scan)  dt_q [B, L, D]
@@ -19,7 +19,7 @@ from .registry import register
 
 
 @register
-class W8A8Mamba1Mixer(nn.Module):
+class A8Mamba1Mixer(nn.Module):
     CHILDREN = ("in_proj", "conv1d", "x_proj", "dt_proj", "scan", "had", "out_proj")
 
     def __init__(self, d_inner: int, d_state: int, dt_rank: int, layer_idx: int):

@@ -37,10 +37,18 @@ def quantize(model, recipe="quamba1", calib_data=None, tokenizer=None, **options
         obs = Quamba1Observers(model, cfg, hessians=cfg.gptq)
         run_calibration(model, calib.input_ids, obs.hooks(model), cfg.calib_batch_size)
         qmodel = convert_quamba1(model, obs, cfg)
-    else:  # pragma: no cover - make_recipe only returns registered recipes
-        raise QuambaError(f"recipe {cfg.name} is not implemented")
+        extra = {}
+    else:
+        from .quamba2 import quantize_quamba2
+
+        gptq_calib = None
+        if cfg.gptq:
+            gptq_calib = load_calibration(calib_data, tokenizer, cfg.gptq_samples, cfg.gptq_seqlen, cfg.seed)
+        qmodel, extra = quantize_quamba2(model, cfg, calib.input_ids, gptq_calib and gptq_calib.input_ids)
+        if gptq_calib is not None:
+            extra["gptq_calibration"] = gptq_calib.provenance
     qmodel.quantization = {"recipe": recipe_to_dict(cfg), "calibration": calib.provenance, "dtype": cfg.dtype,
-                           "source": str(getattr(model, "name_or_path", "in-memory model"))}
+                           "source": str(getattr(model, "name_or_path", "in-memory model")), **extra}
     qmodel.name_or_path = getattr(model, "name_or_path", None)
     qmodel.quantize_seconds = time.perf_counter() - t0
     return qmodel

@@ -1,0 +1,158 @@
+"""The int8-activation Mamba2 mixer (Quamba2 W8A8 / W4A8) and its parts. It owns its forward:
+
+    h_q [B, L, d_model] int8 (from QRMSNorm)
+      -> in_proj (W8A8 or W4A8, int8 out: z | x | B | C | dt, per-channel output scales)
+      -> conv1d over x|B|C (int8 -> int8, SiLU; x scales per head-group/channel-group, B and C per SSM group)
+      -> scan (QSSDScan: int8 x, dt, B, C; fp32 state; float out)   y [B, L, H, P]
+      -> norm (QGatedRMSNorm: y, int8 z -> float)
+      -> had (Hadamard + int8) -> out_proj (W8A8/W4A8 on H-rotated weight, float out)
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ..ops.rmsnorm import gated_rms_norm_ref
+from ..ops.ssd import ssd_chunked_ref, ssd_state_update_ref
+from .registry import dtype_name, parse_dtype, register
+from .scan import Int8State
+
+
+@register
+class QSSDScan(nn.Module):
+    """Mamba2's SSD scan on int8 inputs. Buffers: A_log, dt_bias fp32 [H], D fp32 [H] or [H, P]; static scales
+    x_scale fp32 [H * P] (one per channel: head grouping gives channels of a group one value), dt_scale fp32 [H],
+    B_scale and C_scale fp32 [G] (one per SSM group). forward(x_q [B, L, H, P], dt_q [B, L, H], B_q, C_q [B, L, G, N])
+    -> y [B, L, H, P] ``dtype``."""
+
+    SCALES = ("x_scale", "dt_scale", "B_scale", "C_scale")
+
+    def __init__(self, nheads: int, headdim: int, ngroups: int, d_state: int, chunk_size: int,
+                 D_has_hdim: bool = False, dt_limit: tuple = (0.0, None), dtype: str = "float16",
+                 state_int8: bool = False):
+        super().__init__()
+        self.nheads, self.headdim, self.ngroups, self.d_state = nheads, headdim, ngroups, d_state
+        self.chunk_size, self.D_has_hdim, self.state_int8 = chunk_size, D_has_hdim, state_int8
+        self.dt_limit = (float(dt_limit[0]), math.inf if dt_limit[1] is None else float(dt_limit[1]))
+        self.out_dtype = parse_dtype(dtype)
+        self.register_buffer("A_log", torch.zeros(nheads))
+        self.register_buffer("dt_bias", torch.zeros(nheads))
+        self.register_buffer("D", torch.zeros((nheads, headdim) if D_has_hdim else (nheads,)))
+        self.register_buffer("x_scale", torch.ones(nheads * headdim))
+        self.register_buffer("dt_scale", torch.ones(nheads))
+        self.register_buffer("B_scale", torch.ones(ngroups))
+        self.register_buffer("C_scale", torch.ones(ngroups))
+
+    def spec(self) -> dict:
+        hi = self.dt_limit[1]
+        return {"nheads": self.nheads, "headdim": self.headdim, "ngroups": self.ngroups, "d_state": self.d_state,
+                "chunk_size": self.chunk_size, "D_has_hdim": self.D_has_hdim,
+                "dt_limit": [self.dt_limit[0], None if math.isinf(hi) else hi], "dtype": dtype_name(self.out_dtype),
+                "state_int8": self.state_int8}
+
+    def _inputs(self, x_q, dt_q, B_q, C_q):
+        x = x_q.float() * self.x_scale.view(self.nheads, self.headdim)
+        return x, dt_q.float() * self.dt_scale, B_q.float() * self.B_scale[:, None], C_q.float() * self.C_scale[:, None]
+
+    def empty_state(self, batch_size: int, device=None):
+        shape = (batch_size, self.nheads, self.headdim, self.d_state)
+        return Int8State.zeros(shape, device) if self.state_int8 else torch.zeros(shape, device=device)
+
+    def forward(self, x_q, dt_q, B_q, C_q, state=None):
+        x, dt, B, C = self._inputs(x_q, dt_q, B_q, C_q)
+        init = state.load() if isinstance(state, Int8State) else state
+        out = ssd_chunked_ref(x, dt, -torch.exp(self.A_log), B, C, self.chunk_size, self.D, self.dt_bias, True,
+                              self.dt_limit, init, return_final_state=state is not None)
+        if state is None:
+            return out.to(self.out_dtype)
+        y, h = out
+        if isinstance(state, Int8State):
+            state.store(h)
+            h = state
+        return y.to(self.out_dtype), h
+
+    def step(self, x_q, dt_q, B_q, C_q, state):
+        """x_q [B, H, P], dt_q [B, H], B_q/C_q [B, G, N] int8; ``state`` updated in place; returns y [B, H, P]."""
+        x, dt, B, C = self._inputs(x_q, dt_q, B_q, C_q)
+        h = state.load() if isinstance(state, Int8State) else state
+        y = ssd_state_update_ref(h, x, dt, -torch.exp(self.A_log), B, C, self.D, self.dt_bias, True, self.dt_limit)
+        if isinstance(state, Int8State):
+            state.store(h)
+        return y.to(self.out_dtype)
+
+
+@register
+class QGatedRMSNorm(nn.Module):
+    """Gated RMSNorm whose gate z arrives as int8: y [..., D] float, z_q [..., D] int8 -> float [..., D].
+    Buffers: weight [D] (``dtype``), z_scale fp32 []."""
+
+    def __init__(self, dim: int, group_size: int, eps: float = 1e-5, norm_before_gate: bool = False,
+                 dtype: str = "float16"):
+        super().__init__()
+        self.dim, self.group_size, self.eps, self.norm_before_gate = dim, group_size, eps, norm_before_gate
+        self.register_buffer("weight", torch.ones(dim, dtype=parse_dtype(dtype)))
+        self.register_buffer("z_scale", torch.ones(()))
+
+    def spec(self) -> dict:
+        return {"dim": self.dim, "group_size": self.group_size, "eps": self.eps,
+                "norm_before_gate": self.norm_before_gate, "dtype": dtype_name(self.weight.dtype)}
+
+    def forward(self, y: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
+        return gated_rms_norm_ref(y, z_q.float() * self.z_scale, self.weight, self.eps, self.group_size,
+                                  self.norm_before_gate).to(self.weight.dtype)
+
+
+@register
+class A8Mamba2Mixer(nn.Module):
+    CHILDREN = ("in_proj", "conv1d", "scan", "norm", "had", "out_proj")
+
+    def __init__(self, d_inner: int, nheads: int, headdim: int, ngroups: int, d_state: int, layer_idx: int):
+        super().__init__()
+        self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state = d_inner, nheads, headdim, ngroups, d_state
+        self.layer_idx = layer_idx
+
+    def spec(self) -> dict:
+        return {"d_inner": self.d_inner, "nheads": self.nheads, "headdim": self.headdim, "ngroups": self.ngroups,
+                "d_state": self.d_state, "layer_idx": self.layer_idx}
+
+    @property
+    def conv_dim(self) -> int:
+        return self.d_inner + 2 * self.ngroups * self.d_state
+
+    def allocate_state(self, batch_size: int):
+        device = self.in_proj.weight.device
+        return self.conv1d.empty_state(batch_size, device), self.scan.empty_state(batch_size, device)
+
+    def _split_xbc(self, xBC):
+        gn = self.ngroups * self.d_state
+        x, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
+        lead = x.shape[:-1]
+        return (x.reshape(*lead, self.nheads, self.headdim), B.reshape(*lead, self.ngroups, self.d_state),
+                C.reshape(*lead, self.ngroups, self.d_state))
+
+    def forward(self, h_q: torch.Tensor, cache=None) -> torch.Tensor:
+        if cache is not None and h_q.shape[1] == 1:
+            return self.step(h_q, cache)
+        batch, seqlen, _ = h_q.shape
+        z_q, xBC_q, dt_q = self.in_proj(h_q).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        if cache is None:
+            xBC_q = self.conv1d(xBC_q.transpose(1, 2))
+        else:
+            xBC_q, cache.conv_states[self.layer_idx] = self.conv1d(xBC_q.transpose(1, 2), cache.conv_states[self.layer_idx])
+        x_q, B_q, C_q = self._split_xbc(xBC_q.transpose(1, 2))
+        if cache is None:
+            y = self.scan(x_q, dt_q, B_q, C_q)
+        else:
+            y, cache.ssm_states[self.layer_idx] = self.scan(x_q, dt_q, B_q, C_q, state=cache.ssm_states[self.layer_idx])
+        y = self.norm(y.reshape(batch, seqlen, self.d_inner), z_q)
+        return self.out_proj(self.had(y))
+
+    def step(self, h_q: torch.Tensor, cache) -> torch.Tensor:
+        z_q, xBC_q, dt_q = self.in_proj(h_q[:, 0]).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xBC_q = self.conv1d.step(xBC_q, cache.conv_states[self.layer_idx])
+        x_q, B_q, C_q = self._split_xbc(xBC_q)
+        y = self.scan.step(x_q, dt_q, B_q, C_q, cache.ssm_states[self.layer_idx])
+        y = self.norm(y.reshape(-1, self.d_inner), z_q)
+        return self.out_proj(self.had(y)).unsqueeze(1)
