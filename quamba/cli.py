@@ -87,6 +87,25 @@ def _summarise_quantized(qmodel, src_bytes: int) -> list[str]:
             f"size         {src_bytes / 2**20:.2f} MiB -> {q_bytes / 2**20:.2f} MiB ({q_bytes / src_bytes:.2f}x)"]
 
 
+def _read_layer_precision(path: str) -> list[str]:
+    """A JSON list ["W4A8", "W4A16", ...] (one entry per layer), or an object with that list under "layer_precision"."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise QuambaError(f"--layer-precision {path}: no such file")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise QuambaError(f"--layer-precision {path} is not valid JSON ({e})") from None
+    if isinstance(data, dict):
+        data = data.get("layer_precision")
+    if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
+        raise QuambaError(f"--layer-precision {path} must hold a list like [\"W4A8\", \"W4A16\", ...], one per layer")
+    return data
+
+
 def _cmd_quantize(args):
     import quamba
 
@@ -108,12 +127,18 @@ def _cmd_quantize(args):
         "calib_samples": args.calib_samples, "calib_seqlen": args.calib_seqlen, "seed": args.seed,
         "dtype": DTYPES.get(args.dtype, args.dtype) if args.dtype else None, "state_int8": args.state_int8,
         "weight_granularity": args.weight_granularity, "calib_batch_size": args.calib_batch_size,
+        "group_heads": args.group_heads, "n_head_groups": args.n_head_groups, "n_channel_groups": args.n_channel_groups,
+        "group_size": args.group_size, "rotate": False if args.no_rotate else None, "gptq_samples": args.gptq_samples,
+        "gptq_seqlen": args.gptq_seqlen, "gptq_act_order": args.act_order, "auto_a8_fraction": args.auto_a8_fraction,
+        "layer_precision": _read_layer_precision(args.layer_precision) if args.layer_precision else None,
     }.items() if v is not None}
     qmodel = quamba.quantize(model, args.recipe, calib_data=args.calib_data, tokenizer=tok, **options)
     qmodel.save_pretrained(args.output, tokenizer=tok, overwrite=args.overwrite)
     rec = qmodel.quantization["recipe"]["data"]
     print(f"model        {args.model} ({model.config.arch}, {model.config.n_layer} layers)")
-    print(f"recipe       {args.recipe} W{rec['w_bits']}A{rec['a_bits']}, calibration {qmodel.quantization['calibration']['source']} "
+    prec = qmodel.quantization.get("layer_precision")
+    mixed = f" per layer {prec}" if prec and len(set(prec)) > 1 else ""
+    print(f"recipe       {args.recipe} W{rec['w_bits']}A{rec['a_bits']}{mixed}, calibration {qmodel.quantization['calibration']['source']} "
           f"({rec['calib_samples']} x {rec['calib_seqlen']} tokens)")
     for line in _summarise_quantized(qmodel, _param_bytes(model)):
         print(line)
@@ -148,13 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(config.json with the recipe and a per-module type map, model.safetensors).")
     _add_model_args(q, dtype_help="float dtype of the quantized model's float parts (scan output, fp lm_head): "
                     "float16 (default), bfloat16 or float32")
-    q.add_argument("--recipe", default="quamba1", help="quamba1 (W8A8 Mamba1); default quamba1")
-    q.add_argument("--w-bits", "--w_bits", type=int, help="weight bits (quamba1: 8)")
-    q.add_argument("--a-bits", "--a_bits", type=int, help="activation bits (quamba1: 8)")
+    q.add_argument("--recipe", default="quamba1", choices=["quamba1", "quamba2"],
+                   help="quamba1: W8A8 for Mamba1 (the published Quamba recipe); quamba2: W4A8 / W4A16 / W8A8 and "
+                        "per-layer mixes for Mamba1 and Mamba2 (default quamba1)")
+    q.add_argument("--w-bits", "--w_bits", type=int, choices=[4, 8], help="weight bits (quamba1: 8; quamba2: 4 or 8)")
+    q.add_argument("--a-bits", "--a_bits", type=int, choices=[8, 16], help="activation bits (quamba2: 8 or 16)")
     q.add_argument("--quantize-embedding", "--quantize_embedding", action="store_true", default=None,
-                   help="int8 embedding rows with abs-max scales (off by default)")
+                   help="quantize the embedding rows with abs-max scales: int8, or int4 with quamba2 --w-bits 4 (off by default)")
     q.add_argument("--quantize-lm-head", "--quantize_lm_head", action="store_true", default=None,
-                   help="quantized final norm feeding a W8A8 lm_head (off by default)")
+                   help="quantize the lm_head at the recipe's weight bits; before an int8-input head the final norm emits "
+                        "int8 (off by default)")
     q.add_argument("--gptq", "--apply_gptq", action="store_true", default=None,
                    help="GPTQ on the projections before int8 rounding (off by default)")
     q.add_argument("--weight-granularity", choices=["per_tensor", "per_channel"],
@@ -162,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--percentile-alpha", type=float, help="quantile of |x| for the SSM input's scale (default 0.99999)")
     q.add_argument("--state-int8", action="store_true", default=None,
                    help="cache the SSM state as int8 while decoding (default: fp32 state)")
+    q.add_argument("--group-heads", "--group_heads", action="store_true", default=None,
+                   help="quamba2, Mamba2, A8: sort-and-cluster heads so each head/channel group of x has its own scale")
+    q.add_argument("--n-head-groups", type=int, help="head groups per SSM group with --group-heads (default 4)")
+    q.add_argument("--n-channel-groups", type=int, help="channel groups per head group with --group-heads (default 4)")
+    q.add_argument("--group-size", type=int, help="quamba2: input features per int4 weight scale (default 128; -1: per row)")
+    q.add_argument("--no-rotate", action="store_true", help="quamba2: skip the Hadamard rotation of the residual stream")
+    q.add_argument("--gptq-samples", type=int, help="quamba2: GPTQ calibration windows (default 128)")
+    q.add_argument("--gptq-seqlen", type=int, help="quamba2: tokens per GPTQ window (default 1024)")
+    q.add_argument("--act-order", action="store_true", default=None, help="GPTQ with activation order (quamba2)")
+    q.add_argument("--layer-precision", metavar="FILE",
+                   help="quamba2 W4AX: JSON list of W4A8 / W4A16, one entry per layer")
+    q.add_argument("--auto-a8-fraction", type=float, metavar="SHARE",
+                   help="quamba2 W4AX: choose the layers automatically, this share (0-1) in W4A8, the least "
+                        "sensitive ones (measured as KL divergence on calibration data)")
     q.add_argument("--calib-data", help="calibration text: a .txt or .jsonl (field 'text') file, optionally .gz, or "
                    "a hub dataset name (online). Never use evaluation data.")
     q.add_argument("--calib-samples", type=int, help="number of calibration windows (default 512)")

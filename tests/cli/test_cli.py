@@ -1,0 +1,71 @@
+"""The quamba command: the main job, quantize, and one-line errors for user mistakes."""
+import json
+
+import pytest
+
+from quamba.cli import main
+from quamba.models import build_random_model, tiny_config
+from quamba.tokenizer import byte_tokenizer
+
+TEXT = "It was a bright cold day in April, and the clocks were striking thirteen. " * 40
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    d = tmp_path / "fp"
+    build_random_model(tiny_config("mamba1"), seed=1).save_pretrained(d, tokenizer=byte_tokenizer())
+    (tmp_path / "calib.txt").write_text(TEXT)
+    return d
+
+
+def test_inspect_without_arguments_builds_a_random_model(capsys):
+    assert main(["inspect", "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "random mamba1" in out and "greedy" in out
+
+
+def test_quantize_saves_and_reloads(model_dir, tmp_path, capsys):
+    out_dir = tmp_path / "q"
+    args = ["quantize", str(model_dir), "--calib-data", str(tmp_path / "calib.txt"), "--calib-samples", "4",
+            "--calib-seqlen", "32", "--output", str(out_dir), "--quantize_lm_head", "--w_bits", "8", "--a_bits", "8"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "W8A8" in out and "MiB ->" in out
+    cfg = json.loads((out_dir / "config.json").read_text())
+    assert cfg["quantization"]["recipe"]["data"]["quantize_lm_head"] is True
+    assert cfg["quantization"]["calibration"]["source"].endswith("calib.txt")
+    assert (out_dir / "tokenizer.json").exists()
+    # an existing output is never reused nor overwritten silently
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+    assert main(["inspect", str(out_dir), "--max-new-tokens", "2"]) == 0
+
+
+def test_quamba2_with_layer_precision_file(model_dir, tmp_path, capsys):
+    (tmp_path / "prec.json").write_text(json.dumps(["W4A8", "W4A16"]))
+    args = ["quantize", str(model_dir), "--recipe", "quamba2", "--w-bits", "4", "--a-bits", "8", "--group-size", "32",
+            "--layer-precision", str(tmp_path / "prec.json"), "--calib-data", str(tmp_path / "calib.txt"),
+            "--calib-samples", "4", "--calib-seqlen", "32", "-o", str(tmp_path / "q2")]
+    assert main(args) == 0
+    assert "['W4A8', 'W4A16']" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--recipe", "quamba1", "--w-bits", "4"], "quamba1 is W8A8 only"),
+    (["--calib-data", "missing.txt"], "no such file"),
+    (["--recipe", "quamba2", "--w-bits", "8", "--a-bits", "16"], "W4A8, W4A16 and W8A8"),
+    (["--group-heads"], "has no option 'group_heads'"),
+])
+def test_user_mistakes_are_one_line_errors(model_dir, tmp_path, capsys, extra, message):
+    args = ["quantize", str(model_dir), "-o", str(tmp_path / "x"), "--calib-data", str(tmp_path / "calib.txt")]
+    assert main(args + extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_model_and_output(capsys, tmp_path):
+    assert main(["quantize", str(tmp_path / "nope"), "-o", str(tmp_path / "o")]) == 2
+    assert "no checkpoint directory" in capsys.readouterr().err
+    assert main(["quantize", "x"]) == 2
+    assert "--output" in capsys.readouterr().err
