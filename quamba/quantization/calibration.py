@@ -81,8 +81,6 @@ def load_calibration(calib_data, tokenizer, samples: int, seqlen: int, seed: int
         digest = hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest()
         return CalibrationData(ids, {"source": "token tensor", "sha256": digest, "samples": ids.shape[0],
                                      "seqlen": ids.shape[1], "seed": None})
-    if calib_data is None:
-        raise QuambaError("no calibration data: pass calib_data (a text/jsonl file, texts, or token ids)")
     if isinstance(calib_data, (list, tuple)):
         texts, source = [str(t) for t in calib_data], "texts"
         digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()
@@ -110,6 +108,34 @@ def load_calibration(calib_data, tokenizer, samples: int, seqlen: int, seed: int
     ids = torch.stack([tokens[s : s + seqlen] for s in starts.tolist()])
     return CalibrationData(ids, {"source": source, "sha256": digest, "samples": samples, "seqlen": seqlen,
                                  "seed": seed, "tokens_available": int(tokens.numel())})
+
+
+SELF_SAMPLED = "self-sampled"
+
+
+@torch.no_grad()
+def sample_from_model(model, samples: int, seqlen: int, seed: int = 0, start_token: int = 0,
+                      temperature: float = 1.0, batch_size: int = 64) -> CalibrationData:
+    """Calibration text written by the full-precision model itself: ``samples`` sequences of ``seqlen`` tokens,
+    each started from ``start_token`` (end of text) and sampled at ``temperature`` with a seeded generator. Needs no
+    data files; recorded as self-sampled."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    device = model.device
+    rows = []
+    for i in tqdm(range(0, samples, batch_size), desc="sampling calibration text", unit="batch", leave=False):
+        n = min(batch_size, samples - i)
+        cache = model.allocate_cache(n)
+        tok = torch.full((n, 1), start_token, dtype=torch.long, device=device)
+        out = []
+        for _ in range(seqlen):
+            logits = model(tok, cache).logits[:, -1].float().cpu()
+            tok = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=g).to(device)
+            out.append(tok.cpu())
+        rows.append(torch.cat(out, dim=1))
+    ids = torch.cat(rows)
+    return CalibrationData(ids, {"source": SELF_SAMPLED, "sha256": hashlib.sha256(ids.numpy().tobytes()).hexdigest(),
+                                 "samples": samples, "seqlen": seqlen, "seed": seed, "start_token": start_token,
+                                 "temperature": temperature})
 
 
 @torch.no_grad()

@@ -66,3 +66,21 @@ def test_observers():
     p.update(torch.arange(1.0, 101.0))  # 0.5-quantile of |x| = 50
     p.update(torch.arange(1.0, 101.0) * 3)  # 150
     assert p.scale().item() == pytest.approx(100.0 / 127)
+
+
+def test_self_sampled_calibration_is_seeded_and_recorded(tmp_path):
+    import quamba
+    from quamba.models import build_random_model, tiny_config
+
+    model = build_random_model(tiny_config("mamba1"), seed=2)
+    a = quamba.quantize(model, calib_samples=3, calib_seqlen=12, seed=4)
+    b = quamba.quantize(model, calib_samples=3, calib_seqlen=12, seed=4)
+    prov = a.quantization["calibration"]
+    assert prov["source"] == "self-sampled" and prov["seed"] == 4 and prov["samples"] == 3
+    assert prov["sha256"] == b.quantization["calibration"]["sha256"]
+    ids = torch.randint(0, 257, (1, 10))
+    with torch.no_grad():
+        assert torch.equal(a(ids).logits, b(ids).logits)  # same seed, same model: same quantized model
+    a.save_pretrained(tmp_path / "q")
+    saved = json.loads((tmp_path / "q" / "config.json").read_text())["quantization"]["calibration"]
+    assert saved["source"] == "self-sampled"
