@@ -8,8 +8,18 @@ import time
 
 from .errors import QuambaError
 
+SELF_SAMPLED_DEFAULT = (128, 256)  # calibration windows x tokens when the model writes its own calibration text
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
           "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def _no_grad(fn):
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def _torch_dtype(name: str | None):
@@ -106,21 +116,55 @@ def _read_layer_precision(path: str) -> list[str]:
     return data
 
 
+def _default_model() -> str:
+    from .models.io import bundled_models
+
+    if "mamba1-tiny" not in bundled_models():
+        raise QuambaError("give the model to quantize (a checkpoint directory, bundled model name or hub id)")
+    return "mamba1-tiny"
+
+
+@_no_grad
+def _check_and_measure(model, qmodel, out_dir, tok, args) -> list[str]:
+    """Reload the saved checkpoint, insist that it reproduces the in-memory model exactly, and compare the
+    quantized model with its source on held-out text the source writes itself (no data files needed)."""
+    import torch
+
+    import quamba
+    from quamba.eval.metrics import agreement, perplexity_from_windows, window_nll
+    from quamba.quantization.calibration import sample_from_model
+
+    reloaded = quamba.load_model(out_dir, device=model.device)
+    start = tok.eos_token_id if tok is not None and tok.eos_token_id is not None else 0
+    held_out = sample_from_model(model, args.check_samples, args.check_seqlen, seed=qmodel.quantization["recipe"]["data"]["seed"] + 1000,
+                                 start_token=start).input_ids.to(model.device)
+    if not torch.equal(qmodel(held_out[:2]).logits, reloaded(held_out[:2]).logits):
+        raise QuambaError(f"the checkpoint reloaded from {out_dir} does not reproduce the in-memory model's logits; "
+                          "this is a bug in quamba: please report it")
+    vocab = model.config.vocab_size
+    agree = agreement(qmodel, model, held_out, vocab_size=vocab)
+    ppl_fp, _ = perplexity_from_windows(window_nll(model, held_out), held_out.shape[1] - 1)
+    ppl_q, _ = perplexity_from_windows(window_nll(qmodel, held_out), held_out.shape[1] - 1)
+    fp_mib, q_mib = _param_bytes(model) / 2**20, _param_bytes(qmodel) / 2**20
+    return [
+        f"reloaded     {out_dir}: logits identical to the in-memory model",
+        f"held-out     {args.check_samples} x {args.check_seqlen} tokens sampled from the full-precision model (seeded)",
+        "",
+        "| measure | full precision | quantized |",
+        "|---|---|---|",
+        f"| size (MiB) | {fp_mib:.2f} | {q_mib:.2f} ({q_mib / fp_mib:.2f}x) |",
+        f"| perplexity (held-out) | {ppl_fp:.3f} | {ppl_q:.3f} ({100 * (ppl_q / ppl_fp - 1):+.2f}%) |",
+        f"| KL(fp \u2016 quantized), nats/token | 0 | {agree['kl']:.5f} |",
+        f"| top-1 agreement | 100% | {100 * agree['top1']:.2f}% |",
+    ]
+
+
 def _cmd_quantize(args):
     import quamba
+    from quamba.quantization.recipes import make_recipe
 
     t0 = time.perf_counter()
-    if args.model is None:
-        raise QuambaError("give the model to quantize (a checkpoint directory, bundled model name or hub id)")
-    if args.output is None:
-        raise QuambaError("--output DIR is required: where to write the quantized checkpoint")
-    from pathlib import Path
-
-    if Path(args.output).exists() and not args.overwrite:
-        raise QuambaError(f"{args.output} already exists; choose another --output or pass --overwrite")
-    device = _device(args.device)
-    model = quamba.load_model(args.model, device=device, dtype=_torch_dtype(args.source_dtype))
-    tok = quamba.load_tokenizer(args.tokenizer or args.model) if args.calib_data is not None else None
+    model_name = args.model or _default_model()
     options = {k: v for k, v in {
         "w_bits": args.w_bits, "a_bits": args.a_bits, "quantize_embedding": args.quantize_embedding,
         "quantize_lm_head": args.quantize_lm_head, "gptq": args.gptq, "percentile_alpha": args.percentile_alpha,
@@ -132,18 +176,65 @@ def _cmd_quantize(args):
         "gptq_seqlen": args.gptq_seqlen, "gptq_act_order": args.act_order, "auto_a8_fraction": args.auto_a8_fraction,
         "layer_precision": _read_layer_precision(args.layer_precision) if args.layer_precision else None,
     }.items() if v is not None}
-    qmodel = quamba.quantize(model, args.recipe, calib_data=args.calib_data, tokenizer=tok, **options)
-    qmodel.save_pretrained(args.output, tokenizer=tok, overwrite=args.overwrite)
-    rec = qmodel.quantization["recipe"]["data"]
-    print(f"model        {args.model} ({model.config.arch}, {model.config.n_layer} layers)")
-    prec = qmodel.quantization.get("layer_precision")
+    if args.calib_data is None:  # self-sampled text costs one decoding step per token: keep the demo quick on a CPU
+        options.setdefault("calib_samples", SELF_SAMPLED_DEFAULT[0])
+        options.setdefault("calib_seqlen", SELF_SAMPLED_DEFAULT[1])
+    cfg = make_recipe(args.recipe, **options)  # validates the flags before any work
+    from pathlib import Path
+
+    out_dir = Path(args.output or f"quamba-out/{Path(model_name).name}-{cfg.name}-w{cfg.w_bits}a{cfg.a_bits}")
+    if out_dir.exists() and not args.overwrite:
+        raise QuambaError(f"{out_dir} already exists; choose another --output or pass --overwrite "
+                          "(a saved checkpoint is never reused in place of quantizing)")
+    device = _device(args.device)
+    source_dtype = _torch_dtype(args.source_dtype)
+    if source_dtype is None and device.type == "cpu":
+        source_dtype = _torch_dtype("float32")  # CPUs have no fast half-precision kernels; fp32 loses nothing
+    model = quamba.load_model(model_name, device=device, dtype=source_dtype)
+    if args.tokenizer or args.calib_data is not None:
+        tok = quamba.load_tokenizer(args.tokenizer or model_name)
+    else:
+        tok = _try_tokenizer(model_name)
+    qmodel = quamba.quantize(model, cfg, calib_data=args.calib_data, tokenizer=tok)
+    qmodel.save_pretrained(out_dir, tokenizer=tok, overwrite=args.overwrite)
+    rec, qz = qmodel.quantization["recipe"]["data"], qmodel.quantization
+    prec = qz.get("layer_precision")
     mixed = f" per layer {prec}" if prec and len(set(prec)) > 1 else ""
-    print(f"recipe       {args.recipe} W{rec['w_bits']}A{rec['a_bits']}{mixed}, calibration {qmodel.quantization['calibration']['source']} "
-          f"({rec['calib_samples']} x {rec['calib_seqlen']} tokens)")
+    print(f"model        {model_name} ({model.config.arch}, {model.config.n_layer} layers, {model.dtype})")
+    print(f"recipe       {cfg.name} W{rec['w_bits']}A{rec['a_bits']}{mixed}, calibration {qz['calibration']['source']} "
+          f"({rec['calib_samples']} x {rec['calib_seqlen']} tokens, seed {rec['seed']})")
     for line in _summarise_quantized(qmodel, _param_bytes(model)):
         print(line)
-    print(f"saved        {args.output}")
+    print(f"saved        {out_dir} ({getattr(qmodel, 'quantize_seconds', 0.0):.1f} s to quantize)")
+    if not args.no_check:
+        for line in _check_and_measure(model, qmodel, out_dir, tok, args):
+            print(line)
+    if args.eval_tasks:
+        _eval_both(model, qmodel, tok, args, f"W{rec['w_bits']}A{rec['a_bits']}")
     print(f"time         {time.perf_counter() - t0:.1f} s")
+
+
+def _eval_both(model, qmodel, tok, args, label: str):
+    """`--eval-tasks`: the source and the in-memory quantized model on the same data, side by side."""
+    from . import eval as qeval
+
+    if tok is None:
+        raise QuambaError("--eval-tasks needs the model's tokenizer: pass --tokenizer")
+    tasks = [t.strip() for t in args.eval_tasks.split(",") if t.strip()]
+    kw = dict(limit=args.eval_limit, batch_size=args.eval_batch_size, data_dir=args.data_dir)
+    fp = qeval.evaluate(model, tok, tasks, **kw)
+    q = qeval.evaluate(qmodel, tok, tasks, reference=model, **kw)
+    print()
+    print(qeval.format_comparison(fp, q, labels=["full precision", label]))
+
+
+def _try_tokenizer(name):
+    import quamba
+
+    try:
+        return quamba.load_tokenizer(name)
+    except QuambaError:
+        return None
 
 
 def _add_model_args(p, model_required=False, dtype_help="cast full-precision weights: float32, float16 or bfloat16 (default: as stored)"):
@@ -168,9 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=20, help="tokens to generate greedily (default 20)")
     p.set_defaults(func=_cmd_inspect)
 
-    q = sub.add_parser("quantize", help="quantize a model and save the quantized checkpoint",
-                       description="Calibrate a full-precision model, quantize it with a recipe and save the result "
-                                   "(config.json with the recipe and a per-module type map, model.safetensors).")
+    q = sub.add_parser("quantize", help="quantize a model, save it, reload it and measure it (the main job)",
+                       description="Calibrate a full-precision model, quantize it with a recipe, save the result "
+                                   "(config.json with the recipe and a per-module type map, model.safetensors), reload "
+                                   "it, check it reproduces the in-memory model, and compare it with the source on "
+                                   "held-out text. With no MODEL: the bundled mamba1-tiny with quamba1 (W8A8). With no "
+                                   "--calib-data: calibration text sampled from the model itself (seeded, recorded).")
     _add_model_args(q, dtype_help="float dtype of the quantized model's float parts (scan output, fp lm_head): "
                     "float16 (default), bfloat16 or float32")
     q.add_argument("--recipe", default="quamba1", choices=["quamba1", "quamba2"],
@@ -206,20 +300,41 @@ def build_parser() -> argparse.ArgumentParser:
                         "sensitive ones (measured as KL divergence on calibration data)")
     q.add_argument("--calib-data", help="calibration text: a .txt or .jsonl (field 'text') file, optionally .gz, or "
                    "a hub dataset name (online). Never use evaluation data.")
-    q.add_argument("--calib-samples", type=int, help="number of calibration windows (default 512)")
-    q.add_argument("--calib-seqlen", type=int, help="tokens per calibration window (default 512)")
+    q.add_argument("--calib-samples", type=int, help="number of calibration windows (default 512; 128 when "
+                   "self-sampled)")
+    q.add_argument("--calib-seqlen", type=int, help="tokens per calibration window (default 512; 256 when self-sampled)")
     q.add_argument("--calib-batch-size", type=int, help="windows per forward pass while calibrating (default 8)")
     q.add_argument("--seed", type=int, help="seed for choosing calibration windows (default 0)")
-    q.add_argument("--source-dtype", help="cast the full-precision model before calibrating (default: as stored)")
-    q.add_argument("--output", "-o", help="directory for the quantized checkpoint (must not exist unless --overwrite)")
+    q.add_argument("--source-dtype", help="cast the full-precision model before calibrating (default: float32 on the "
+                   "CPU, as stored on a GPU)")
+    q.add_argument("--output", "-o", help="directory for the quantized checkpoint (must not exist unless --overwrite; "
+                   "default quamba-out/MODEL-RECIPE-wWaA)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
+    q.add_argument("--no-check", action="store_true",
+                   help="skip reloading the checkpoint and measuring it against the full-precision model")
+    q.add_argument("--check-samples", type=int, default=4, help="held-out sequences for the check (default 4)")
+    q.add_argument("--check-seqlen", type=int, default=256, help="tokens per held-out sequence (default 256)")
+    q.add_argument("--eval-tasks", help="after quantizing, evaluate the full-precision source and the quantized model "
+                   "on these tasks (comma-separated, as `quamba eval --tasks`) and print both with their difference")
+    q.add_argument("--eval-limit", type=int, help="examples per task for --eval-tasks (default: all)")
+    q.add_argument("--eval-batch-size", type=int, default=8, help="batch size for --eval-tasks (default 8)")
+    q.add_argument("--data-dir", help="local evaluation data for --eval-tasks (default ../shared/data if present)")
     q.set_defaults(func=_cmd_quantize)
+
+    from .eval.cli import add_commands as add_eval_commands
+
+    add_eval_commands(sub)
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import torch
+
+    # Decaying SSM states underflow into denormal floats, which CPUs compute ~5x slower; flushing them to zero
+    # changes nothing measurable (|x| < 1e-38). Set for this process only, never on import.
+    torch.set_flush_denormal(True)
     if args.command is None:
         parser.print_help()
         return 2

@@ -67,3 +67,39 @@ def causal_conv1d_update_ref(
     if bias is not None:
         y = y + bias.float()
     return _activate(y, activation).to(x.dtype)
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    activation: str | None = "silu",
+    return_final_state: bool = False,
+):
+    """``causal_conv1d_ref``'s contract (shapes, dtypes, state convention); the Triton kernel on CUDA
+    (see ``quamba.ops.triton.use_triton`` for the switches), the reference elsewhere."""
+    from .triton import use_triton
+
+    if use_triton(x, weight, bias, initial_state):
+        from .triton.conv1d import _causal_conv1d_launch
+
+        return _causal_conv1d_launch(x, weight, bias, initial_state, activation, return_final_state)
+    return causal_conv1d_ref(x, weight, bias, initial_state, activation, return_final_state)
+
+
+def causal_conv1d_update(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = "silu",
+) -> torch.Tensor:
+    """``causal_conv1d_update_ref``'s contract (conv_state [B, D, K] updated in place); Triton on CUDA."""
+    from .triton import use_triton
+
+    if use_triton(x, conv_state, weight, bias):
+        from .triton.conv1d import _causal_conv1d_update_launch
+
+        return _causal_conv1d_update_launch(x, conv_state, weight, bias, activation)
+    return causal_conv1d_update_ref(x, conv_state, weight, bias, activation)

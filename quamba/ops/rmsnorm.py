@@ -57,3 +57,50 @@ def gated_rms_norm_ref(
     if z is not None and norm_before_gate:
         y = y * F.silu(z.float())
     return y.to(x.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``rms_norm_ref``'s contract (y in weight's dtype); the Triton kernel on CUDA (see
+    ``quamba.ops.triton.use_triton`` for the switches), the reference elsewhere."""
+    from .triton import use_triton
+
+    if use_triton(x, weight):
+        from .triton.rmsnorm import _rms_norm_launch
+
+        return _rms_norm_launch(x, weight, eps)
+    return rms_norm_ref(x, weight, eps)
+
+
+def add_rms_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float = 1e-5,
+    residual_in_fp32: bool = True,
+):
+    """``add_rms_norm_ref``'s contract, returning (y, residual); one fused kernel on CUDA."""
+    from .triton import use_triton
+
+    if use_triton(x, residual, weight):
+        from .triton.rmsnorm import _add_rms_norm_launch
+
+        return _add_rms_norm_launch(x, residual, weight, eps, residual_in_fp32)
+    return add_rms_norm_ref(x, residual, weight, eps, residual_in_fp32)
+
+
+def gated_rms_norm(
+    x: torch.Tensor,
+    z: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float = 1e-5,
+    group_size: int | None = None,
+    norm_before_gate: bool = False,
+) -> torch.Tensor:
+    """``gated_rms_norm_ref``'s contract (x's dtype); the Triton kernel on CUDA."""
+    from .triton import use_triton
+
+    if use_triton(x, z, weight):
+        from .triton.rmsnorm import _gated_rms_norm_launch
+
+        return _gated_rms_norm_launch(x, z, weight, eps, group_size, norm_before_gate)
+    return gated_rms_norm_ref(x, z, weight, eps, group_size, norm_before_gate)

@@ -81,3 +81,51 @@ def selective_state_update_ref(
     if z is not None:
         y = y * F.silu(z.float())
     return y.to(x.dtype)
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+):
+    """``selective_scan_ref``'s contract (y in u's dtype, final state fp32); the Triton kernel on CUDA
+    (see ``quamba.ops.triton.use_triton`` for the switches), the reference elsewhere."""
+    from .triton import use_triton
+
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
+    if use_triton(u, delta, A, B, C, D, z, delta_bias, initial_state):
+        from .triton.selective_scan import _selective_scan_launch
+
+        return _selective_scan_launch(*args)
+    return selective_scan_ref(*args)
+
+
+def selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+) -> torch.Tensor:
+    """``selective_state_update_ref``'s contract (``state`` updated in place); Triton on CUDA."""
+    from .triton import use_triton
+
+    args = (state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    if use_triton(x, state, dt, A, B, C, D, z, dt_bias):
+        from .triton.selective_scan import _selective_state_update_launch
+
+        return _selective_state_update_launch(*args)
+    return selective_state_update_ref(*args)

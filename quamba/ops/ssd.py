@@ -148,3 +148,52 @@ def ssd_scan_sequential_ref(
         for t in range(seqlen)
     ]
     return torch.stack(ys, dim=1), state
+
+
+def ssd_chunked(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, math.inf),
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+):
+    """``ssd_chunked_ref``'s contract (y in x's dtype, final state fp32); the chunked Triton kernels on
+    CUDA (see ``quamba.ops.triton.use_triton`` for the switches), the reference elsewhere."""
+    from .triton import use_triton
+
+    args = (x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, initial_state, return_final_state)
+    if use_triton(x, dt, A, B, C, D, dt_bias, initial_state):
+        from .triton.ssd import _ssd_chunked_launch
+
+        return _ssd_chunked_launch(*args)
+    return ssd_chunked_ref(*args)
+
+
+def ssd_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, math.inf),
+) -> torch.Tensor:
+    """``ssd_state_update_ref``'s contract (``state`` [B, H, P, N] updated in place); Triton on CUDA."""
+    from .triton import use_triton
+
+    args = (state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit)
+    if use_triton(x, state, dt, A, B, C, D, dt_bias):
+        from .triton.ssd import _ssd_state_update_launch
+
+        return _ssd_state_update_launch(*args)
+    return ssd_state_update_ref(*args)

@@ -115,7 +115,7 @@ SELF_SAMPLED = "self-sampled"
 
 @torch.no_grad()
 def sample_from_model(model, samples: int, seqlen: int, seed: int = 0, start_token: int = 0,
-                      temperature: float = 1.0, batch_size: int = 64) -> CalibrationData:
+                      temperature: float = 1.0, batch_size: int = 128) -> CalibrationData:
     """Calibration text written by the full-precision model itself: ``samples`` sequences of ``seqlen`` tokens,
     each started from ``start_token`` (end of text) and sampled at ``temperature`` with a seeded generator. Needs no
     data files; recorded as self-sampled."""

@@ -1,0 +1,110 @@
+"""Triton kernels for the full-precision ops (fp32 / fp16 / bf16), one op family per file.
+
+Importing this package needs no triton: only the kernel files (``conv1d``, ``rmsnorm``,
+``selective_scan``, ``ssd``) import it, and the public ops in ``quamba.ops`` import those lazily,
+after :func:`use_triton` has said yes.
+
+Switches, read on every call (environment variables, so that a run can be flipped without code):
+  QUAMBA_FORCE_REFERENCE=1  every op takes the plain-PyTorch ``*_ref`` path, GPU tensors too.
+  TRITON_INTERPRET=1        CPU tensors go through the kernels in Triton's interpreter (tests). It must
+                            be set before triton and the kernel files are first imported: ``triton.jit``
+                            picks the interpreter when it decorates (see :func:`interpreted_kernels`).
+Autograd: the kernels are forward-only, so an op whose inputs need gradients takes the reference
+(with a warning on the GPU); run inference under ``torch.inference_mode()`` or ``torch.no_grad()``.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import importlib.util
+import os
+import warnings
+
+import torch
+
+from ...errors import QuambaError
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _env_on(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in _TRUE
+
+
+def interpreting() -> bool:
+    """True when Triton's interpreter is asked for (``TRITON_INTERPRET=1``)."""
+    return _env_on("TRITON_INTERPRET")
+
+
+def use_triton(*tensors: torch.Tensor | None) -> bool:
+    """Should an op whose inputs are ``tensors`` (the first one decides the device) run its Triton kernel?
+
+    No when QUAMBA_FORCE_REFERENCE=1; no when autograd must see the op (the kernels are
+    forward-only, the references are differentiable); yes for CUDA tensors; yes for CPU tensors
+    only under TRITON_INTERPRET=1 with triton installed. CUDA without triton is a mistake worth a
+    message rather than a silent fall-back, because the GPU timings would quietly be the slow path's.
+    """
+    if _env_on("QUAMBA_FORCE_REFERENCE"):
+        return False
+    present = [t for t in tensors if t is not None]
+    if not present:
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in present):
+        if present[0].is_cuda:
+            warnings.warn("quamba ops run their PyTorch references while autograd records (the Triton kernels are "
+                          "forward-only): wrap inference in torch.inference_mode() for the kernels", stacklevel=3)
+        return False
+    if present[0].is_cuda:
+        if not _triton_installed():
+            raise QuambaError(
+                "CUDA tensors need triton for quamba's kernels: pip install 'quamba[gpu]', "
+                "or set QUAMBA_FORCE_REFERENCE=1 to run the PyTorch reference ops")
+        return True
+    return present[0].device.type == "cpu" and interpreting() and _triton_installed()
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+_KERNEL_FILES = ("_common", "conv1d", "rmsnorm", "selective_scan", "ssd")  # helpers first: the others import them
+
+
+@contextlib.contextmanager
+def interpreted_kernels():
+    """While inside, CPU tensors run through the kernels in Triton's interpreter (tests, debugging
+    without a GPU): sets TRITON_INTERPRET=1 and (re)imports the kernel files so that ``triton.jit``
+    wraps them for the interpreter. On exit the variable is restored, so CPU calls outside take the
+    reference path again (the interpreter is far too slow for anything but small checks).
+
+    Triton's own library functions (tl.zeros, tl.sum, ...) are wrapped when triton is first
+    imported, so that import must happen in here, or with TRITON_INTERPRET=1 already set.
+    """
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton.language as tl
+
+        if type(tl.zeros).__name__ == "JITFunction":  # compiled-mode wrapper of triton's own library
+            raise QuambaError("triton was imported before TRITON_INTERPRET=1 was set, so its kernels cannot run in "
+                              "the interpreter: set TRITON_INTERPRET=1 in the environment before starting Python")
+        for name in _KERNEL_FILES:
+            module = importlib.import_module(f"{__name__}.{name}")
+            if not _interpreted(module):
+                importlib.reload(module)  # first imported for the GPU: wrap its kernels again
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+
+
+def _interpreted(module) -> bool:
+    kinds = {type(v).__name__ for k, v in vars(module).items() if k.endswith("_kernel") or k in ("silu", "softplus")}
+    return kinds == {"InterpretedFunction"}
+
+
+__all__ = ["use_triton", "interpreting", "interpreted_kernels"]

@@ -1,0 +1,76 @@
+"""Pieces every kernel file shares: element-wise jit helpers and launch-time checks."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from ...errors import QuambaError
+
+# Launch-time dtype of the float outputs and inputs the kernels accept.
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def softplus(x):
+    """torch's softplus (beta 1, threshold 20): log1p(e^x), and x itself above 20 where they agree.
+
+    log1p by Kahan's trick, log(u) * y / (u - 1) with u = 1 + y, because log(1 + y) alone loses
+    small dt values (very negative x) to rounding.
+    """
+    y = tl.exp(tl.minimum(x, 20.0))
+    u = 1.0 + y
+    small = u == 1.0
+    log1p = tl.where(small, y, tl.log(u) * (y / tl.where(small, 1.0, u - 1.0)))
+    return tl.where(x <= 20.0, log1p, x)
+
+
+@triton.jit
+def silu(x):
+    return x / (1.0 + tl.exp(-x))
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceil division on the host (triton.cdiv is a constexpr function, slow to call from Python)."""
+    return -(-a // b)
+
+
+def check_float(name: str, t: torch.Tensor | None) -> None:
+    if t is not None and t.dtype not in FLOAT_DTYPES:
+        raise QuambaError(f"{name} has dtype {t.dtype}: the Triton ops take float32, float16 or bfloat16")
+
+
+def check_shape(name: str, t: torch.Tensor | None, shape: tuple[int, ...]) -> None:
+    if t is not None and tuple(t.shape) != tuple(shape):
+        raise QuambaError(f"{name} has shape {list(t.shape)}, expected {list(shape)}")
+
+
+def check_same_device(*named: tuple[str, torch.Tensor | None]) -> None:
+    tensors = [(n, t) for n, t in named if t is not None]
+    device = tensors[0][1].device
+    for name, t in tensors[1:]:
+        if t.device != device:
+            raise QuambaError(f"{name} is on {t.device} but {tensors[0][0]} is on {device}: move them together")
+
+
+def check_runnable(kernel, t: torch.Tensor) -> None:
+    """CPU tensors only run through interpreted kernels; say how to get those instead of crashing in triton."""
+    if not t.is_cuda and type(kernel).__name__ != "InterpretedFunction":
+        raise QuambaError(
+            "CPU tensors reached a compiled Triton kernel: set TRITON_INTERPRET=1 before quamba.ops.triton's "
+            "kernel files are first imported, or call the *_ref op")
+
+
+def device_of(t: torch.Tensor):
+    """Launch on t's GPU (multi-GPU safe); nothing to do on the CPU."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def stride_or_zero(t: torch.Tensor | None, dim: int) -> int:
+    return 0 if t is None else t.stride(dim)

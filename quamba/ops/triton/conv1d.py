@@ -1,0 +1,208 @@
+"""Triton causal depthwise conv1d (+ SiLU): prefill over [B, D, L] and the one-token update.
+
+Same contracts as ``quamba.ops.conv1d.causal_conv1d_ref`` / ``causal_conv1d_update_ref``: the
+conv state is the last K inputs of each channel, oldest first; arithmetic is fp32 whatever the
+input dtype. Inputs may be strided (the models pass transposed views of in_proj's output).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ...errors import QuambaError
+from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2,
+                      silu, stride_or_zero)
+
+_MAX_WIDTH = 4  # d_conv of every Mamba checkpoint is 4; the kernels unroll the taps
+
+
+@triton.jit
+def _causal_conv1d_kernel(
+    x_ptr, w_ptr, bias_ptr, init_ptr, y_ptr, final_ptr,
+    dim, seqlen,
+    sxb, sxd, sxl, swd, swk, sib, sid, sik, syb, syd, syl, sfb, sfd, sfk,
+    K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
+    WRITE_FINAL: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """One [BLOCK_D, BLOCK_L] tile of y; grid (B, cdiv(D, BLOCK_D), cdiv(L, BLOCK_L))."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    pid_l = tl.program_id(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_d = offs_d < dim
+    mask_l = offs_l < seqlen
+    x_base = x_ptr + pid_b * sxb
+    init_base = init_ptr + pid_b * sib
+
+    acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+    for k in tl.static_range(K):
+        # Tap k reads input position t + k - (K - 1); negative positions are the history, which
+        # initial_state holds at index K + position (its slot 0 is the one that just fell out).
+        pos = offs_l + (k - (K - 1))
+        w = tl.load(w_ptr + offs_d * swd + k * swk, mask=mask_d, other=0.0).to(tl.float32)
+        in_x = mask_d[:, None] & (mask_l & (pos >= 0))[None, :]
+        xv = tl.load(x_base + offs_d[:, None] * sxd + pos[None, :] * sxl, mask=in_x, other=0.0).to(tl.float32)
+        if HAS_INIT:
+            in_h = mask_d[:, None] & (pos < 0)[None, :]
+            xv += tl.load(init_base + offs_d[:, None] * sid + (pos + K)[None, :] * sik, mask=in_h,
+                          other=0.0).to(tl.float32)
+        acc += w[:, None] * xv
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    if SILU:
+        acc = silu(acc)
+    y_ptrs = y_ptr + pid_b * syb + offs_d[:, None] * syd + offs_l[None, :] * syl
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_d[:, None] & mask_l[None, :])
+
+    if WRITE_FINAL:
+        if pid_l == 0:
+            # The new state: the last K positions of history + x, i.e. positions L-K .. L-1.
+            # (New names: a runtime `if` may not give the loop's `pos` / masks another shape.)
+            offs_k = tl.arange(0, KP)
+            last_pos = seqlen - K + offs_k
+            from_x = mask_d[:, None] & ((last_pos >= 0) & (offs_k < K))[None, :]
+            last = tl.load(x_base + offs_d[:, None] * sxd + last_pos[None, :] * sxl, mask=from_x,
+                           other=0.0).to(tl.float32)
+            if HAS_INIT:
+                from_h = mask_d[:, None] & ((last_pos < 0) & (offs_k < K))[None, :]
+                last += tl.load(init_base + offs_d[:, None] * sid + (last_pos + K)[None, :] * sik, mask=from_h,
+                                other=0.0).to(tl.float32)
+            f_ptrs = final_ptr + pid_b * sfb + offs_d[:, None] * sfd + offs_k[None, :] * sfk
+            tl.store(f_ptrs, last.to(final_ptr.dtype.element_ty), mask=mask_d[:, None] & (offs_k < K)[None, :])
+
+
+@triton.jit
+def _causal_conv1d_update_kernel(
+    x_ptr, state_ptr, w_ptr, bias_ptr, y_ptr,
+    dim,
+    sxb, sxd, ssb, ssd, ssk, swd, swk, syb, syd,
+    K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Shift the state left by one, append x, dot with the taps; grid (B, cdiv(D, BLOCK_D))."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_k = tl.arange(0, KP)
+    mask_d = offs_d < dim
+    mask_dk = mask_d[:, None] & (offs_k < K)[None, :]
+    s_ptrs = state_ptr + pid_b * ssb + offs_d[:, None] * ssd + offs_k[None, :] * ssk
+
+    shifted = tl.load(s_ptrs + ssk, mask=mask_d[:, None] & (offs_k + 1 < K)[None, :], other=0.0)
+    xv = tl.load(x_ptr + pid_b * sxb + offs_d * sxd, mask=mask_d, other=0.0).to(state_ptr.dtype.element_ty)
+    new = tl.where((offs_k == K - 1)[None, :], xv[:, None], shifted)
+    # Slot k is written with what slot k + 1 held: every thread must have read before any writes.
+    tl.debug_barrier()
+    tl.store(s_ptrs, new, mask=mask_dk)
+
+    w = tl.load(w_ptr + offs_d[:, None] * swd + offs_k[None, :] * swk, mask=mask_dk, other=0.0).to(tl.float32)
+    acc = tl.sum(new.to(tl.float32) * w, axis=1)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if SILU:
+        acc = silu(acc)
+    tl.store(y_ptr + pid_b * syb + offs_d * syd, acc.to(y_ptr.dtype.element_ty), mask=mask_d)
+
+
+def _silu_flag(activation: str | None) -> bool:
+    if activation is None:
+        return False
+    if activation in ("silu", "swish"):
+        return True
+    raise QuambaError(f"unsupported conv activation {activation!r}: use 'silu' or None")
+
+
+def _check_weight(weight: torch.Tensor, dim: int) -> int:
+    if weight.dim() != 2 or weight.shape[0] != dim:
+        raise QuambaError(f"conv weight has shape {list(weight.shape)}, expected [{dim}, K]")
+    width = weight.shape[1]
+    if not 2 <= width <= _MAX_WIDTH:
+        raise QuambaError(f"conv width K={width} is not supported by the Triton kernel (2..{_MAX_WIDTH}): "
+                          "use causal_conv1d_ref")
+    return width
+
+
+def _causal_conv1d_launch(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    activation: str | None = "silu",
+    return_final_state: bool = False,
+):
+    """Checks and launches ``_causal_conv1d_kernel``; same contract as ``causal_conv1d_ref``.
+
+    y is laid out [B, L, D] in memory (returned as the [B, D, L] view) when x's channels are
+    contiguous, as in the models, so that the next linear reads it without a copy.
+    """
+    if x.dim() != 3:
+        raise QuambaError(f"conv input x has shape {list(x.shape)}, expected [B, D, L]")
+    batch, dim, seqlen = x.shape
+    width = _check_weight(weight, dim)
+    check_shape("conv bias", bias, (dim,))
+    check_shape("conv initial_state", initial_state, (batch, dim, width))
+    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("initial_state", initial_state)):
+        check_float(name, t)
+    check_same_device(("x", x), ("weight", weight), ("bias", bias), ("initial_state", initial_state))
+    check_runnable(_causal_conv1d_kernel, x)
+    use_silu = _silu_flag(activation)
+
+    if x.stride(1) == 1 and dim > 1:
+        y = torch.empty(batch, seqlen, dim, device=x.device, dtype=x.dtype).transpose(1, 2)
+    else:
+        y = torch.empty(batch, dim, seqlen, device=x.device, dtype=x.dtype)
+    final = torch.empty(batch, dim, width, device=x.device, dtype=x.dtype) if return_final_state else None
+    if seqlen == 0 and final is not None:  # nothing to convolve: the state is the old one (or zeros)
+        final.copy_(initial_state if initial_state is not None else torch.zeros_like(final))
+    if batch * dim * seqlen > 0:
+        block_d = min(64, next_pow2(dim))
+        block_l = min(64 if x.is_cuda else 16, next_pow2(seqlen))
+        grid = (batch, cdiv(dim, block_d), cdiv(seqlen, block_l))
+        init = initial_state
+        with device_of(x):
+            _causal_conv1d_kernel[grid](
+                x, weight, bias if bias is not None else weight, init if init is not None else x, y,
+                final if final is not None else y,
+                dim, seqlen,
+                *x.stride(), *weight.stride(),
+                stride_or_zero(init, 0), stride_or_zero(init, 1), stride_or_zero(init, 2),
+                *y.stride(),
+                stride_or_zero(final, 0), stride_or_zero(final, 1), stride_or_zero(final, 2),
+                K=width, KP=next_pow2(width), HAS_BIAS=bias is not None, HAS_INIT=init is not None,
+                WRITE_FINAL=final is not None, SILU=use_silu, BLOCK_D=block_d, BLOCK_L=block_l,
+            )
+    return (y, final) if return_final_state else y
+
+
+def _causal_conv1d_update_launch(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = "silu",
+) -> torch.Tensor:
+    """Checks and launches ``_causal_conv1d_update_kernel``; same contract as ``causal_conv1d_update_ref``."""
+    if x.dim() != 2:
+        raise QuambaError(f"conv update input x has shape {list(x.shape)}, expected [B, D]")
+    batch, dim = x.shape
+    width = _check_weight(weight, dim)
+    check_shape("conv_state", conv_state, (batch, dim, width))
+    check_shape("conv bias", bias, (dim,))
+    for name, t in (("x", x), ("conv_state", conv_state), ("weight", weight), ("bias", bias)):
+        check_float(name, t)
+    check_same_device(("x", x), ("conv_state", conv_state), ("weight", weight), ("bias", bias))
+    check_runnable(_causal_conv1d_update_kernel, x)
+    use_silu = _silu_flag(activation)
+
+    y = torch.empty(batch, dim, device=x.device, dtype=x.dtype)
+    if batch * dim == 0:
+        return y
+    block_d = min(256 if x.is_cuda else 32, next_pow2(dim))
+    with device_of(x):
+        _causal_conv1d_update_kernel[(batch, cdiv(dim, block_d))](
+            x, conv_state, weight, bias if bias is not None else weight, y,
+            dim,
+            *x.stride(), *conv_state.stride(), *weight.stride(), *y.stride(),
+            K=width, KP=next_pow2(width), HAS_BIAS=bias is not None, SILU=use_silu, BLOCK_D=block_d,
+        )
+    return y

@@ -1,0 +1,173 @@
+"""Triton RMSNorm, fused residual add + RMSNorm, and Mamba2's gated RMSNorm: one row (or one
+group of a row) per program, fp32 arithmetic, contracts of ``quamba.ops.rmsnorm``'s references."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ...errors import QuambaError
+from ._common import check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2, silu
+
+_MAX_ROW = 65536  # one program holds a whole row (or group) in registers
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, res_ptr, w_ptr, y_ptr, res_out_ptr,
+    ncols, eps,
+    sx, sr, sy, so,
+    HAS_RES: tl.constexpr, WRITE_RES: tl.constexpr, SUM_ROUND: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Row r: s = x (+ residual, rounded to the residual-out dtype, which may be written);
+    y = s * rsqrt(mean(s^2) + eps) * weight. Grid (rows,). SUM_ROUND 1 / 2: the add is first
+    rounded to fp16 / bf16 (two 16-bit inputs add in their dtype before any fp32 upcast)."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < ncols
+    s = tl.load(x_ptr + row * sx + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        s += tl.load(res_ptr + row * sr + cols, mask=mask, other=0.0).to(tl.float32)
+        if SUM_ROUND == 1:
+            s = s.to(tl.float16).to(tl.float32)
+        if SUM_ROUND == 2:
+            s = s.to(tl.bfloat16).to(tl.float32)
+    if WRITE_RES:
+        # The norm sees the residual as stored (rounded), exactly as the reference normalises it.
+        s = s.to(res_out_ptr.dtype.element_ty)
+        tl.store(res_out_ptr + row * so + cols, s, mask=mask)
+        s = s.to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=0) / ncols + eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * sy + cols, (s * rstd * w).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gated_rms_norm_kernel(
+    x_ptr, z_ptr, w_ptr, y_ptr,
+    group_size, eps,
+    sx, sz, sy,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Group g of row r: rms_norm(x * silu(z)) * w, or rms_norm(x) * w * silu(z). Grid (rows, groups)."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * group_size + tl.arange(0, BLOCK)
+    mask = tl.arange(0, BLOCK) < group_size
+    x = tl.load(x_ptr + row * sx + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_Z:
+        gate = silu(tl.load(z_ptr + row * sz + cols, mask=mask, other=0.0).to(tl.float32))
+        if not NORM_BEFORE_GATE:
+            x = x * gate
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / group_size + eps)
+    y = x * rstd * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_Z:
+        if NORM_BEFORE_GATE:
+            y = y * gate
+    tl.store(y_ptr + row * sy + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _rows(t: torch.Tensor, ncols: int) -> torch.Tensor:
+    """[..., D] -> [rows, D] with unit stride along D (a view when possible)."""
+    t2 = t.reshape(-1, ncols)
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def _check_row(name: str, x: torch.Tensor, weight: torch.Tensor) -> int:
+    ncols = x.shape[-1] if x.dim() > 0 else 0
+    check_shape(f"{name} weight", weight, (ncols,))
+    if ncols > _MAX_ROW:
+        raise QuambaError(f"{name} rows of {ncols} exceed the Triton kernel's {_MAX_ROW}: use the *_ref op")
+    return ncols
+
+
+def _norm_rows(x2, res2, weight, y, res_out, eps, sum_round=0):
+    rows, ncols = x2.shape
+    if rows == 0 or ncols == 0:
+        return
+    block = next_pow2(ncols)
+    with device_of(x2):
+        _rms_norm_kernel[(rows,)](
+            x2, res2 if res2 is not None else x2, weight, y, res_out if res_out is not None else y,
+            ncols, float(eps),
+            x2.stride(0), res2.stride(0) if res2 is not None else 0, y.stride(0),
+            res_out.stride(0) if res_out is not None else 0,
+            HAS_RES=res2 is not None, WRITE_RES=res_out is not None, SUM_ROUND=sum_round, BLOCK=block,
+            num_warps=min(16, max(1, block // 256)),
+        )
+
+
+def _rms_norm_launch(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Checks and launches ``_rms_norm_kernel``; same contract as ``rms_norm_ref`` (y in weight's dtype)."""
+    ncols = _check_row("rms_norm", x, weight)
+    check_float("x", x)
+    check_float("weight", weight)
+    check_same_device(("x", x), ("weight", weight))
+    check_runnable(_rms_norm_kernel, x)
+    x2 = _rows(x, ncols)
+    y = torch.empty(x2.shape, device=x.device, dtype=weight.dtype)
+    _norm_rows(x2, None, weight, y, None, eps)
+    return y.reshape(x.shape)
+
+
+def _add_rms_norm_launch(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float = 1e-5,
+    residual_in_fp32: bool = True,
+):
+    """Checks and launches the fused add + norm; same contract as ``add_rms_norm_ref``.
+
+    Returns (y in weight's dtype, new residual: fp32 with ``residual_in_fp32``, else the promoted
+    dtype of x and residual). The residual is always a new tensor (the reference may alias x).
+    """
+    ncols = _check_row("add_rms_norm", x, weight)
+    check_shape("residual", residual, tuple(x.shape))
+    for name, t in (("x", x), ("residual", residual), ("weight", weight)):
+        check_float(name, t)
+    check_same_device(("x", x), ("residual", residual), ("weight", weight))
+    check_runnable(_rms_norm_kernel, x)
+    sum_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    res_dtype = torch.float32 if residual_in_fp32 else sum_dtype
+    sum_round = {torch.float16: 1, torch.bfloat16: 2}.get(sum_dtype, 0) if residual is not None else 0
+    x2 = _rows(x, ncols)
+    res2 = None if residual is None else _rows(residual, ncols)
+    y = torch.empty(x2.shape, device=x.device, dtype=weight.dtype)
+    res_out = torch.empty(x2.shape, device=x.device, dtype=res_dtype)
+    _norm_rows(x2, res2, weight, y, res_out, eps, sum_round)
+    return y.reshape(x.shape), res_out.reshape(x.shape)
+
+
+def _gated_rms_norm_launch(
+    x: torch.Tensor,
+    z: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float = 1e-5,
+    group_size: int | None = None,
+    norm_before_gate: bool = False,
+) -> torch.Tensor:
+    """Checks and launches ``_gated_rms_norm_kernel``; same contract as ``gated_rms_norm_ref`` (x's dtype)."""
+    ncols = _check_row("gated_rms_norm", x, weight)
+    check_shape("gate z", z, tuple(x.shape))
+    group_size = ncols if group_size is None else int(group_size)
+    if group_size <= 0 or ncols % group_size:
+        raise QuambaError(f"group_size {group_size} does not divide the {ncols} channels of the gated norm")
+    for name, t in (("x", x), ("z", z), ("weight", weight)):
+        check_float(name, t)
+    check_same_device(("x", x), ("z", z), ("weight", weight))
+    check_runnable(_gated_rms_norm_kernel, x)
+    x2 = _rows(x, ncols)
+    z2 = None if z is None else _rows(z, ncols)
+    y = torch.empty(x2.shape, device=x.device, dtype=x.dtype)
+    rows = x2.shape[0]
+    if rows and ncols:
+        block = next_pow2(group_size)
+        with device_of(x):
+            _gated_rms_norm_kernel[(rows, ncols // group_size)](
+                x2, z2 if z2 is not None else x2, weight, y,
+                group_size, float(eps),
+                x2.stride(0), z2.stride(0) if z2 is not None else 0, y.stride(0),
+                HAS_Z=z is not None, NORM_BEFORE_GATE=bool(norm_before_gate), BLOCK=block,
+                num_warps=min(16, max(1, block // 256)),
+            )
+    return y.reshape(x.shape)
