@@ -322,8 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_cmd_quantize)
 
     from .eval.cli import add_commands as add_eval_commands
+    from .generate_cli import add_commands as add_generation_commands
 
     add_eval_commands(sub)
+    add_generation_commands(sub)
     return parser
 
 

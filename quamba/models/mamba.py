@@ -275,6 +275,12 @@ class MambaLMHeadModel(nn.Module):
     def quantization_config(self) -> dict | None:
         return self.quantization
 
+    def generate(self, input_ids, max_new_tokens: int, **kwargs):
+        """Decode on the inference cache: see ``quamba.generation.generate`` for sampling options."""
+        from ..generation import generate
+
+        return generate(self, input_ids, max_new_tokens, **kwargs)
+
     def save_pretrained(self, path, tokenizer=None, overwrite: bool = False):
         from .io import save_model
 

@@ -51,3 +51,23 @@ def w8a8_gemm_ref(
     if out_scale is not None:
         return quantize_ref(y, out_scale)
     return y.to(out_dtype)
+
+
+def w8a8_gemm(
+    x_q: torch.Tensor,
+    x_scale: torch.Tensor,
+    w_q: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_scale: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float16,
+) -> torch.Tensor:
+    """``w8a8_gemm_ref``'s contract, bit-exact: the Triton kernel on CUDA (see ``quamba.ops.triton.use_triton``
+    for the switches), the reference elsewhere."""
+    from .triton import use_triton
+
+    if use_triton(x_q, w_q, w_scale, bias, out_scale):
+        from .triton.gemm_w8a8 import _w8a8_gemm_launch
+
+        return _w8a8_gemm_launch(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype)
+    return w8a8_gemm_ref(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype)

@@ -68,6 +68,7 @@ def ssd_chunked_ref(
     Returns y: [B, L, H, P] in x's dtype and, with ``return_final_state``, the state [B, H, P, N] fp32.
     """
     batch, seqlen, nheads, headdim = x.shape
+    chunk_size = max(1, min(chunk_size, seqlen))  # the result does not depend on it; short inputs need no padding
     dt = _discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # [B, L, H]
     pad = (-seqlen) % chunk_size
     xf = F.pad(x.float(), (0, 0, 0, 0, 0, pad))

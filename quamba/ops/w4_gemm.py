@@ -110,3 +110,52 @@ def w4a8_gemm_ref(
     if bias is not None:
         y = y + bias.float()
     return y.to(out_dtype)
+
+
+def w4a16_gemm(
+    x: torch.Tensor,
+    w_packed: torch.Tensor,
+    scales: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``w4a16_gemm_ref``'s contract: the Triton kernel on CUDA (fp16 scales; weights rounded to x's dtype,
+    fp32 accumulation, so not bit-identical to the fp32 reference), the reference elsewhere."""
+    from .triton import use_triton
+
+    if use_triton(x, w_packed, scales, bias):
+        from .triton.gemm_w4 import _w4a16_gemm_launch
+
+        return _w4a16_gemm_launch(x, w_packed, scales, group_size, bias)
+    return w4a16_gemm_ref(x, w_packed, scales, group_size, bias)
+
+
+def w4a8_gemm(
+    x_q: torch.Tensor,
+    x_scale: torch.Tensor | float,
+    w_packed: torch.Tensor,
+    group_scales: torch.Tensor,
+    channel_scales: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float16,
+    out_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``w4a8_gemm_ref``'s contract, bit-exact: the Triton kernel on CUDA, the reference elsewhere.
+
+    out_scale ([N] or one fp32 value, optional): return ``quantize_ref(y, out_scale)`` (int8) of the fp32
+    result instead of ``out_dtype``, the int8-output W4A8Linear; the kernel fuses it into its epilogue.
+    """
+    from .triton import use_triton
+
+    if use_triton(x_q, w_packed, group_scales, channel_scales, bias, out_scale):
+        from .triton.gemm_w4 import _w4a8_gemm_launch
+
+        return _w4a8_gemm_launch(x_q, x_scale, w_packed, group_scales, channel_scales, group_size, bias,
+                                 out_dtype, out_scale)
+    if out_scale is None:
+        return w4a8_gemm_ref(x_q, x_scale, w_packed, group_scales, channel_scales, group_size, bias, out_dtype)
+    from .quant import quantize_ref
+
+    y = w4a8_gemm_ref(x_q, x_scale, w_packed, group_scales, channel_scales, group_size, bias, torch.float32)
+    return quantize_ref(y, out_scale)

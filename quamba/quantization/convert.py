@@ -37,15 +37,16 @@ class LinearFactory:
             return None
         from .gptq import gptq_quantize
 
-        return gptq_quantize(w, self.hessians[linear].hessian, fmt, group_size=self.group_size,
-                             damp=self.cfg.gptq_damp, act_order=getattr(self.cfg, "gptq_act_order", False),
-                             per_channel=self.per_channel)
+        H = self.hessians[linear].hessian  # GPTQ runs where the Hessian was collected; modules are built on the CPU
+        out = gptq_quantize(w.to(H.device), H, fmt, group_size=self.group_size, damp=self.cfg.gptq_damp,
+                            act_order=getattr(self.cfg, "gptq_act_order", False), per_channel=self.per_channel)
+        return tuple(t.cpu() for t in out)
 
     def a8(self, linear: nn.Linear, w_bits: int, input_scale, output: str, output_scale=None, weight=None,
            drop_bias: bool = False):
         """int8 input. W4A8 where the input width allows int4 groups, otherwise W8A8 ("where shapes allow").
         ``weight`` replaces the layer's weight (e.g. Hadamard-rotated); ``drop_bias`` leaves the bias out."""
-        w = (linear.weight if weight is None else weight).detach().float()
+        w = (linear.weight if weight is None else weight).detach().float().cpu()
         bias = None if drop_bias else linear.bias
         if w_bits == 4 and self._fits_w4(w.shape[1]):
             return W4A8Linear.from_float(w, input_scale, output, bias, output_scale, self.group_size,
@@ -55,7 +56,7 @@ class LinearFactory:
 
     def a16(self, linear: nn.Linear, weight=None):
         """float input: W4A16 where the input width allows int4 groups, otherwise the float projection."""
-        w = (linear.weight if weight is None else weight).detach().float()
+        w = (linear.weight if weight is None else weight).detach().float().cpu()
         if self._fits_w4(w.shape[1]):
             return W4A16Linear.from_float(w, linear.bias, self.group_size, self._gptq(linear, w, "int4"))
         out = nn.Linear(w.shape[1], w.shape[0], bias=linear.bias is not None, dtype=self.dtype)

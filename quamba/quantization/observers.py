@@ -12,6 +12,8 @@ import torch
 
 
 class MinMaxObserver:
+    """Abs-max of everything seen (kept on the CPU, where the quantized modules are assembled)."""
+
     def __init__(self, per_channel: bool = False):
         self.per_channel = per_channel
         self.absmax: torch.Tensor | None = None
@@ -19,7 +21,7 @@ class MinMaxObserver:
     def update(self, x: torch.Tensor):
         """x: [..., C] (channels last)."""
         x = x.detach().float()
-        cur = x.abs().reshape(-1, x.shape[-1]).amax(0) if self.per_channel else x.abs().amax()
+        cur = (x.abs().reshape(-1, x.shape[-1]).amax(0) if self.per_channel else x.abs().amax()).cpu()
         self.absmax = cur if self.absmax is None else torch.maximum(self.absmax, cur)
 
     def scale(self) -> torch.Tensor:

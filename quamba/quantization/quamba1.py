@@ -70,7 +70,7 @@ class Quamba1Observers:
         from .gptq import HessianAccumulator
 
         def chain(first, module, rotate=False):
-            acc = self.hessians[module] = HessianAccumulator(module.in_features)
+            acc = self.hessians[module] = HessianAccumulator(module.in_features, device=module.weight.device)
 
             def hook(mod, args, out):
                 first(mod, args, out)
@@ -111,7 +111,7 @@ def a8_mamba1_mixer(m, obs: Quamba1Observers, i: int, make: LinearFactory, w_bit
         getattr(q.scan, name).fill_(float(s))
     q.had = QHadamard(D)
     q.had.output_scale.fill_(float(s_y))
-    w_rot = m.out_proj.weight.detach().float() @ hadamard_matrix(D).T  # W y = (W H^T)(H y)
+    w_rot = m.out_proj.weight.detach().float().cpu() @ hadamard_matrix(D).T  # W y = (W H^T)(H y)
     q.out_proj = make.a8(m.out_proj, w_bits, s_y, cfg.dtype, weight=w_rot)
     return q
 

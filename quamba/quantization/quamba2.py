@@ -71,7 +71,7 @@ def collect_hessians(model: MambaLMHeadModel, input_ids: torch.Tensor, targets: 
     """{linear: HessianAccumulator} of each target's input (Hadamard-rotated where targets[linear] is True)."""
     from .gptq import HessianAccumulator
 
-    hessians = {lin: HessianAccumulator(lin.in_features) for lin in targets}
+    hessians = {lin: HessianAccumulator(lin.in_features, device=lin.weight.device) for lin in targets}
 
     def hook_for(lin, rotate):
         def hook(module, args, out):
@@ -147,7 +147,7 @@ def a8_mamba2_mixer(m, obs: Mamba2Observers, i: int, make: LinearFactory, w_bits
     q.had = QHadamard(D)
     q.had.output_scale.fill_(float(obs.y_had[i].scale()))
     q.out_proj = make.a8(m.out_proj, w_bits, obs.y_had[i].scale(), cfg.dtype,
-                         weight=m.out_proj.weight.detach().float() @ hadamard_matrix(D).T)
+                         weight=m.out_proj.weight.detach().float().cpu() @ hadamard_matrix(D).T)
     return q
 
 

@@ -69,7 +69,7 @@ def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-_KERNEL_FILES = ("_common", "conv1d", "rmsnorm", "selective_scan", "ssd")  # helpers first: the others import them
+_KERNEL_FILES = ("_common", "conv1d", "rmsnorm", "selective_scan", "ssd", "gemm_w8a8", "gemm_w4")  # helpers first: the others import them
 
 
 @contextlib.contextmanager

@@ -1,0 +1,357 @@
+"""Triton GEMMs on packed int4 weights: W4A16 (float activations) and W4A8 (int8 activations).
+
+Contracts of ``quamba.ops.w4_gemm``'s references. Weights are uint8 [N, K // 2], two's-complement
+nibbles, the low one holding the even k; scales are per group of G consecutive k. Each K tile of the
+weights is unpacked in registers, scaled, and fed to the tensor cores:
+  W4A16: w = q * s rounded once to x's dtype (fp16 / bf16; fp32 stays fp32), tl.dot with fp32
+         accumulation, + bias, -> x's dtype. The reference computes in fp32, so results differ by the
+         rounding of w and of the operand products' sums (the tests state the bound).
+  W4A8:  w8 = q * s_g is an int8 in [-128, 112]; tl.dot int8 x int8 -> int32 is exact, and the epilogue
+         is gemm_w8a8's, in w4a8_gemm_ref's order ((acc * x_scale) * channel_scale + bias): bit-exact.
+K tiles never straddle a scale group when the block size divides G (the usual G = 32..128 or -1), so
+a tile needs one scale per row; other group sizes gather a scale per element.
+The nibble -> fp16 / bf16 conversion builds the float's bits (0x6400 | (q + 8) is 1024 + q + 8 in
+fp16) instead of int -> float conversion instructions, which run at a fraction of the ALU rate.
+
+Small M (decode) uses split-K like the W8A8 kernel. For large M, ``dense_min_m`` can instead
+dequantize the weights once into a dense [N, K] tensor (int8 for W4A8, x's dtype for W4A16) and run
+the dense kernel on it: the same values, so the same results; which is faster at prefill sizes is
+what benchmarks/kernels_gemm.py measures (off by default).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ...errors import QuambaError
+from ..w4_gemm import _check_bias, _check_packed
+from ._common import check_float, check_runnable, check_same_device, device_of, next_pow2
+from .gemm_w8a8 import (MAX_K, SCALES_W4A8, GemmConfig, check_index_range, int8_gemm_into, int_epilogue,
+                        int_epilogue_args, launch_int_reduce, new_output, pick_config, split_plan, store_partial,
+                        tile_ids)
+
+# What a K tile of weights is unpacked to: the W_KIND constexpr of the kernels (which compare it with the
+# literals, since jit code cannot read plain module globals)
+W_INT8, W_FP16, W_BF16, W_FP32 = 0, 1, 2, 3
+_W_KIND = {torch.float16: W_FP16, torch.bfloat16: W_BF16, torch.float32: W_FP32}
+
+
+@triton.jit
+def dequant_int4(p, s, W_KIND: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """p: uint8 [BLOCK_N, BLOCK_K // 2] packed pairs; s: scales [BLOCK_N, 1] or [BLOCK_N, BLOCK_K].
+
+    Returns [BLOCK_N, BLOCK_K], column 2j from p's low nibble: int8 q * s (W_INT8, s int8), or q * s
+    rounded once to fp16 / bf16 (s fp16), or fp32.
+    """
+    b = p.to(tl.int16)
+    lo = b & 15
+    hi = b >> 4
+    if W_KIND == 1:
+        # fp16 0x6400 | n (n < 16) is 1024 + n, and n ^ 8 = q + 8: subtracting 1032 leaves q exactly
+        bits = tl.reshape(tl.join(lo ^ 0x6408, hi ^ 0x6408), [BLOCK_N, BLOCK_K])
+        w = (bits.to(tl.float16, bitcast=True) - 1032.0) * s
+    elif W_KIND == 2:
+        # bf16 0x4300 | n is 128 + n; the product is formed in fp32 so that it is rounded to bf16 once
+        bits = tl.reshape(tl.join(lo ^ 0x4308, hi ^ 0x4308), [BLOCK_N, BLOCK_K])
+        w = ((bits.to(tl.bfloat16, bitcast=True).to(tl.float32) - 136.0) * s.to(tl.float32)).to(tl.bfloat16)
+    else:
+        q = tl.reshape(tl.join((lo ^ 8) - 8, (hi ^ 8) - 8), [BLOCK_N, BLOCK_K])
+        if W_KIND == 0:
+            w = (q * s.to(tl.int16)).to(tl.int8)
+        else:
+            w = q.to(tl.float32) * s.to(tl.float32)
+    return w
+
+
+@triton.jit
+def w4_accumulate(
+    acc, x_ptr, w_ptr, s_ptr, rows, cols, k_lo, k_hi, K, G,
+    sxm, sxk, swn, swk, ssn, ssg,
+    W_KIND: tl.constexpr, PACKED: tl.constexpr, SCALES_PER_TILE: tl.constexpr, EVEN_K: tl.constexpr,
+    IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """acc + x[rows, k_lo:k_hi] @ W[cols, k_lo:k_hi]^T, W unpacked tile by tile (PACKED) or already dense."""
+    offs_k = tl.arange(0, BLOCK_K)
+    per_byte: tl.constexpr = 2 if PACKED else 1  # k values per stored weight element
+    offs_w = tl.arange(0, BLOCK_K // per_byte)  # stored elements of a tile row (contiguous: vector loads)
+    x_ptrs = x_ptr + rows[:, None] * sxm + (k_lo + offs_k)[None, :] * sxk
+    w_ptrs = w_ptr + cols[:, None] * swn + (k_lo // per_byte + offs_w)[None, :] * swk
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(x_ptrs)
+            wt = tl.load(w_ptrs)
+        else:
+            a = tl.load(x_ptrs, mask=((k0 + offs_k) < K)[None, :], other=0)
+            wt = tl.load(w_ptrs, mask=((k0 + offs_w * per_byte) < K)[None, :], other=0)
+        if PACKED:
+            if SCALES_PER_TILE:
+                s = tl.load(s_ptr + cols * ssn + (k0 // G) * ssg)[:, None]
+            else:
+                in_k = (k0 + offs_k) < K
+                s = tl.load(s_ptr + cols[:, None] * ssn + ((k0 + offs_k) // G)[None, :] * ssg,
+                            mask=in_k[None, :], other=1)
+            wt = dequant_int4(wt, s, W_KIND, BLOCK_N, BLOCK_K)
+        # out_dtype spelled out: triton < 3.7 does not take it from acc (int32 for W_INT8, else fp32)
+        if IEEE:
+            acc = tl.dot(a, tl.trans(wt), acc, input_precision="ieee", out_dtype=acc.dtype)
+        else:
+            acc = tl.dot(a, tl.trans(wt), acc, out_dtype=acc.dtype)
+        x_ptrs += BLOCK_K * sxk
+        w_ptrs += (BLOCK_K // per_byte) * swk
+    return acc
+
+
+@triton.jit(do_not_specialize=["M"])
+def _w4a8_gemm_kernel(
+    x_ptr, w_ptr, gs_ptr, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, part_ptr,
+    M, N, K, G, k_split,
+    sxm, sxk, swn, swk, sgn, sgg, sos, sym, syn, spk, spm,
+    HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SPLIT: tl.constexpr, SCALES_PER_TILE: tl.constexpr,
+    EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """One [BLOCK_M, BLOCK_N] tile over K slice pid_k: int32 sums of x_q * (q4 * s_g), finished by the epilogue or,
+    when SPLIT, stored as partial sums; grid (tiles, K slices)."""
+    pid_m, pid_n = tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_k = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_lo = pid_k * k_split
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    acc = w4_accumulate(acc, x_ptr, w_ptr, gs_ptr, offs_m % M, offs_n % N, k_lo, tl.minimum(k_lo + k_split, K), K, G,
+                        sxm, sxk, swn, swk, sgn, sgg,
+                        0, True, SCALES_PER_TILE, EVEN_K, False, BLOCK_N, BLOCK_K)  # 0: W_INT8
+    if SPLIT:
+        store_partial(acc, part_ptr, pid_k, offs_m, offs_n, M, N, spk, spm)
+    else:
+        int_epilogue(acc, offs_m, offs_n, M, N, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, 1, sos, sym, syn,
+                     HAS_BIAS, REQUANT, 1)  # 1: SCALES_W4A8
+
+
+@triton.jit
+def float_epilogue(acc, offs_m, offs_n, M, N, bias_ptr, y_ptr, sym, syn, HAS_BIAS: tl.constexpr):
+    """y = acc (+ bias) in fp32, stored in y's dtype."""
+    mask_n = offs_n < N
+    if HAS_BIAS:
+        acc = acc + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+    mask = (offs_m < M)[:, None] & mask_n[None, :]
+    tl.store(y_ptr + offs_m[:, None] * sym + offs_n[None, :] * syn, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _w4a16_gemm_kernel(
+    x_ptr, w_ptr, s_ptr, bias_ptr, y_ptr, part_ptr,
+    M, N, K, G, k_split,
+    sxm, sxk, swn, swk, ssn, ssg, sym, syn, spk, spm,
+    W_KIND: tl.constexpr, PACKED: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+    SCALES_PER_TILE: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """One [BLOCK_M, BLOCK_N] tile over K slice pid_k of x @ (q4 * s)^T, fp32 accumulation, finished or (SPLIT)
+    stored as partial sums; grid (tiles, K slices)."""
+    pid_m, pid_n = tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_k = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_lo = pid_k * k_split
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = w4_accumulate(acc, x_ptr, w_ptr, s_ptr, offs_m % M, offs_n % N, k_lo, tl.minimum(k_lo + k_split, K), K, G,
+                        sxm, sxk, swn, swk, ssn, ssg,
+                        W_KIND, PACKED, SCALES_PER_TILE, EVEN_K, W_KIND == 3, BLOCK_N, BLOCK_K)
+    if SPLIT:
+        store_partial(acc, part_ptr, pid_k, offs_m, offs_n, M, N, spk, spm)
+    else:
+        float_epilogue(acc, offs_m, offs_n, M, N, bias_ptr, y_ptr, sym, syn, HAS_BIAS)
+
+
+@triton.jit(do_not_specialize=["M", "n_split"])
+def _float_splitk_reduce_kernel(
+    part_ptr, bias_ptr, y_ptr, M, N, n_split, spk, spm, sym, syn,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Sum the fp32 partials of the K slices in slice order (deterministic), + bias; grid (M tiles, N tiles)."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    ptrs = part_ptr + offs_m[:, None] * spm + offs_n[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for s in range(n_split):
+        acc += tl.load(ptrs + s * spk, mask=mask, other=0.0)
+    float_epilogue(acc, offs_m, offs_n, M, N, bias_ptr, y_ptr, sym, syn, HAS_BIAS)
+
+
+@triton.jit
+def _int4_dequant_kernel(
+    w_ptr, s_ptr, out_ptr, N, K, G,
+    swn, swk, ssn, ssg, son, sok,
+    W_KIND: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """out [N, K] = unpack(w) * scales, exactly the tiles the GEMM kernels build; grid (N tiles, K tiles)."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_j = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    in_n = offs_n < N
+    in_k = offs_k < K
+    p = tl.load(w_ptr + offs_n[:, None] * swn + offs_j[None, :] * swk,
+                mask=in_n[:, None] & (offs_j < K // 2)[None, :], other=0)
+    s = tl.load(s_ptr + offs_n[:, None] * ssn + (offs_k // G)[None, :] * ssg, mask=in_n[:, None] & in_k[None, :],
+                other=1)
+    w = dequant_int4(p, s, W_KIND, BLOCK_N, BLOCK_K)
+    tl.store(out_ptr + offs_n[:, None] * son + offs_k[None, :] * sok, w, mask=in_n[:, None] & in_k[None, :])
+
+
+# ---------------------------------------------------------------------------------------------- launch
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """[..., K] -> [M, K] (a view when possible)."""
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+
+
+def _config(m, n, k, g, device, float_dot, config):
+    """(config, scales_per_tile, even_k, k_slice); g: the group size of packed weights, None for dense ones."""
+    if config is None:
+        config, per_tile = pick_config(m, n, k, device, float_dot=float_dot, group_size=g, packed=g is not None)
+    else:
+        per_tile = g is None or g % config.block_k == 0
+    if config.block_k % 2:
+        raise QuambaError(f"block_k must be even to unpack int4 pairs, got {config.block_k}")
+    config, ks = split_plan(config, k)
+    return config, per_tile, k % config.block_k == 0 and ks % config.block_k == 0, ks
+
+
+def _int4_dequant_launch(w_packed: torch.Tensor, scales: torch.Tensor, g: int, dtype: torch.dtype) -> torch.Tensor:
+    """Dense [N, K] weights in ``dtype`` (int8: q * s_g of W4A8; fp16 / bf16 / fp32: q * s of W4A16)."""
+    n, k = w_packed.shape[0], 2 * w_packed.shape[1]
+    out = torch.empty(n, k, device=w_packed.device, dtype=dtype)
+    if out.numel():
+        bn, bk = (64, 128) if w_packed.is_cuda else (32, 64)
+        kind = W_INT8 if dtype == torch.int8 else _W_KIND[dtype]
+        with device_of(w_packed):
+            _int4_dequant_kernel[(triton.cdiv(n, bn), triton.cdiv(k, bk))](
+                w_packed, scales, out, n, k, g,
+                *w_packed.stride(), *scales.stride(), *out.stride(),
+                W_KIND=kind, BLOCK_N=bn, BLOCK_K=bk, num_warps=4,
+            )
+    return out
+
+
+def _w4a16_gemm_launch(
+    x: torch.Tensor,
+    w_packed: torch.Tensor,
+    scales: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+    config: GemmConfig | None = None,
+    dense_min_m: int | None = None,
+) -> torch.Tensor:
+    """Checks and launches the W4A16 GEMM; same contract as ``w4a16_gemm_ref``.
+
+    x: [..., K] fp16 / bf16 / fp32; w_packed: uint8 [N, K // 2]; scales: fp16 [N, K // G]; bias: [N] or None.
+    Returns [..., N] in x's dtype. ``config`` overrides the tiles; with ``dense_min_m``, M >= it dequantizes
+    the weights once and runs the dense kernel.
+    """
+    check_float("x", x)
+    g = _check_packed(x.shape[-1], w_packed, scales, group_size, "scales")
+    _check_bias(bias, w_packed.shape[0])
+    if scales.dtype != torch.float16:
+        raise QuambaError(f"W4A16 scales must be float16 (the format's dtype), got {scales.dtype}")
+    check_same_device(("x", x), ("w_packed", w_packed), ("scales", scales), ("bias", bias))
+    check_runnable(_w4a16_gemm_kernel, x)
+    x2 = _rows(x)
+    check_index_range(x2, w_packed)
+    (m, k), n = x2.shape, w_packed.shape[0]
+    y = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    check_index_range(y)
+    if y.numel() == 0:
+        return y.reshape(*x.shape[:-1], n)
+    bias = bias.float().contiguous() if bias is not None else None
+    dense = dense_min_m is not None and m >= dense_min_m
+    w = _int4_dequant_launch(w_packed, scales, g, x.dtype) if dense else w_packed
+    cfg, per_tile, even_k, ks = _config(m, n, k, None if dense else g, x.device, True, config)
+    part = torch.empty(cfg.split_k, m, n, device=x.device, dtype=torch.float32) if cfg.split_k > 1 else y
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), cfg.split_k)
+    with device_of(x):
+        _w4a16_gemm_kernel[grid](
+            x2, w, scales, bias if bias is not None else scales, y, part,
+            m, n, k, g, ks,
+            *x2.stride(), *w.stride(), *scales.stride(), *y.stride(),
+            part.stride(0), part.stride(1) if part.dim() == 3 else 0,
+            W_KIND=_W_KIND[x.dtype], PACKED=not dense, HAS_BIAS=bias is not None, SPLIT=cfg.split_k > 1,
+            SCALES_PER_TILE=per_tile, EVEN_K=even_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        if cfg.split_k > 1:
+            bm, bn = min(32, max(16, next_pow2(m))), 128 if x.is_cuda else 32
+            _float_splitk_reduce_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+                part, bias if bias is not None else part, y, m, n, cfg.split_k, part.stride(0), part.stride(1),
+                *y.stride(), HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, num_warps=4,
+            )
+    return y.reshape(*x.shape[:-1], n)
+
+
+def _w4a8_gemm_launch(
+    x_q: torch.Tensor,
+    x_scale: torch.Tensor | float,
+    w_packed: torch.Tensor,
+    group_scales: torch.Tensor,
+    channel_scales: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float16,
+    out_scale: torch.Tensor | None = None,
+    config: GemmConfig | None = None,
+    dense_min_m: int | None = None,
+) -> torch.Tensor:
+    """Checks and launches the W4A8 GEMM; same contract as ``w4a8_gemm_ref``, plus ``out_scale`` ([N] or one
+    value): the fp32 result requantized to int8 as ``quantize_ref(y, out_scale)``, fused into the epilogue.
+
+    x_q: int8 [..., K]; x_scale: one fp32 value; w_packed: uint8 [N, K // 2]; group_scales: int8 [N, K // G];
+    channel_scales: fp32 [N]; bias: [N] or None. Returns [..., N] in ``out_dtype`` (int8 with out_scale).
+    """
+    if x_q.dtype != torch.int8:
+        raise QuambaError(f"w4a8 activations must be int8, got {x_q.dtype}")
+    k = x_q.shape[-1]
+    g = _check_packed(k, w_packed, group_scales, group_size, "group_scales")
+    n = w_packed.shape[0]
+    if group_scales.dtype != torch.int8:
+        raise QuambaError(f"W4A8 group_scales must be int8, got {group_scales.dtype}")
+    if tuple(channel_scales.shape) != (n,):
+        raise QuambaError(f"channel_scales must have shape ({n},), got {tuple(channel_scales.shape)}")
+    if k > MAX_K:
+        raise QuambaError(f"K={k} may overflow the int32 accumulator (max {MAX_K}): use w4a8_gemm_ref")
+    check_same_device(("x_q", x_q), ("w_packed", w_packed), ("group_scales", group_scales),
+                      ("channel_scales", channel_scales))
+    check_runnable(_w4a8_gemm_kernel, x_q)
+    xs, cs, _, bias, os_, sos = int_epilogue_args(x_scale, channel_scales, bias, out_scale, n, x_q.device,
+                                                  "x_scale", "channel_scales")
+    x2 = _rows(x_q)
+    check_index_range(x2, w_packed)
+    m = x2.shape[0]
+    y = new_output(m, n, x_q.device, os_ is not None, out_dtype)
+    check_index_range(y)
+    if y.numel() == 0:
+        return y.reshape(*x_q.shape[:-1], n)
+    if dense_min_m is not None and m >= dense_min_m:
+        w8 = _int4_dequant_launch(w_packed, group_scales, g, torch.int8)
+        int8_gemm_into(x2, w8, xs, cs, 1, bias, os_, sos, y, SCALES_W4A8, config)
+        return y.reshape(*x_q.shape[:-1], n)
+    cfg, per_tile, even_k, ks = _config(m, n, k, g, x_q.device, False, config)
+    part = torch.empty(cfg.split_k, m, n, device=x_q.device, dtype=torch.int32) if cfg.split_k > 1 else y
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), cfg.split_k)
+    with device_of(x_q):
+        _w4a8_gemm_kernel[grid](
+            x2, w_packed, group_scales, xs, cs, bias if bias is not None else cs, os_ if os_ is not None else cs,
+            y, part,
+            m, n, k, g, ks,
+            *x2.stride(), *w_packed.stride(), *group_scales.stride(), sos, *y.stride(),
+            part.stride(0), part.stride(1) if part.dim() == 3 else 0,
+            HAS_BIAS=bias is not None, REQUANT=os_ is not None, SPLIT=cfg.split_k > 1, SCALES_PER_TILE=per_tile,
+            EVEN_K=even_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=False,
+        )
+        if cfg.split_k > 1:
+            launch_int_reduce(part, y, xs, cs, 1, bias, os_, sos, SCALES_W4A8, cfg)
+    return y.reshape(*x_q.shape[:-1], n)

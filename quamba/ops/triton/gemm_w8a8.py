@@ -1,0 +1,389 @@
+"""Triton int8 GEMM with a fused dequantize / requantize epilogue: the kernel of ``w8a8_gemm``.
+
+Contract of ``quamba.ops.quant.w8a8_gemm_ref``: x_q [M, K] int8 times w_q [N, K] int8, accumulated
+exactly in int32 on the tensor cores (``tl.dot``), then an fp32 epilogue that performs the reference's
+operations in the reference's order, one rounding each, so float outputs and int8 outputs are
+bit-identical to it:
+  y = float(acc) * (x_scale * w_scale[n])   [+ bias[n]]   then  -> out_dtype
+                                                          or  -> clamp(round_half_even(y / out_scale[n]))
+The kernels are launched with ``enable_fp_fusion=False`` so that the compiler does not contract the
+multiply and the bias add into one fused multiply-add (rounded once instead of twice); the division
+is ``div_rn`` (Triton's ``/`` is an approximate division on NVIDIA GPUs); rounding half to even is
+built from ``floor`` so that it is the same in Triton's interpreter, which has no libdevice.
+
+Shapes (``pick_config``): prefill (M > 64) runs [64|128, 128|256] tiles, picked against wave
+quantization, in grouped order for L2 reuse; decode (M <= 64) runs [16..64, 64] tiles with split-K:
+each K slice writes int32 partial sums, a second kernel adds them (exact, any order) and applies the
+epilogue, so there are enough programs to keep every SM streaming weights. The W4A8 kernels
+(``gemm_w4``) share the epilogue, the split-K reduction and this dense kernel.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import triton
+import triton.language as tl
+
+from ...errors import QuambaError
+from ._common import FLOAT_DTYPES, check_runnable, check_same_device, device_of, next_pow2
+
+# int8 x int8 products are at most 2^14 in magnitude, so K < 2^17 terms cannot overflow int32.
+MAX_K = 2 ** 17 - 1
+_INT32_INDEX_LIMIT = 2 ** 31  # the kernels index with int32 offsets
+# The scale order of the fp32 epilogue, as in the two references:
+SCALES_W8A8 = 0  # acc * (x_scale * w_scale)            (w8a8_gemm_ref)
+SCALES_W4A8 = 1  # (acc * x_scale) * channel_scale      (w4a8_gemm_ref)
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """Tile shape and launch options of one GEMM call; ``split_k`` > 1 adds the reduction kernel."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    group_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+# ---------------------------------------------------------------------------------------------- jit helpers
+
+@triton.jit
+def tile_ids(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of program ``pid`` in grouped order: GROUP_M consecutive row tiles walk the
+    column tiles together, so a weight tile is read from L2 by several row tiles in a row."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % size_m
+    pid_n = (pid % per_group) // size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def round_half_even(v):
+    """torch.round for fp32 v (ties to even), from floor: exact, and the same in the interpreter."""
+    f = tl.floor(v)
+    frac = v - f
+    half = f * 0.5
+    odd = half != tl.floor(half)
+    up = (frac > 0.5) | ((frac == 0.5) & odd)
+    return tl.where(up, f + 1.0, f)
+
+
+@triton.jit
+def int_epilogue(
+    acc, offs_m, offs_n, M, N,
+    xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr,
+    sws, sos, sym, syn,
+    HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SCALE_ORDER: tl.constexpr,
+):
+    """Dequantize an int32 [BLOCK_M, BLOCK_N] tile in fp32, in the reference's order, and store it
+    (as y's dtype, or requantized to int8 by the per-channel output scale). sws / sos are 0 for a
+    per-tensor scale, 1 for per-channel."""
+    mask_n = offs_n < N
+    accf = acc.to(tl.float32)
+    xs = tl.load(xs_ptr)
+    ws = tl.load(ws_ptr + offs_n * sws, mask=mask_n, other=1.0)
+    if SCALE_ORDER == 0:
+        y = accf * (xs * ws)[None, :]
+    else:
+        y = (accf * xs) * ws[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+    mask = (offs_m < M)[:, None] & mask_n[None, :]
+    y_ptrs = y_ptr + offs_m[:, None] * sym + offs_n[None, :] * syn
+    if REQUANT:
+        out_scale = tl.load(os_ptr + offs_n * sos, mask=mask_n, other=1.0)
+        # clamp then round == round then clamp: the bounds are integers and rounding is monotone
+        v = tl.minimum(tl.maximum(tl.math.div_rn(y, out_scale[None, :]), -128.0), 127.0)
+        tl.store(y_ptrs, round_half_even(v).to(tl.int8), mask=mask)
+    else:
+        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def store_partial(acc, part_ptr, pid_k, offs_m, offs_n, M, N, spk, spm):
+    """Split-K: this K slice's int32 (or fp32) partial sums into part[pid_k] ([SPLIT, M, N], N contiguous)."""
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    tl.store(part_ptr + pid_k * spk + offs_m[:, None] * spm + offs_n[None, :], acc, mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+
+@triton.jit(do_not_specialize=["M"])  # M = 1 and M = 16 share one compiled kernel
+def _w8a8_gemm_kernel(
+    x_ptr, w_ptr, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr,
+    M, N, K, k_split,
+    sxm, sxk, swn, swk, sws, sos, sym, syn, spk, spm,
+    HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SCALE_ORDER: tl.constexpr, SPLIT: tl.constexpr,
+    EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """One [BLOCK_M, BLOCK_N] tile of x @ w^T over K slice pid_k, finished by the epilogue or, when SPLIT,
+    stored as int32 partial sums; grid (row x column tiles, K slices)."""
+    pid_m, pid_n = tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_k = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    # Rows / columns past the edge read row M-1 / ... wrapped in range (never stored): no masks in the loop.
+    rows = offs_m % M
+    cols = offs_n % N
+    k_lo = pid_k * k_split
+    x_ptrs = x_ptr + rows[:, None] * sxm + (k_lo + offs_k)[None, :] * sxk
+    w_ptrs = w_ptr + cols[None, :] * swn + (k_lo + offs_k)[:, None] * swk  # [BLOCK_K, BLOCK_N], K-major
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k0 in range(k_lo, tl.minimum(k_lo + k_split, K), BLOCK_K):
+        if EVEN_K:
+            a = tl.load(x_ptrs)
+            b = tl.load(w_ptrs)
+        else:
+            in_k = (k0 + offs_k) < K
+            a = tl.load(x_ptrs, mask=in_k[None, :], other=0)
+            b = tl.load(w_ptrs, mask=in_k[:, None], other=0)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)  # triton < 3.7 does not take the type from acc
+        x_ptrs += BLOCK_K * sxk
+        w_ptrs += BLOCK_K * swk
+    if SPLIT:
+        store_partial(acc, part_ptr, pid_k, offs_m, offs_n, M, N, spk, spm)
+    else:
+        int_epilogue(acc, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, sws, sos, sym, syn,
+                     HAS_BIAS, REQUANT, SCALE_ORDER)
+
+
+@triton.jit(do_not_specialize=["M", "n_split"])
+def _int_splitk_reduce_kernel(
+    part_ptr, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr,
+    M, N, n_split, spk, spm, sws, sos, sym, syn,
+    HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SCALE_ORDER: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Sum the int32 partials of the K slices (exact in any order) and apply the epilogue; grid (M tiles, N tiles)."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    ptrs = part_ptr + offs_m[:, None] * spm + offs_n[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for s in range(n_split):
+        acc += tl.load(ptrs + s * spk, mask=mask, other=0)
+    int_epilogue(acc, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, sws, sos, sym, syn,
+                 HAS_BIAS, REQUANT, SCALE_ORDER)
+
+
+# ---------------------------------------------------------------------------------------------- configs
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def block_k_for_groups(preferred: int, group_size: int | None, minimum: int) -> int | None:
+    """The largest power-of-two block_k <= preferred (>= minimum) that divides group_size, so that a K
+    tile lies inside one scale group; None when there is none (the kernel then gathers a scale per column)."""
+    if group_size is None:
+        return preferred
+    bk = preferred
+    while bk >= minimum:
+        if group_size % bk == 0:
+            return bk
+        bk //= 2
+    return None
+
+
+# Prefill tile candidates (block_m, block_n, assumed efficiency of one full wave of such tiles relative to the
+# largest): the choice minimises waves x tile area / efficiency, so that a last, part-filled wave of big tiles
+# (e.g. M=1024, N=2560: 160 tiles of 128 x 128 on 132 SMs) is traded for more, smaller ones. The efficiencies
+# are assumptions to check with benchmarks/kernels_gemm.py. Packed (W4) kernels dequantize a [block_n, block_k]
+# tile in registers, so they stay at block_n 128.
+_PREFILL_TILES = {
+    "int8": ((128, 256, 1.0), (128, 128, 0.95), (64, 128, 0.8)),
+    "packed": ((128, 128, 1.0), (64, 128, 0.8)),
+}
+_DECODE_PROGRAMS_PER_SM = 8  # memory-bound decode: enough small programs to balance the SMs' weight streams
+
+
+def pick_config(m: int, n: int, k: int, device: torch.device, float_dot: bool = False,
+                group_size: int | None = None, packed: bool = False) -> tuple[GemmConfig, bool]:
+    """Tile shape for an [M, K] x [K, N] product on ``device``; returns (config, scales_per_tile).
+
+    CUDA (chosen for H100 by reasoning; benchmarks/kernels_gemm.py measures them): M <= 64 is memory bound
+    (decode): [16..64, 64] tiles, long K steps, split-K into ~8 programs per SM; larger M: 64..128-row tiles
+    chosen against wave quantization (``_PREFILL_TILES``), split-K when even the small tiles leave SMs idle.
+    Elsewhere (Triton's interpreter): one small fixed shape, because interpreted programs are slow.
+    ``float_dot``: fp16/bf16 operands (half the K step of int8 for the same bytes); ``group_size``: the
+    K tile must not straddle a scale group (see block_k_for_groups); ``packed``: int4 weights unpacked in registers.
+    """
+    min_k = 16 if float_dot else 32  # int8 tensor-core instructions take K in steps of 32
+    if device.type != "cuda":
+        cfg = GemmConfig(block_m=max(16, min(32, next_pow2(m))), block_n=max(16, min(32, next_pow2(n))),
+                         block_k=64, num_warps=1, num_stages=1)
+    elif m <= 64:
+        cfg = GemmConfig(block_m=max(16, next_pow2(m)), block_n=64, block_k=128 if float_dot else 256,
+                         num_warps=4, num_stages=4)
+    else:
+        cfg = _prefill_tiles(m, n, "packed" if packed or float_dot else "int8", _sm_count(device.index or 0),
+                             block_k=64 if float_dot else 128)
+    bk = block_k_for_groups(cfg.block_k, group_size, min_k)
+    per_tile = bk is not None
+    cfg = replace(cfg, block_k=bk if per_tile else cfg.block_k)
+    if device.type == "cuda":
+        sms = _sm_count(device.index or 0)
+        if m <= 64:
+            cfg = with_split_k(cfg, m, n, k, _DECODE_PROGRAMS_PER_SM * sms)
+        elif triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n) < sms // 2:
+            cfg = with_split_k(cfg, m, n, k, sms)
+    return cfg, per_tile
+
+
+def _prefill_tiles(m: int, n: int, kind: str, sms: int, block_k: int) -> GemmConfig:
+    def cost(tile):
+        bm, bn, eff = tile
+        return triton.cdiv(triton.cdiv(m, bm) * triton.cdiv(n, bn), sms) * bm * bn / eff
+
+    bm, bn, _ = min(_PREFILL_TILES[kind], key=cost)
+    return GemmConfig(block_m=bm, block_n=bn, block_k=block_k, num_warps=8 if bm == 128 else 4,
+                      num_stages=3 if bn == 256 else 4)
+
+
+def with_split_k(cfg: GemmConfig, m: int, n: int, k: int, target_programs: int) -> GemmConfig:
+    """Split K into equal slices of at least two K blocks until there are about ``target_programs`` programs
+    (at most 16 slices: each adds an int32 / fp32 [M, N] partial to write and read back)."""
+    tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    k_blocks = triton.cdiv(k, cfg.block_k)
+    split = max(1, min(target_programs // max(tiles, 1), k_blocks // 2, 16))
+    return replace(cfg, split_k=split)
+
+
+def split_plan(cfg: GemmConfig, k: int) -> tuple[GemmConfig, int]:
+    """(cfg with the number of non-empty K slices, slice length in whole K blocks)."""
+    k_blocks = max(triton.cdiv(k, cfg.block_k), 1)
+    per_slice = triton.cdiv(k_blocks, max(cfg.split_k, 1))
+    return replace(cfg, split_k=triton.cdiv(k_blocks, per_slice)), per_slice * cfg.block_k
+
+
+# ---------------------------------------------------------------------------------------------- launch
+
+def _as_scale(name: str, s: torch.Tensor | float, n: int, device: torch.device, allow_channels: bool):
+    """fp32 scale tensor on ``device`` and its stride for the kernel (0: one value, 1: one per channel).
+
+    A one-value CPU tensor is moved (torch broadcasts CPU scalars onto the GPU too); anything larger must
+    already be on the activations' device.
+    """
+    s = torch.as_tensor(s, dtype=torch.float32, device=device) if not torch.is_tensor(s) else s
+    if s.device != device:
+        if s.numel() != 1:
+            raise QuambaError(f"{name} is on {s.device} but the activations are on {device}: move them together")
+        s = s.to(device)
+    s = s.float().reshape(-1)
+    if s.numel() == 1:
+        return s, 0
+    if allow_channels and s.numel() == n:
+        return s.contiguous(), 1
+    expected = f"one value or {n} (one per output channel)" if allow_channels else "one value (per tensor)"
+    raise QuambaError(f"{name} has {s.numel()} values, expected {expected}")
+
+
+def int_epilogue_args(x_scale, w_scale, bias, out_scale, n: int, device, x_scale_name: str, w_scale_name: str):
+    """The epilogue's tensors as the kernels take them: (xs, ws, sws, bias, os, sos)."""
+    xs, _ = _as_scale(x_scale_name, x_scale, n, device, allow_channels=False)
+    ws, sws = _as_scale(w_scale_name, w_scale, n, device, allow_channels=True)
+    if bias is not None:
+        if tuple(bias.shape) != (n,):
+            raise QuambaError(f"bias has shape {list(bias.shape)}, expected [{n}]")
+        if bias.device != device:
+            raise QuambaError(f"bias is on {bias.device} but the activations are on {device}: move them together")
+        bias = bias.float().contiguous()
+    os_, sos = (None, 0) if out_scale is None else _as_scale("out_scale", out_scale, n, device, allow_channels=True)
+    return xs, ws, sws, bias, os_, sos
+
+
+def new_output(m: int, n: int, device, requant: bool, out_dtype: torch.dtype) -> torch.Tensor:
+    if not requant and out_dtype not in FLOAT_DTYPES:
+        raise QuambaError(f"out_dtype {out_dtype} is not supported: use float16, bfloat16 or float32 "
+                          "(or out_scale for an int8 output)")
+    return torch.empty(m, n, device=device, dtype=torch.int8 if requant else out_dtype)
+
+
+def check_index_range(*tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if t.numel() >= _INT32_INDEX_LIMIT:
+            raise QuambaError(f"a GEMM operand of {t.numel()} elements exceeds the kernels' int32 indexing: "
+                              "split the batch")
+
+
+def launch_int_reduce(part, y, xs, ws, sws, bias, os_, sos, scale_order: int, cfg: GemmConfig) -> None:
+    """Second pass of split-K: sum part [SPLIT, M, N] int32, epilogue into y [M, N]."""
+    m, n = y.shape
+    bm, bn = min(32, max(16, next_pow2(m))), 128 if y.is_cuda else 32
+    _int_splitk_reduce_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+        part, xs, ws, bias if bias is not None else ws, os_ if os_ is not None else ws, y,
+        m, n, cfg.split_k, part.stride(0), part.stride(1), sws, sos, y.stride(0), y.stride(1),
+        HAS_BIAS=bias is not None, REQUANT=os_ is not None, SCALE_ORDER=scale_order,
+        BLOCK_M=bm, BLOCK_N=bn, num_warps=4, enable_fp_fusion=False,
+    )
+
+
+def int8_gemm_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, config: GemmConfig | None = None):
+    """y [M, N] = epilogue(x2 [M, K] int8 @ w8 [N, K] int8): the dense kernel (+ split-K reduction)."""
+    m, k = x2.shape
+    n = w8.shape[0]
+    cfg, ks = split_plan(config or pick_config(m, n, k, x2.device)[0], k)
+    part = (torch.empty(cfg.split_k, m, n, device=x2.device, dtype=torch.int32) if cfg.split_k > 1 else y)
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), cfg.split_k)
+    with device_of(x2):
+        _w8a8_gemm_kernel[grid](
+            x2, w8, xs, ws, bias if bias is not None else ws, os_ if os_ is not None else ws, y, part,
+            m, n, k, ks,
+            x2.stride(0), x2.stride(1), w8.stride(0), w8.stride(1), sws, sos, y.stride(0), y.stride(1),
+            part.stride(0), part.stride(1) if part.dim() == 3 else 0,
+            HAS_BIAS=bias is not None, REQUANT=os_ is not None, SCALE_ORDER=scale_order, SPLIT=cfg.split_k > 1,
+            EVEN_K=k % cfg.block_k == 0 and ks % cfg.block_k == 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            enable_fp_fusion=False,
+        )
+        if cfg.split_k > 1:
+            launch_int_reduce(part, y, xs, ws, sws, bias, os_, sos, scale_order, cfg)
+
+
+def _w8a8_gemm_launch(
+    x_q: torch.Tensor,
+    x_scale: torch.Tensor,
+    w_q: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_scale: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float16,
+    config: GemmConfig | None = None,
+) -> torch.Tensor:
+    """Checks and launches the W8A8 GEMM; same contract as ``w8a8_gemm_ref``.
+
+    x_q: [..., K] int8; x_scale: one fp32 value; w_q: [N, K] int8; w_scale: [N] or one value; bias: [N] or
+    None; out_scale: [N] or one value for an int8 output. Returns [..., N] (int8 or ``out_dtype``).
+    ``config`` overrides the tile choice (tests, benchmarks).
+    """
+    if x_q.dtype != torch.int8 or w_q.dtype != torch.int8:
+        raise QuambaError(f"w8a8_gemm takes int8 x_q and w_q, got {x_q.dtype} and {w_q.dtype}")
+    if w_q.dim() != 2 or x_q.dim() == 0 or x_q.shape[-1] != w_q.shape[1]:
+        raise QuambaError(f"x_q {list(x_q.shape)} and w_q {list(w_q.shape)} do not fit: expected [..., K] and [N, K]")
+    k, n = w_q.shape[1], w_q.shape[0]
+    if k > MAX_K:
+        raise QuambaError(f"K={k} may overflow the int32 accumulator (max {MAX_K}): use w8a8_gemm_ref")
+    check_same_device(("x_q", x_q), ("w_q", w_q))
+    check_runnable(_w8a8_gemm_kernel, x_q)
+    xs, ws, sws, bias, os_, sos = int_epilogue_args(x_scale, w_scale, bias, out_scale, n, x_q.device,
+                                                    "x_scale", "w_scale")
+    x2 = x_q.reshape(math.prod(x_q.shape[:-1]), k)
+    check_index_range(x2, w_q)
+    y = new_output(x2.shape[0], n, x_q.device, os_ is not None, out_dtype)
+    check_index_range(y)
+    if y.numel():
+        int8_gemm_into(x2, w_q, xs, ws, sws, bias, os_, sos, y, SCALES_W8A8, config)
+    return y.reshape(*x_q.shape[:-1], n)

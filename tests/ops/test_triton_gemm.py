@@ -1,0 +1,362 @@
+"""Triton W8A8 / W4A8 / W4A16 GEMMs against their references, and the dispatch from the linear modules.
+
+On a GPU the kernels run on CUDA; without one they run in Triton's interpreter on small shapes that are
+not multiples of the tiles. Output buffers (and split-K partials) are poisoned so that an unwritten
+element fails. Integer accumulation is exact, so W8A8 / W4A8 outputs must be bit-identical to the
+references (int8 and float ones: the epilogue does the reference's fp32 operations in its order);
+W4A16 rounds the dequantized weights to x's dtype and accumulates in fp32 in another order (bounds below).
+Two interpreter artefacts, not kernel behaviour: its fp32 -> bf16 cast truncates (the GPU rounds to
+nearest even), and its bf16 tl.dot multiplies the raw bits; so bf16 is exact / tested with tl.dot on CUDA only.
+"""
+import importlib
+import importlib.util
+
+import pytest
+import torch
+
+import quamba.ops.triton as qt
+from quamba.errors import QuambaError
+from quamba.modules.linear import W4A8Linear, W4A16Linear, W8A8Linear
+from quamba.ops.quant import quantize_ref, w8a8_gemm, w8a8_gemm_ref
+from quamba.ops.w4_gemm import w4a8_gemm, w4a8_gemm_ref, w4a16_gemm, w4a16_gemm_ref
+from quamba.quantization.weight_formats import (pack_int4, quantize_int4_groupwise, quantize_w4a8,
+                                                unpack_int4, w4a8_int8_weight)
+from tests.conftest import rel_err
+
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+pytestmark = pytest.mark.skipif(not HAVE_TRITON,
+                                reason="the Triton kernels need the triton package (pip install 'quamba[dev]')")
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+
+
+def _gemm_modules():
+    """The kernel files, imported (or re-imported) so that their kernels run in the interpreter on CPU."""
+    from quamba.ops.triton import gemm_w4, gemm_w8a8
+
+    if type(gemm_w8a8._w8a8_gemm_kernel).__name__ != "InterpretedFunction" or \
+            type(gemm_w4._w4a8_gemm_kernel).__name__ != "InterpretedFunction":
+        importlib.reload(gemm_w8a8)  # first: gemm_w4 takes its helpers from it
+        importlib.reload(gemm_w4)
+    return gemm_w8a8, gemm_w4
+
+
+if HAVE_TRITON and not ON_GPU:
+    # triton wraps its library for the interpreter when first imported: import it now, at collection.
+    with qt.interpreted_kernels():
+        _gemm_modules()
+
+
+@pytest.fixture(scope="module")
+def k():
+    """(gemm_w8a8, gemm_w4) with kernels runnable on DEVICE; on CPU, TRITON_INTERPRET=1 for the module."""
+    if ON_GPU:
+        from quamba.ops.triton import gemm_w4, gemm_w8a8
+
+        yield gemm_w8a8, gemm_w4
+    else:
+        with qt.interpreted_kernels():
+            yield _gemm_modules()
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every torch.empty made during the test starts as NaN (floats) or a sentinel (integers): the kernels'
+    outputs and split-K partial sums must all be written."""
+    empty = torch.empty
+
+    def poisoned_empty(*a, **kw):
+        t = empty(*a, **kw)
+        return t.fill_(float("nan") if t.is_floating_point() else 77)
+
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
+
+
+def _q(*shape, lo=-128, hi=128):
+    return torch.randint(lo, hi, shape, dtype=torch.int8, device=DEVICE)
+
+
+def _rand(*shape, scale=1.0):
+    return torch.randn(*shape, device=DEVICE) * scale
+
+
+def _config(k, **kw):
+    return k[0].GemmConfig(**kw)
+
+
+def _split_config(k, float_dot=False):
+    """A small tile shape with split-K, for K = 128: 3 slices of 48, 48, 32 (float) or 4 of 32 (int8)."""
+    return _config(k, block_m=16, block_n=16, block_k=16 if float_dot else 32, split_k=3 if float_dot else 4,
+                   num_warps=1, num_stages=1)
+
+
+def _bf16_equal(y, ref):
+    """bf16 outputs: exact on CUDA; within one bf16 step in the interpreter (its cast truncates)."""
+    if ON_GPU:
+        return torch.equal(y, ref)
+    return bool(((y.float() - ref.float()).abs() <= ref.float().abs() * 2 ** -7 + 1e-30).all())
+
+
+# ------------------------------------------------------------------------------------------------ W8A8
+
+W8A8_CASES = [  # (M, N, K, per_channel, bias, output)
+    (1, 24, 64, True, True, "int8"),
+    (3, 40, 128, False, True, "float16"),
+    (17, 40, 128, True, False, "int8"),
+    (17, 24, 64, True, True, "float32"),
+    (3, 24, 128, False, False, "bfloat16"),
+    (1, 40, 64, True, False, "float16"),
+]
+
+
+def _w8a8_operands(m, n, kdim, per_channel, with_bias, output):
+    x_q, w_q = _q(m, kdim), _q(n, kdim)
+    x_scale = torch.tensor(0.0123, device=DEVICE)
+    w_scale = (torch.rand(n, device=DEVICE) + 0.5) * 1e-3 if per_channel else torch.tensor([7e-4], device=DEVICE)
+    bias = _rand(n) if with_bias else None
+    out_scale = None
+    if output == "int8":  # per channel, spread so that some results clamp and most do not
+        y = w8a8_gemm_ref(x_q, x_scale, w_q, w_scale, bias, out_dtype=torch.float32)
+        out_scale = y.abs().amax() / 200 * (torch.rand(n, device=DEVICE) + 0.5)
+    out_dtype = getattr(torch, output) if output != "int8" else torch.float16
+    return x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype
+
+
+@pytest.mark.parametrize("m,n,kdim,per_channel,with_bias,output", W8A8_CASES)
+def test_w8a8_bit_exact(k, poisoned, m, n, kdim, per_channel, with_bias, output):
+    args = _w8a8_operands(m, n, kdim, per_channel, with_bias, output)
+    y, ref = w8a8_gemm(*args), w8a8_gemm_ref(*args)
+    assert y.dtype == ref.dtype and y.shape == ref.shape == (m, n)
+    assert _bf16_equal(y, ref) if output == "bfloat16" else torch.equal(y, ref)
+    if output == "int8":  # the requantized outputs use the int8 range, clamping included
+        assert (y.abs() >= 127).any() and (y.abs() < 100).any()
+
+
+@pytest.mark.parametrize("output", ["int8", "float16"])
+def test_w8a8_split_k_and_batch_dims(k, poisoned, output):
+    """Split-K sums int32 partials (exact in any order) before the same epilogue; [..., K] inputs keep their dims."""
+    x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype = _w8a8_operands(5, 40, 128, True, True, output)
+    x_q = _q(2, 3, 128)
+    ref = w8a8_gemm_ref(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype)
+    y = k[0]._w8a8_gemm_launch(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype, config=_split_config(k))
+    assert y.shape == (2, 3, 40) and torch.equal(y, ref)
+    assert torch.equal(w8a8_gemm(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype), ref)
+
+
+def test_w8a8_requant_rounds_half_to_even(k, poisoned):
+    """Scales of 1 and an output scale of 2 (or 4) put many results exactly on .5 (or .25 / .75) steps."""
+    x_q, w_q = _q(9, 64, lo=-3, hi=4), _q(24, 64, lo=-3, hi=4)
+    one = torch.ones((), device=DEVICE)
+    acc = (x_q.cpu().long() @ w_q.cpu().long().T).to(DEVICE)  # CUDA has no int64 matmul
+    assert (acc % 2 == 1).any()  # ties are present
+    # x_scale 3.5, out_scale 7: y / 7 = acc / 2 exactly, but y * fl(1 / 7) lands past some ties (6.5, 12.5, ...),
+    # so a kernel that multiplied by the reciprocal instead of dividing would round those the other way
+    y7, seven = (acc * 3.5).float(), torch.tensor(7.0, device=DEVICE)
+    assert not torch.equal(torch.round(y7 * (1 / seven)), torch.round(y7 / seven))
+    for x_scale, out_scale in ((one, torch.full((24,), 2.0, device=DEVICE)), (one, torch.tensor(4.0, device=DEVICE)),
+                               (one * 3.5, seven)):
+        y = w8a8_gemm(x_q, x_scale, w_q, one.reshape(1), None, out_scale)
+        assert torch.equal(y, w8a8_gemm_ref(x_q, x_scale, w_q, one.reshape(1), None, out_scale))
+        assert torch.equal(y.long(), torch.round(acc.double() * x_scale.double() / out_scale.double()).long())
+
+
+def test_w8a8_rejects_bad_inputs(k):
+    x_q, w_q, s = _q(2, 64), _q(8, 64), torch.ones((), device=DEVICE)
+    with pytest.raises(QuambaError, match="int8"):
+        k[0]._w8a8_gemm_launch(x_q.float(), s, w_q, s)
+    with pytest.raises(QuambaError, match="do not fit"):
+        k[0]._w8a8_gemm_launch(_q(2, 32), s, w_q, s)
+    with pytest.raises(QuambaError, match="w_scale has 3 values"):
+        k[0]._w8a8_gemm_launch(x_q, s, w_q, torch.ones(3, device=DEVICE))
+    with pytest.raises(QuambaError, match="out_dtype"):
+        k[0]._w8a8_gemm_launch(x_q, s, w_q, s, out_dtype=torch.int32)
+
+
+# ------------------------------------------------------------------------------------------------ W4A8
+
+W4_CASES = [  # (M, N, K, group_size)
+    (1, 24, 64, 32),
+    (3, 40, 128, 64),
+    (17, 40, 128, -1),
+    (17, 24, 64, 64),
+]
+
+
+def _w4a8_operands(n, kdim, g):
+    q, gs, cs = quantize_w4a8(torch.randn(n, kdim) * 0.05, g)
+    return pack_int4(q).to(DEVICE), gs.to(DEVICE), cs.to(DEVICE)
+
+
+@pytest.mark.parametrize("m,n,kdim,g", W4_CASES)
+@pytest.mark.parametrize("output", ["float16", "int8"])
+def test_w4a8_bit_exact(k, poisoned, m, n, kdim, g, output):
+    packed, gs, cs = _w4a8_operands(n, kdim, g)
+    x_q, x_scale, bias = _q(m, kdim), torch.tensor(0.021, device=DEVICE), _rand(n)
+    if output == "int8":
+        y_fp32 = w4a8_gemm_ref(x_q, x_scale, packed, gs, cs, g, bias, torch.float32)
+        out_scale = y_fp32.abs().amax(0) / 100 + 1e-3  # [N], a little clamping
+        ref = quantize_ref(y_fp32, out_scale)
+        y = w4a8_gemm(x_q, x_scale, packed, gs, cs, g, bias, torch.float32, out_scale=out_scale)
+        assert y.dtype == torch.int8
+    else:
+        ref = w4a8_gemm_ref(x_q, x_scale, packed, gs, cs, g, bias, torch.float16)
+        y = w4a8_gemm(x_q, x_scale, packed, gs, cs, g, bias, torch.float16)
+    assert y.shape == (m, n) and torch.equal(y, ref)
+
+
+@pytest.mark.parametrize("variant", ["split_k", "dense", "gathered_scales"])
+def test_w4a8_other_paths_bit_exact(k, poisoned, variant):
+    """Split-K; dequantize-then-dense (the prefill option); a group size (48) that no K tile fits, so a
+    scale is gathered per column, with a ragged last K tile (K = 96)."""
+    n, kdim, g = (40, 128, 32) if variant != "gathered_scales" else (24, 96, 48)
+    packed, gs, cs = _w4a8_operands(n, kdim, g)
+    x_q, x_scale = _q(2, 3, kdim), 0.017  # a Python float scale, as the reference allows
+    ref = w4a8_gemm_ref(x_q, x_scale, packed, gs, cs, g, None, torch.float32)
+    kw = {"split_k": dict(config=_split_config(k)), "dense": dict(dense_min_m=1),
+          "gathered_scales": dict(config=_config(k, block_m=16, block_n=16, block_k=64, num_warps=1, num_stages=1))}
+    y = k[1]._w4a8_gemm_launch(x_q, x_scale, packed, gs, cs, g, None, torch.float32, **kw[variant])
+    assert y.shape == (2, 3, n) and torch.equal(y, ref)
+
+
+def test_w4a8_rejects_bad_inputs(k):
+    packed, gs, cs = _w4a8_operands(8, 64, 32)
+    with pytest.raises(QuambaError, match="int8"):
+        k[1]._w4a8_gemm_launch(_q(2, 64).float(), 1.0, packed, gs, cs, 32)
+    with pytest.raises(QuambaError, match="group_scales must have shape"):
+        k[1]._w4a8_gemm_launch(_q(2, 64), 1.0, packed, gs, cs, 64)
+    with pytest.raises(QuambaError, match="group_scales must be int8"):
+        k[1]._w4a8_gemm_launch(_q(2, 64), 1.0, packed, gs.float(), cs, 32)
+
+
+# ------------------------------------------------------------------------------------------------ W4A16
+
+# (dtype, bound on the norm-wise relative error vs the fp32 reference, max error in output steps vs an oracle
+# that rounds the weights as the kernel does): fp16 / bf16 round q * s to x's dtype, then fp32 sums.
+W4A16_DTYPES = [(torch.float32, 1e-5), (torch.float16, 2e-3)] + ([(torch.bfloat16, 1.6e-2)] if ON_GPU else [])
+W4A16_IDS = [str(d).replace("torch.", "") for d, _ in W4A16_DTYPES]
+
+
+def _w4a16_operands(n, kdim, g):
+    w = torch.randn(n, kdim) * 0.05
+    q, s = quantize_int4_groupwise(w, g)
+    return pack_int4(q).to(DEVICE), s.to(DEVICE), q.to(DEVICE)
+
+
+def _rounded_weight_oracle(x, q, s, g, bias):
+    """x @ (q * s rounded to x's dtype)^T + bias in float64, rounded to x's dtype: the kernel's math but exact sums."""
+    gsz = q.shape[1] if g == -1 else g
+    w = (q.float() * s.float().repeat_interleave(gsz, dim=1)).to(x.dtype)
+    y = x.double() @ w.double().T + (bias.double() if bias is not None else 0)
+    return y
+
+
+def _check_w4a16(y, x, q, s, g, bias, bound):
+    ref = w4a16_gemm_ref(x, pack_int4(q), s, g, bias)
+    assert y.dtype == x.dtype and y.shape == ref.shape
+    assert rel_err(y, ref) < bound
+    # only the fp32 summation order and the output rounding differ from the oracle: one output step
+    oracle = _rounded_weight_oracle(x.reshape(-1, x.shape[-1]), q, s, g, bias).reshape(y.shape)
+    step = torch.finfo(x.dtype).eps * oracle.abs() + 1e-6
+    assert ((y.double() - oracle).abs() <= step).all()
+
+
+@pytest.mark.parametrize("dtype,bound", W4A16_DTYPES, ids=W4A16_IDS)
+@pytest.mark.parametrize("m,n,kdim,g", W4_CASES)
+def test_w4a16_matches_reference(k, poisoned, dtype, bound, m, n, kdim, g):
+    packed, s, q = _w4a16_operands(n, kdim, g)
+    x, bias = _rand(m, kdim).to(dtype), _rand(n)
+    y = w4a16_gemm(x, packed, s, g, bias)
+    _check_w4a16(y, x, q, s, g, bias, bound)
+
+
+@pytest.mark.parametrize("variant", ["split_k", "dense", "gathered_scales"])
+def test_w4a16_other_paths(k, poisoned, variant):
+    n, kdim, g = (40, 128, 32) if variant != "gathered_scales" else (24, 96, 48)
+    packed, s, q = _w4a16_operands(n, kdim, g)
+    x = _rand(2, 3, kdim).half()
+    kw = {"split_k": dict(config=_split_config(k, float_dot=True)), "dense": dict(dense_min_m=1),
+          "gathered_scales": dict(config=_config(k, block_m=16, block_n=16, block_k=32, num_warps=1, num_stages=1))}
+    y = k[1]._w4a16_gemm_launch(x, packed, s, g, None, **kw[variant])
+    assert y.shape == (2, 3, n)
+    _check_w4a16(y, x, q, s, g, None, 2e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float16, torch.bfloat16, torch.float32])
+def test_int4_dequant_kernel(k, poisoned, dtype):
+    """The unpacking every W4 kernel runs (nibble order, sign, the fp16 / bf16 bit tricks), checked whole."""
+    n, kdim, g = 24, 96, 32
+    q = torch.randint(-8, 8, (n, kdim), dtype=torch.int8)
+    q[0, :16] = torch.arange(-8, 8, dtype=torch.int8)  # every nibble value
+    if dtype == torch.int8:
+        s = torch.randint(1, 17, (n, kdim // g), dtype=torch.int8)
+        expected = w4a8_int8_weight(q, s)
+    else:
+        s = (torch.rand(n, kdim // g) * 0.1).half()
+        expected = (q.float() * s.float().repeat_interleave(g, dim=1)).to(dtype)
+    w = k[1]._int4_dequant_launch(pack_int4(q).to(DEVICE), s.to(DEVICE), g, dtype)
+    assert torch.equal(unpack_int4(pack_int4(q)), q)
+    if dtype == torch.bfloat16:
+        assert _bf16_equal(w.cpu(), expected)
+    else:
+        assert torch.equal(w.cpu(), expected)
+
+
+# ------------------------------------------------------------------------------------------------ dispatch
+
+def test_linear_modules_take_the_kernels(k, poisoned, monkeypatch):
+    """The three modules' forwards reach the kernels (launchers called) and give the reference path's outputs."""
+    calls = []
+    for mod, name in ((k[0], "_w8a8_gemm_launch"), (k[1], "_w4a8_gemm_launch"), (k[1], "_w4a16_gemm_launch")):
+        launch = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _l=launch, _n=name, **kw: calls.append(_n) or _l(*a, **kw))
+    w, x_q, x = torch.randn(40, 64) * 0.1, _q(2, 3, 64), _rand(3, 64).half()
+    y_int = torch.randn(2, 3, 40).abs().amax(dim=(0, 1)) * 0.02 + 0.01
+    modules = [
+        (W8A8Linear.from_float(w, 0.02, output="int8", bias=torch.randn(40), output_scale=y_int), x_q),
+        (W8A8Linear.from_float(w, 0.02, output="float16"), x_q),
+        (W4A8Linear.from_float(w, 0.02, output="int8", output_scale=y_int, group_size=32), x_q),
+        (W4A8Linear.from_float(w, 0.02, output="float32", bias=torch.randn(40), group_size=64), x_q),
+        (W4A16Linear.from_float(w, group_size=32).half(), x),
+    ]
+    for module, inp in modules:
+        module = module.to(DEVICE)
+        y = module(inp)
+        monkeypatch.setenv("QUAMBA_FORCE_REFERENCE", "1")
+        ref = module(inp)
+        monkeypatch.delenv("QUAMBA_FORCE_REFERENCE")
+        if isinstance(module, W4A16Linear):
+            assert rel_err(y, ref) < 2e-3
+        else:
+            assert y.dtype == ref.dtype and torch.equal(y, ref)
+    assert calls == ["_w8a8_gemm_launch"] * 2 + ["_w4a8_gemm_launch"] * 2 + ["_w4a16_gemm_launch"]
+
+
+def test_cpu_outside_the_interpreter_takes_the_reference(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x_q, w_q, s = torch.randint(-128, 128, (2, 64), dtype=torch.int8), torch.randint(
+        -128, 128, (8, 64), dtype=torch.int8), torch.ones(())
+    assert not qt.use_triton(x_q)
+    assert torch.equal(w8a8_gemm(x_q, s, w_q, s), w8a8_gemm_ref(x_q, s, w_q, s))
+
+
+# ------------------------------------------------------------------------------------------------ GPU only
+
+@pytest.mark.skipif(not ON_GPU, reason="prefill / decode tile shapes are compiled for CUDA only")
+@pytest.mark.parametrize("m", [1, 16, 45, 300])
+def test_cuda_tile_shapes_bit_exact(k, m):
+    """The CUDA configs (decode split-K, mid, prefill 128-row tiles), N and K not multiples of any tile."""
+    n, kdim = 392, 640
+    args = _w8a8_operands(m, n, kdim, True, True, "int8")
+    assert torch.equal(w8a8_gemm(*args), w8a8_gemm_ref(*args))
+    args = _w8a8_operands(m, n, kdim, True, True, "bfloat16")
+    assert torch.equal(w8a8_gemm(*args), w8a8_gemm_ref(*args))
+    packed, gs, cs = _w4a8_operands(n, kdim, 128)
+    x_q, bias = _q(m, kdim), _rand(n)
+    ref = w4a8_gemm_ref(x_q, 0.01, packed, gs, cs, 128, bias, torch.float16)
+    assert torch.equal(w4a8_gemm(x_q, 0.01, packed, gs, cs, 128, bias, torch.float16), ref)
+    assert torch.equal(k[1]._w4a8_gemm_launch(x_q, 0.01, packed, gs, cs, 128, bias, torch.float16, dense_min_m=1), ref)
+    packed, s, q = _w4a16_operands(n, kdim, 128)
+    for dtype, bound in ((torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)):
+        x = _rand(m, kdim).to(dtype)
+        _check_w4a16(w4a16_gemm(x, packed, s, 128, bias), x, q, s, 128, bias, bound)
+        _check_w4a16(k[1]._w4a16_gemm_launch(x, packed, s, 128, bias, dense_min_m=1), x, q, s, 128, bias, bound)

@@ -1,0 +1,146 @@
+"""Profiling (quamba.profiling), architecture presets (quamba.presets) and ``quamba profile``: statistics, size by
+part, state size, random models of the published shapes, and the JSON record on CPU with a tiny config."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import quamba
+from quamba.generate_cli import main as cli_main
+from quamba.models import build_random_model, tiny_config
+from quamba.models.mamba import MambaLMHeadModel
+from quamba.presets import PRESETS, build_random, preset_config
+from quamba.profiling import ProfileSettings, profile_model, size_breakdown, state_bytes, summarize
+
+# Parameter counts of the published checkpoints (millions, from their shapes): the presets must give exactly these.
+PUBLISHED_M = {"mamba-130m": 129.1, "mamba-370m": 371.5, "mamba-790m": 793.2, "mamba-1.4b": 1372.2,
+               "mamba-2.8b": 2768.3, "mamba2-130m": 129.0, "mamba2-370m": 368.3, "mamba2-780m": 780.2,
+               "mamba2-1.3b": 1343.8, "mamba2-2.7b": 2702.6, "mamba2-8b": 8237.0}
+
+
+def test_summary_statistics():
+    s = summarize([float(x) for x in range(1, 12)])  # 1..11
+    assert (s["median"], s["p10"], s["p90"], s["min"], s["max"], s["n"]) == (6.0, 2.0, 10.0, 1.0, 11.0, 11)
+    assert summarize([3.0])["p90"] == 3.0
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_have_the_published_shapes(name):
+    with torch.device("meta"):  # no memory: shapes only
+        model = MambaLMHeadModel(preset_config(name))
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == PUBLISHED_M[name]
+
+
+def test_preset_details():
+    assert preset_config("mamba-2.8b").dt_rank == 160 and preset_config("mamba-2.8b").padded_vocab_size == 50280
+    m2 = preset_config("mamba2-2.7b")
+    assert (m2.nheads, m2.headdim, m2.d_state, m2.ngroups, m2.padded_vocab_size) == (80, 64, 128, 1, 50288)
+    big = preset_config("mamba2-8b")
+    assert (big.d_model, big.n_layer, big.vocab_size, big.ngroups, big.tie_embeddings) == (4096, 56, 256000, 8, False)
+    with pytest.raises(quamba.QuambaError, match="unknown architecture"):
+        preset_config("mamba-9b")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_random_build_is_materialised_in_the_target_dtype(dtype):
+    cfg = tiny_config("mamba1", tie_embeddings=True)
+    a, b = build_random(cfg, dtype=dtype, seed=3), build_random(cfg, dtype=dtype, seed=3)
+    assert all(p.dtype == dtype and p.device.type == "cpu" for p in a.parameters())
+    assert a.lm_head.weight is a.backbone.embedding.weight and a.random_weights
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a.backbone.embedding.weight, build_random(cfg, dtype=dtype, seed=4).backbone.embedding.weight)
+    mixer = a.backbone.layers[0].mixer  # mamba-ssm's init: S4D-real A, D = 1, dt in [1e-3, 0.1]
+    assert torch.equal(mixer.A_log[0].float(), torch.log(torch.arange(1, cfg.d_state + 1.0)).to(dtype).float())
+    dt = torch.nn.functional.softplus(mixer.dt_proj.bias.float())
+    assert bool((mixer.D == 1).all()) and 9e-4 < float(dt.min()) and float(dt.max()) < 0.11
+    with torch.no_grad():
+        assert torch.isfinite(a(torch.randint(0, 257, (1, 5))).logits).all()
+
+
+def test_size_breakdown_by_part():
+    cfg = tiny_config("mamba1")
+    model = build_random_model(cfg)
+    size = size_breakdown(model)
+    parts, d, di, v = size["parts"], cfg.d_model, cfg.d_inner, cfg.padded_vocab_size
+    assert size["lm_head_tied"] and parts["lm_head"]["bytes"] == 0
+    assert parts["embedding"]["elements"] == v * d
+    linear = 2 * di * d + di * (cfg.dt_rank + 2 * cfg.d_state) + (cfg.dt_rank * di + di) + di * d
+    assert parts["linear"]["elements"] == cfg.n_layer * linear
+    assert parts["conv"]["elements"] == cfg.n_layer * di * (cfg.d_conv + 1)
+    assert parts["scan"]["elements"] == cfg.n_layer * (di * cfg.d_state + di)  # A_log, D
+    assert parts["norm"]["elements"] == (cfg.n_layer + 1) * d
+    assert size["total_bytes"] == 4 * sum(p.numel() for p in model.parameters())
+    st = state_bytes(model, batch_size=3)
+    assert st["total_bytes"] == cfg.n_layer * 3 * di * (cfg.d_conv + cfg.d_state) * 4
+
+
+def test_quantized_size_is_smaller_and_counted_by_part():
+    fp = build_random_model(tiny_config("mamba2", d_model=128), seed=1)
+    q = quamba.quantize(fp, "quamba2", calib_data=None, calib_samples=2, calib_seqlen=8, w_bits=4, a_bits=8,
+                        group_size=32, dtype="float32")
+    a, b = size_breakdown(fp)["parts"], size_breakdown(q)["parts"]
+    assert b["linear"]["bytes"] < a["linear"]["bytes"] / 4  # int4 weights + scales vs fp32
+    assert b["scan"]["bytes"] > 0 and b["conv"]["bytes"] < a["conv"]["bytes"]
+    assert sum(p["bytes"] for p in b.values()) == size_breakdown(q)["total_bytes"]
+
+
+def test_profile_model_on_cpu():
+    model = build_random_model(tiny_config("mamba1"), seed=0).eval()
+    settings = ProfileSettings(prompt_len=8, gen_len=3, batch_size=2, repeats=3, warmup=1)
+    rec = profile_model(model, ["ttft", "tpot", "ttlt", "size", "memory"], settings)
+    for key in ("ttft_ms", "tpot_ms", "ttlt_ms"):
+        s = rec[key]
+        assert s["n"] == 3 and 0 < s["min"] <= s["p10"] <= s["median"] <= s["p90"] <= s["max"]
+    assert rec["decode_tokens_per_s"] == pytest.approx(2e3 / rec["tpot_ms"]["median"])
+    assert rec["size"]["state"]["batch_size"] == 2 and rec["memory"]["process_peak_rss_bytes"] > 0
+    with pytest.raises(quamba.QuambaError, match="repeats"):
+        ProfileSettings(repeats=0)
+
+
+def test_profile_command_writes_json(tmp_path, capsys):
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(tiny_config("mamba2").to_dict()))
+    out = tmp_path / "p.json"
+    args = ["profile", "--config", str(cfg), "--prompt-len", "8", "--gen-len", "2", "--repeats", "2", "--warmup", "0",
+            "--ttft", "--tpot", "--size", "--json", str(out), "--quantize", "quamba2", "--w-bits", "4", "--a-bits", "8",
+            "--group-size", "32", "--calib-samples", "2", "--calib-seqlen", "8"]
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "TTFT" in printed and "TPOT" in printed and "TTLT" not in printed and "(random weights)" in printed
+    rec = json.loads(out.read_text())
+    assert rec["model"]["random_weights"] is True and rec["model"]["config"]["arch"] == "mamba2"
+    assert rec["model"]["quantization"]["recipe"]["data"]["w_bits"] == 4
+    assert rec["model"]["quantization"]["calibration"]["source"] == "self-sampled"
+    assert {"ttft_ms", "tpot_ms", "size"} <= set(rec) and "ttlt_ms" not in rec
+    assert rec["settings"]["prompt_len"] == 8 and rec["device"]["type"] == "cpu"
+    assert cli_main(args) == 2  # the JSON exists: never overwritten silently
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--cache-graph"], "needs a CUDA device"),
+    (["--w-bits", "4"], "need --quantize"),
+    (["--repeats", "0"], "repeats must be >= 1"),
+])
+def test_profile_user_mistakes(tmp_path, capsys, extra, message):
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(tiny_config("mamba1").to_dict()))
+    assert cli_main(["profile", "--config", str(cfg), "--device", "cpu", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_e2e_benchmark_maps_weights_onto_transformers():
+    pytest.importorskip("transformers")
+    spec = importlib.util.spec_from_file_location("e2e", Path(__file__).resolve().parents[1] / "benchmarks" / "e2e.py")
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    for cfg in (tiny_config("mamba1", tie_embeddings=False), tiny_config("mamba2", ngroups=2)):
+        ours = build_random(cfg, seed=1)
+        hf = e2e.to_transformers(ours)
+        ids = torch.randint(0, 257, (2, 11))
+        with torch.no_grad():
+            a, b = ours(ids).logits, hf(ids).logits
+        assert ((a - b).norm() / a.norm()).item() < 1e-4
