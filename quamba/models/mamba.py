@@ -15,15 +15,15 @@ import torch
 import torch.nn as nn
 
 from ..ops import (
-    causal_conv1d_ref,
-    causal_conv1d_update_ref,
-    gated_rms_norm_ref,
-    rms_norm_ref,
-    selective_state_update_ref,
-    ssd_chunked_ref,
-    ssd_state_update_ref,
+    causal_conv1d,
+    causal_conv1d_update,
+    gated_rms_norm,
+    rms_norm,
+    selective_scan,
+    selective_state_update,
+    ssd_chunked,
+    ssd_state_update,
 )
-from ..ops.selective_scan_chunked import selective_scan_chunked  # same function as selective_scan_ref, vectorised
 from .config import MambaConfig
 
 
@@ -50,7 +50,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm_ref(x, self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class GatedRMSNorm(nn.Module):
@@ -62,12 +62,12 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return gated_rms_norm_ref(x, z, self.weight, self.eps, self.group_size, self.norm_before_gate)
+        return gated_rms_norm(x, z, self.weight, self.eps, self.group_size, self.norm_before_gate)
 
 
 class CausalConv1d(nn.Module):
     """Depthwise causal conv1d + SiLU. Parameters are stored as nn.Conv1d stores them (weight [D, 1, K]) so that
-    checkpoint keys and shapes match; the op is ``causal_conv1d_ref``."""
+    checkpoint keys and shapes match; the op is ``causal_conv1d`` (Triton on CUDA, ``causal_conv1d_ref`` elsewhere)."""
 
     def __init__(self, channels: int, kernel_size: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
@@ -77,12 +77,12 @@ class CausalConv1d(nn.Module):
     def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
         """x: [B, D, L]. With ``state`` ([B, D, K], previous inputs) returns (y, new_state), else y."""
         if state is None:
-            return causal_conv1d_ref(x, self.weight.squeeze(1), self.bias)
-        return causal_conv1d_ref(x, self.weight.squeeze(1), self.bias, state, return_final_state=True)
+            return causal_conv1d(x, self.weight.squeeze(1), self.bias)
+        return causal_conv1d(x, self.weight.squeeze(1), self.bias, state, return_final_state=True)
 
     def step(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """x: [B, D]; ``state`` [B, D, K] is updated in place."""
-        return causal_conv1d_update_ref(x, state, self.weight.squeeze(1), self.bias)
+        return causal_conv1d_update(x, state, self.weight.squeeze(1), self.bias)
 
 
 class Mamba1Mixer(nn.Module):
@@ -117,7 +117,7 @@ class Mamba1Mixer(nn.Module):
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([c.dt_rank, c.d_state, c.d_state], dim=-1)
         dt = self.dt_proj(dt).transpose(1, 2)  # dt_proj's bias is the scan's delta_bias
         A = -torch.exp(self.A_log.float())
-        y = selective_scan_chunked(
+        y = selective_scan(
             x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D, z=z, delta_softplus=True, initial_state=None if cache is None else cache.ssm_states[self.layer_idx],
             return_final_state=cache is not None)
         if cache is not None:
@@ -132,7 +132,7 @@ class Mamba1Mixer(nn.Module):
         dt, B, C = self.x_proj(x).split([c.dt_rank, c.d_state, c.d_state], dim=-1)
         dt = self.dt_proj(dt)
         A = -torch.exp(self.A_log.float())
-        y = selective_state_update_ref(cache.ssm_states[self.layer_idx], x, dt, A, B, C, self.D, z=z, dt_softplus=True)
+        y = selective_state_update(cache.ssm_states[self.layer_idx], x, dt, A, B, C, self.D, z=z, dt_softplus=True)
         return self.out_proj(y).unsqueeze(1)
 
 
@@ -180,7 +180,7 @@ class Mamba2Mixer(nn.Module):
             xBC, cache.conv_states[self.layer_idx] = self.conv1d(xBC.transpose(1, 2), cache.conv_states[self.layer_idx])
         x, B, C = self._split_xbc(xBC.transpose(1, 2))
         A = -torch.exp(self.A_log.float())
-        y = ssd_chunked_ref(x, dt, A, B, C, c.chunk_size, self._D(), self.dt_bias, dt_softplus=True,
+        y = ssd_chunked(x, dt, A, B, C, c.chunk_size, self._D(), self.dt_bias, dt_softplus=True,
                             dt_limit=c.dt_limit, initial_state=None if cache is None else cache.ssm_states[self.layer_idx],
                             return_final_state=cache is not None)
         if cache is not None:
@@ -194,7 +194,7 @@ class Mamba2Mixer(nn.Module):
         xBC = self.conv1d.step(xBC, cache.conv_states[self.layer_idx])
         x, B, C = self._split_xbc(xBC)
         A = -torch.exp(self.A_log.float())
-        y = ssd_state_update_ref(cache.ssm_states[self.layer_idx], x, dt, A, B, C, self._D(), self.dt_bias,
+        y = ssd_state_update(cache.ssm_states[self.layer_idx], x, dt, A, B, C, self._D(), self.dt_bias,
                                  dt_softplus=True, dt_limit=c.dt_limit)
         y = self.norm(y.reshape(-1, c.d_inner), z)
         return self.out_proj(y).unsqueeze(1)

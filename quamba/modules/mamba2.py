@@ -14,8 +14,8 @@ import math
 import torch
 import torch.nn as nn
 
-from ..ops.rmsnorm import gated_rms_norm_ref
-from ..ops.ssd import ssd_chunked_ref, ssd_state_update_ref
+from ..ops.rmsnorm import gated_rms_norm
+from ..ops.ssd import ssd_chunked, ssd_state_update
 from .registry import dtype_name, parse_dtype, register
 from .scan import Int8State
 
@@ -63,7 +63,7 @@ class QSSDScan(nn.Module):
     def forward(self, x_q, dt_q, B_q, C_q, state=None):
         x, dt, B, C = self._inputs(x_q, dt_q, B_q, C_q)
         init = state.load() if isinstance(state, Int8State) else state
-        out = ssd_chunked_ref(x, dt, -torch.exp(self.A_log), B, C, self.chunk_size, self.D, self.dt_bias, True,
+        out = ssd_chunked(x, dt, -torch.exp(self.A_log), B, C, self.chunk_size, self.D, self.dt_bias, True,
                               self.dt_limit, init, return_final_state=state is not None)
         if state is None:
             return out.to(self.out_dtype)
@@ -77,7 +77,7 @@ class QSSDScan(nn.Module):
         """x_q [B, H, P], dt_q [B, H], B_q/C_q [B, G, N] int8; ``state`` updated in place; returns y [B, H, P]."""
         x, dt, B, C = self._inputs(x_q, dt_q, B_q, C_q)
         h = state.load() if isinstance(state, Int8State) else state
-        y = ssd_state_update_ref(h, x, dt, -torch.exp(self.A_log), B, C, self.D, self.dt_bias, True, self.dt_limit)
+        y = ssd_state_update(h, x, dt, -torch.exp(self.A_log), B, C, self.D, self.dt_bias, True, self.dt_limit)
         if isinstance(state, Int8State):
             state.store(h)
         return y.to(self.out_dtype)
@@ -100,7 +100,7 @@ class QGatedRMSNorm(nn.Module):
                 "norm_before_gate": self.norm_before_gate, "dtype": dtype_name(self.weight.dtype)}
 
     def forward(self, y: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
-        return gated_rms_norm_ref(y, z_q.float() * self.z_scale, self.weight, self.eps, self.group_size,
+        return gated_rms_norm(y, z_q.float() * self.z_scale, self.weight, self.eps, self.group_size,
                                   self.norm_before_gate).to(self.weight.dtype)
 
 

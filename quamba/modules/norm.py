@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from ..ops.quant import quantize_ref
-from ..ops.rmsnorm import rms_norm_ref
+from ..ops.rmsnorm import rms_norm
 from .registry import dtype_name, parse_dtype, register
 
 
@@ -34,4 +34,4 @@ class QRMSNorm(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return quantize_ref(rms_norm_ref(x, self.weight.float(), self.eps), self.output_scale)
+        return quantize_ref(rms_norm(x, self.weight.float(), self.eps), self.output_scale)

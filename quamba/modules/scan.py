@@ -8,8 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..ops.quant import quantize_ref
-from ..ops.selective_scan import selective_state_update_ref
-from ..ops.selective_scan_chunked import selective_scan_chunked
+from ..ops.selective_scan import selective_scan, selective_state_update
 from .registry import dtype_name, parse_dtype, register
 
 
@@ -68,7 +67,7 @@ class QSelectiveScan(nn.Module):
         u, dt, B, C, z = self._inputs(u_q, dt_q, B_q, C_q, z_q)
         A = -torch.exp(self.A_log)
         init = state.load() if isinstance(state, Int8State) else state
-        out = selective_scan_chunked(u, dt, A, B, C, self.D, z, self.dt_bias, True, init, return_final_state=state is not None)
+        out = selective_scan(u, dt, A, B, C, self.D, z, self.dt_bias, True, init, return_final_state=state is not None)
         if state is None:
             return out.to(self.out_dtype)
         y, h = out
@@ -82,7 +81,7 @@ class QSelectiveScan(nn.Module):
         u, dt, B, C, z = self._inputs(u_q, dt_q, B_q, C_q, z_q)
         A = -torch.exp(self.A_log)
         h = state.load() if isinstance(state, Int8State) else state
-        y = selective_state_update_ref(h, u, dt, A, B, C, self.D, z, self.dt_bias, True)
+        y = selective_state_update(h, u, dt, A, B, C, self.D, z, self.dt_bias, True)
         if isinstance(state, Int8State):
             state.store(h)
         return y.to(self.out_dtype)

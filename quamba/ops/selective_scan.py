@@ -97,7 +97,8 @@ def selective_scan(
     return_final_state: bool = False,
 ):
     """``selective_scan_ref``'s contract (y in u's dtype, final state fp32); the Triton kernel on CUDA
-    (see ``quamba.ops.triton.use_triton`` for the switches), the reference elsewhere."""
+    (see ``quamba.ops.triton.use_triton`` for the switches), elsewhere ``selective_scan_chunked`` (the same
+    function vectorised over time and differentiable; the loop of ``selective_scan_ref`` stays the spec)."""
     from .triton import use_triton
 
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
@@ -105,7 +106,9 @@ def selective_scan(
         from .triton.selective_scan import _selective_scan_launch
 
         return _selective_scan_launch(*args)
-    return selective_scan_ref(*args)
+    from .selective_scan_chunked import selective_scan_chunked
+
+    return selective_scan_chunked(*args)
 
 
 def selective_state_update(
