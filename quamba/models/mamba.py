@@ -100,7 +100,7 @@ class Mamba1Mixer(nn.Module):
         self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=c.bias, **f)
 
     def allocate_state(self, batch_size: int):
-        c, w = self.config, self.in_proj.weight
+        c, w = self.config, self.conv1d.weight  # the conv's dtype: a W4A16 in_proj stores packed uint8 weights
         return (torch.zeros(batch_size, c.d_inner, c.d_conv, device=w.device, dtype=w.dtype),
                 torch.zeros(batch_size, c.d_inner, c.d_state, device=w.device, dtype=torch.float32))
 
@@ -151,7 +151,7 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=c.bias, **f)
 
     def allocate_state(self, batch_size: int):
-        c, w = self.config, self.in_proj.weight
+        c, w = self.config, self.conv1d.weight  # the conv's dtype: a W4A16 in_proj stores packed uint8 weights
         return (torch.zeros(batch_size, c.conv_dim, c.d_conv, device=w.device, dtype=w.dtype),
                 torch.zeros(batch_size, c.nheads, c.headdim, c.d_state, device=w.device, dtype=torch.float32))
 

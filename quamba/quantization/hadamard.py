@@ -101,6 +101,12 @@ def _base_matrix(m: int) -> torch.Tensor:
     return _paley_one(q) if kind == "I" else _paley_two(q)
 
 
+@functools.lru_cache(maxsize=None)
+def _base_matrix_on(m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The base matrix already converted and on ``device``: no host-to-device copy per call (CUDA graphs)."""
+    return _base_matrix(m).to(dtype=dtype, device=device)
+
+
 @functools.lru_cache(maxsize=64)
 def _unnormalised_matrix(n: int) -> torch.Tensor:
     """H_m (x) H_{2^k}: [n, n] int8 of +-1 (cached; callers get converted copies)."""
@@ -155,7 +161,7 @@ def hadamard_transform_ref(x: torch.Tensor, transpose: bool = False) -> torch.Te
     y = x.to(compute).reshape(x.numel() // n, m, p)
     y = _walsh_hadamard_last_dim(y)
     if m > 1:
-        hm = _base_matrix(m).to(dtype=compute, device=x.device)
+        hm = _base_matrix_on(m, compute, x.device)
         hm = hm.T if transpose else hm
         y = torch.einsum("ij,bjp->bip", hm, y)  # y[:, i, :] = sum_j H_m[i, j] y[:, j, :]
     y = y * (1.0 / math.sqrt(n))

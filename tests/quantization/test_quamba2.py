@@ -49,6 +49,13 @@ def test_round_trip(arch, prec, gh, emb, head, gptq, tmp_path):
     assert [(n, type(m)) for n, m in q.named_modules()] == [(n, type(m)) for n, m in r.named_modules()]
 
 
+def test_w4a16_decoding_state_is_float():
+    """The fp mixer of a W4A16 layer must size its conv state from the conv, not from the packed uint8 in_proj."""
+    for arch in ("mamba1", "mamba2"):
+        cache = q2(_model(arch), w_bits=4, a_bits=16).allocate_cache(1)
+        assert cache.conv_states[0].dtype == torch.float16 and cache.ssm_states[0].dtype == torch.float32
+
+
 def test_lm_head_follows_w_bits():
     m = _model("mamba2")
     assert type(q2(m, w_bits=8, a_bits=8, quantize_lm_head=True).lm_head) is W8A8Linear
