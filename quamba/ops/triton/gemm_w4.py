@@ -20,6 +20,7 @@ what benchmarks/kernels_gemm.py measures (off by default).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -271,6 +272,11 @@ def _w4a16_gemm_launch(
     dense = dense_min_m is not None and m >= dense_min_m
     w = _int4_dequant_launch(w_packed, scales, g, x.dtype) if dense else w_packed
     cfg, per_tile, even_k, ks = _config(m, n, k, None if dense else g, x.device, True, config)
+    if config is None and x.is_cuda and cfg.split_k > 1:
+        # The fp32 split-K path failed its CUDA test on an H100 (tests/ops/test_triton_gemm.py::
+        # test_w4a16_other_paths[split_k]; it passes in the interpreter): one K slice until that is understood.
+        cfg, ks = dataclasses.replace(cfg, split_k=1), k
+        even_k = k % cfg.block_k == 0
     part = torch.empty(cfg.split_k, m, n, device=x.device, dtype=torch.float32) if cfg.split_k > 1 else y
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), cfg.split_k)
     with device_of(x):
