@@ -88,13 +88,24 @@ def _cmd_inspect(args):
     print(f"time         {time.perf_counter() - t0:.2f} s")
 
 
+def _fp16_bytes(model) -> int:
+    """The full-precision model's size at 2 bytes per value: the fp16 baseline the papers compare against,
+    whatever dtype it was computed in here."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * (2 if t.is_floating_point() else t.element_size())
+    return total
+
+
 def _summarise_quantized(qmodel, src_bytes: int) -> list[str]:
     from collections import Counter
 
     types = Counter(type(m).__name__ for m in qmodel.modules() if type(m).__module__.startswith("quamba.modules"))
     q_bytes = _param_bytes(qmodel)
     return [f"quantized    {', '.join(f'{k} x{n}' for k, n in sorted(types.items()))}",
-            f"size         {src_bytes / 2**20:.2f} MiB -> {q_bytes / 2**20:.2f} MiB ({q_bytes / src_bytes:.2f}x)"]
+            f"size         {src_bytes / 2**20:.2f} MiB (fp16) -> {q_bytes / 2**20:.2f} MiB ({q_bytes / src_bytes:.2f}x)"]
 
 
 def _read_layer_precision(path: str) -> list[str]:
@@ -145,14 +156,14 @@ def _check_and_measure(model, qmodel, out_dir, tok, args) -> list[str]:
     agree = agreement(qmodel, model, held_out, vocab_size=vocab)
     ppl_fp, _ = perplexity_from_windows(window_nll(model, held_out), held_out.shape[1] - 1)
     ppl_q, _ = perplexity_from_windows(window_nll(qmodel, held_out), held_out.shape[1] - 1)
-    fp_mib, q_mib = _param_bytes(model) / 2**20, _param_bytes(qmodel) / 2**20
+    fp_mib, q_mib = _fp16_bytes(model) / 2**20, _param_bytes(qmodel) / 2**20
     return [
         f"reloaded     {out_dir}: logits identical to the in-memory model",
         f"held-out     {args.check_samples} x {args.check_seqlen} tokens sampled from the full-precision model (seeded)",
         "",
         "| measure | full precision | quantized |",
         "|---|---|---|",
-        f"| size (MiB) | {fp_mib:.2f} | {q_mib:.2f} ({q_mib / fp_mib:.2f}x) |",
+        f"| size (MiB; full precision at fp16) | {fp_mib:.2f} | {q_mib:.2f} ({q_mib / fp_mib:.2f}x) |",
         f"| perplexity (held-out) | {ppl_fp:.3f} | {ppl_q:.3f} ({100 * (ppl_q / ppl_fp - 1):+.2f}%) |",
         f"| KL(fp \u2016 quantized), nats/token | 0 | {agree['kl']:.5f} |",
         f"| top-1 agreement | 100% | {100 * agree['top1']:.2f}% |",
@@ -203,7 +214,7 @@ def _cmd_quantize(args):
     print(f"model        {model_name} ({model.config.arch}, {model.config.n_layer} layers, {model.dtype})")
     print(f"recipe       {cfg.name} W{rec['w_bits']}A{rec['a_bits']}{mixed}, calibration {qz['calibration']['source']} "
           f"({rec['calib_samples']} x {rec['calib_seqlen']} tokens, seed {rec['seed']})")
-    for line in _summarise_quantized(qmodel, _param_bytes(model)):
+    for line in _summarise_quantized(qmodel, _fp16_bytes(model)):
         print(line)
     print(f"saved        {out_dir} ({getattr(qmodel, 'quantize_seconds', 0.0):.1f} s to quantize)")
     if not args.no_check:
