@@ -30,7 +30,7 @@ def test_quantize_saves_and_reloads(model_dir, tmp_path, capsys):
             "--calib-seqlen", "32", "--output", str(out_dir), "--quantize_lm_head", "--w_bits", "8", "--a_bits", "8"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "W8A8" in out and "MiB ->" in out
+    assert "W8A8" in out and "MiB (fp16) ->" in out and "logits identical" in out and "top-1 agreement" in out
     cfg = json.loads((out_dir / "config.json").read_text())
     assert cfg["quantization"]["recipe"]["data"]["quantize_lm_head"] is True
     assert cfg["quantization"]["calibration"]["source"].endswith("calib.txt")
