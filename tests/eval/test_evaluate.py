@@ -3,7 +3,10 @@ import json
 
 import pytest
 
+import quamba
+import torch
 from quamba.errors import QuambaError
+from tests.eval.conftest import NEOX_VOCAB
 from quamba.eval import TASKS, evaluate, format_comparison, write_report
 from quamba.eval.report import load_report
 from quamba.eval.tasks import choice_context, lambada_request, wikitext2_text
@@ -108,3 +111,18 @@ def test_agreement_with_a_reference_is_reported(tmp_path, neox, mamba1_neox, mam
     assert other["agreement"]["kl"] > 0.01
     table = format_comparison(other)
     assert "| agreement | kl |" in table and "| agreement | top1 (%) |" in table
+
+
+def test_quantized_in_memory_and_reloaded_give_identical_numbers(shared_data, neox, mamba1_neox, tmp_path):
+    """The original project's users saw different LAMBADA accuracy right after quantizing and after reloading."""
+    q = quamba.quantize(mamba1_neox, "quamba1", calib_data=torch.randint(0, NEOX_VOCAB, (4, 32)),
+                        calib_samples=4, calib_seqlen=32)
+    q.save_pretrained(tmp_path / "q")
+    r = quamba.load_model(tmp_path / "q")
+    kw = dict(data_dir=shared_data, limit=6, batch_size=3)
+    a = evaluate(q, neox, ["lambada_openai", "piqa"], **kw)
+    b = evaluate(r, neox, ["lambada_openai", "piqa"], **kw)
+    def metrics(res):
+        return {task: {k: v for k, v in m.items() if k != "wall_s"} for task, m in res["tasks"].items()}
+
+    assert metrics(a) == metrics(b) and a["recipe"] == b["recipe"]
