@@ -58,7 +58,9 @@ def quantize(model, recipe="quamba1", calib_data=None, tokenizer=None, **options
         qmodel, extra = quantize_quamba2(model, cfg, calib.input_ids, gptq_calib and gptq_calib.input_ids)
         if gptq_calib is not None:
             extra["gptq_calibration"] = gptq_calib.provenance
-    qmodel.quantization = {"recipe": recipe_to_dict(cfg), "calibration": calib.provenance, "dtype": cfg.dtype,
+    from .checkpoint import QUANT_FORMAT_VERSION
+
+    qmodel.quantization = {"format_version": QUANT_FORMAT_VERSION, "recipe": recipe_to_dict(cfg), "calibration": calib.provenance, "dtype": cfg.dtype,
                            "source": str(getattr(model, "name_or_path", "in-memory model")), **extra}
     qmodel.name_or_path = getattr(model, "name_or_path", None)
     qmodel.quantize_seconds = time.perf_counter() - t0
