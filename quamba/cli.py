@@ -6,11 +6,12 @@ import argparse
 import sys
 import time
 
+from ._args import DTYPE_NAMES as DTYPES
+from ._args import torch_device as _device
+from ._args import torch_dtype as _torch_dtype
 from .errors import QuambaError
 
 SELF_SAMPLED_DEFAULT = (128, 256)  # calibration windows x tokens when the model writes its own calibration text
-DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-          "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
 def _no_grad(fn):
@@ -22,22 +23,6 @@ def _no_grad(fn):
     return wrapper
 
 
-def _torch_dtype(name: str | None):
-    import torch
-
-    if name is None:
-        return None
-    if name not in DTYPES:
-        raise QuambaError(f"--dtype {name!r} is not one of {', '.join(sorted(DTYPES))}")
-    return getattr(torch, DTYPES[name])
-
-
-def _device(name: str):
-    import torch
-
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise QuambaError(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu")
-    return torch.device(name)
 
 
 def _param_bytes(model) -> int:

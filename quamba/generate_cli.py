@@ -8,34 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+from ._args import torch_device as _device
+from ._args import torch_dtype as _dtype
 from .errors import QuambaError
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-           "bfloat16": "bfloat16", "bf16": "bfloat16"}
-
-
 # ---- shared helpers -------------------------------------------------------------------------------------------------
-def _dtype(name):
-    import torch
-
-    if name is None:
-        return None
-    if name not in _DTYPES:
-        raise QuambaError(f"--dtype {name!r} is not one of {', '.join(sorted(_DTYPES))}")
-    return getattr(torch, _DTYPES[name])
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise QuambaError(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise QuambaError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1 ...)") from None
 
 
 def _load(args):

@@ -3,35 +3,11 @@ main parser (quamba/cli.py). User mistakes raise QuambaError."""
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
+from .._args import torch_device as _torch_device
+from .._args import torch_dtype as _torch_dtype
 from ..errors import QuambaError
-
-_DTYPES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")
-
-
-def _torch_dtype(name):
-    import torch
-
-    if name is None:
-        return None
-    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if name not in table:
-        raise QuambaError(f"--dtype {name!r} is not one of {', '.join(_DTYPES)}")
-    return table[name]
-
-
-def _torch_device(name: str):
-    import torch
-
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise QuambaError(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise QuambaError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1 ...)") from None
 
 
 def _check_new_file(path, overwrite: bool, flag: str):

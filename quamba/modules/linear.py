@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..ops.quant import quantize_ref, w8a8_gemm_ref
+from ..ops.quant import quantize_ref
 from .registry import parse_dtype, register
 
 

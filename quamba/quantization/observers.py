@@ -48,3 +48,21 @@ class PercentileObserver:
         if self.count == 0:
             raise RuntimeError("observer saw no data")
         return torch.tensor(max(self.total / self.count, 1e-8) / 127)
+
+
+def io_hook(obs_in, obs_out=None):
+    """A forward hook feeding a module's input (and output) to observers."""
+    def hook(module, args, out):
+        obs_in.update(args[0])
+        if obs_out is not None:
+            obs_out.update(out)
+    return hook
+
+
+def hadamard_input_hook(obs):
+    """A forward hook observing the Hadamard transform of a module's input (what an online Hadamard will emit)."""
+    from .hadamard import hadamard_transform_ref
+
+    def hook(module, args, out):
+        obs.update(hadamard_transform_ref(args[0].float()))
+    return hook

@@ -4,7 +4,6 @@ model from the full-precision one and the observed scales."""
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
 from ..models.mamba import MambaLMHeadModel
 from ..modules.conv import QCausalConv1d
@@ -14,7 +13,7 @@ from ..modules.norm import QRMSNorm
 from ..modules.scan import QSelectiveScan
 from .convert import LinearFactory, expand_scales, new_quantized_model, set_embedding, set_head
 from .hadamard import hadamard_matrix, hadamard_transform_ref
-from .observers import MinMaxObserver, PercentileObserver
+from .observers import MinMaxObserver, PercentileObserver, hadamard_input_hook, io_hook
 
 
 class Quamba1Observers:
@@ -37,33 +36,19 @@ class Quamba1Observers:
         hooks = {}
         for i, layer in enumerate(model.backbone.layers):
             m = layer.mixer
-            hooks[m.in_proj] = self._pair(self.norm_out[i], self.in_proj_out[i])
-            hooks[m.x_proj] = self._pair(self.u[i], self.x_proj_out[i])
+            hooks[m.in_proj] = io_hook(self.norm_out[i], self.in_proj_out[i])
+            hooks[m.x_proj] = io_hook(self.u[i], self.x_proj_out[i])
             hooks[m.dt_proj] = self._dt_hook(self.dt[i])
-            hooks[m.out_proj] = self._had_hook(self.y_had[i])
-        hooks[model.lm_head] = self._pair(self.final_norm_out, None)
+            hooks[m.out_proj] = hadamard_input_hook(self.y_had[i])
+        hooks[model.lm_head] = io_hook(self.final_norm_out)
         if self.hessians is not None:
             self._add_hessian_hooks(model, hooks)
         return hooks
 
     @staticmethod
-    def _pair(obs_in, obs_out):
-        def hook(module, args, out):
-            obs_in.update(args[0])
-            if obs_out is not None:
-                obs_out.update(out)
-        return hook
-
-    @staticmethod
     def _dt_hook(obs):
         def hook(module, args, out):
             obs.update(out - module.bias if module.bias is not None else out)  # the bias is added in the scan
-        return hook
-
-    @staticmethod
-    def _had_hook(obs):
-        def hook(module, args, out):
-            obs.update(hadamard_transform_ref(args[0].float()))
         return hook
 
     def _add_hessian_hooks(self, model, hooks):

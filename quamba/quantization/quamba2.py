@@ -17,7 +17,7 @@ from ..modules.norm import QRMSNorm
 from .calibration import run_calibration
 from .convert import LinearFactory, float_copy, new_quantized_model, set_embedding, set_head
 from .hadamard import hadamard_matrix, hadamard_transform_ref
-from .observers import MinMaxObserver, PercentileObserver
+from .observers import MinMaxObserver, PercentileObserver, hadamard_input_hook, io_hook
 from .quamba1 import Quamba1Observers, a8_mamba1_mixer
 
 
@@ -39,31 +39,17 @@ class Mamba2Observers:
         hooks = {}
         for i, layer in enumerate(model.backbone.layers):
             m = layer.mixer
-            hooks[m.in_proj] = self._linear(self.norm_out[i], self.in_proj_out[i])
+            hooks[m.in_proj] = io_hook(self.norm_out[i], self.in_proj_out[i])
             hooks[m.conv1d] = self._conv(self.conv_out[i], self.x_pct[i])
-            hooks[m.out_proj] = self._had(self.y_had[i])
-        hooks[model.lm_head] = self._linear(self.final_norm_out, None)
+            hooks[m.out_proj] = hadamard_input_hook(self.y_had[i])
+        hooks[model.lm_head] = io_hook(self.final_norm_out)
         return hooks
-
-    @staticmethod
-    def _linear(obs_in, obs_out):
-        def hook(module, args, out):
-            obs_in.update(args[0])
-            if obs_out is not None:
-                obs_out.update(out)
-        return hook
 
     def _conv(self, obs, pct):
         def hook(module, args, out):
             y = out[0] if isinstance(out, tuple) else out  # [B, C, L]
             obs.update(y.transpose(1, 2))
             pct.update(y[:, : self.d_inner])
-        return hook
-
-    @staticmethod
-    def _had(obs):
-        def hook(module, args, out):
-            obs.update(hadamard_transform_ref(args[0].float()))
         return hook
 
 
