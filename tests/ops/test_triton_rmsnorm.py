@@ -3,51 +3,20 @@
 On a GPU the kernels run on CUDA in fp32/fp16/bf16; without one they run in Triton's interpreter
 (fp32, small shapes). Output buffers are NaN-poisoned so that an unwritten element fails the test.
 """
-import importlib.util
-
 import pytest
 import torch
 
-import quamba.ops.triton as qt
 from quamba.errors import QuambaError
 from quamba.ops import add_rms_norm, add_rms_norm_ref, gated_rms_norm, gated_rms_norm_ref, rms_norm, rms_norm_ref
 from tests.conftest import rel_err
+from tests.ops.triton_harness import DEVICE, ON_GPU, requires_triton
 
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
-pytestmark = pytest.mark.skipif(not HAVE_TRITON,
-                                reason="the Triton kernels need the triton package (pip install 'quamba[dev]')")
-ON_GPU = torch.cuda.is_available()
-if HAVE_TRITON and not ON_GPU:
-    # triton wraps its own library for the interpreter when first imported, so import it (and the
-    # kernels) now, at collection, before other tests' torch code can import it uninterpreted.
-    with qt.interpreted_kernels():
-        pass
-DEVICE = "cuda" if ON_GPU else "cpu"
+pytestmark = [requires_triton, pytest.mark.usefixtures("triton_kernels")]
+
 # (dtype, bound on the norm-wise relative error vs the reference): same fp32 arithmetic, so the
 # 16-bit bounds are a few roundings of the output (2^-11 for fp16, 2^-8 for bf16).
 DTYPES = [(torch.float32, 1e-5)] + ([(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)] if ON_GPU else [])
 DTYPE_IDS = [str(d).replace("torch.", "") for d, _ in DTYPES]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _kernels():
-    if ON_GPU:
-        yield
-    else:
-        with qt.interpreted_kernels():
-            yield
-
-
-@pytest.fixture
-def poisoned(monkeypatch):
-    """NaN-fill every float torch.empty / empty_like made during the test (the kernels' outputs)."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def fill(t):
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
 
 
 def _randn(*shape, dtype=torch.float32):

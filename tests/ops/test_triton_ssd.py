@@ -4,27 +4,18 @@ On a GPU the kernels run on CUDA in fp32/fp16/bf16; without one they run in Trit
 (fp32, small shapes). Output buffers (and the kernels' fp32 intermediates) are NaN-poisoned so that
 an unwritten element fails the test.
 """
-import importlib.util
 import math
 
 import pytest
 import torch
 
-import quamba.ops.triton as qt
 from quamba.errors import QuambaError
 from quamba.ops import ssd_chunked, ssd_chunked_ref, ssd_scan_sequential_ref, ssd_state_update, ssd_state_update_ref
 from tests.conftest import rel_err
+from tests.ops.triton_harness import DEVICE, ON_GPU, requires_triton
 
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
-pytestmark = pytest.mark.skipif(not HAVE_TRITON,
-                                reason="the Triton kernels need the triton package (pip install 'quamba[dev]')")
-ON_GPU = torch.cuda.is_available()
-if HAVE_TRITON and not ON_GPU:
-    # triton wraps its own library for the interpreter when first imported, so import it (and the
-    # kernels) now, at collection, before other tests' torch code can import it uninterpreted.
-    with qt.interpreted_kernels():
-        pass
-DEVICE = "cuda" if ON_GPU else "cpu"
+pytestmark = [requires_triton, pytest.mark.usefixtures("triton_kernels")]
+
 # (dtype, bound on y's norm-wise relative error vs the fp32 reference). fp32 runs its products in
 # full fp32 ("ieee"); fp16 / bf16 run them on tensor cores with the decay-weighted operand rounded
 # to the input dtype (fp32 accumulation), so a few of those roundings add to the output's one.
@@ -32,27 +23,6 @@ DTYPES = [(torch.float32, 2e-5)] + ([(torch.float16, 4e-3), (torch.bfloat16, 3e-
 DTYPE_IDS = [str(d).replace("torch.", "") for d, _ in DTYPES]
 # The final state is fp32 but its inputs pass through the same (rounded) products for 16-bit x.
 STATE_BOUNDS = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _kernels():
-    if ON_GPU:
-        yield
-    else:
-        with qt.interpreted_kernels():
-            yield
-
-
-@pytest.fixture
-def poisoned(monkeypatch):
-    """NaN-fill every float torch.empty / empty_like made during the test (the kernels' outputs)."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def fill(t):
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
 
 
 def _ssd_inputs(b, length, h, p, g, n, dtype=torch.float32, packed=False):
