@@ -48,8 +48,11 @@ def test_scan_matches_reference(poisoned, dtype, bound, with_d, with_z, softplus
               delta_bias=a["delta_bias"] if softplus_bias else None, delta_softplus=softplus_bias,
               initial_state=torch.randn(b, d, n, device=DEVICE) if with_init else None, return_final_state=True)
     args = (a["u"], a["delta"], a["A"], a["B"], a["C"])
-    y, state = selective_scan(*args, **kw)
+    # On the CPU under Triton's interpreter, the first reference call of a process now and then gives a result
+    # ~8e-5 away from every later call (seen only with the interpreter loaded): warm it up once.
+    selective_scan_ref(*args, **kw)
     y_ref, state_ref = selective_scan_ref(*args, **kw)
+    y, state = selective_scan(*args, **kw)
     assert y.shape == y_ref.shape and y.dtype == y_ref.dtype and state.dtype == torch.float32
     assert rel_err(y, y_ref) < bound
     assert rel_err(state, state_ref) < STATE_BOUND
