@@ -8,6 +8,16 @@ from ..ops.quant import quantize_ref
 from .registry import parse_dtype, register
 
 
+def _set_epilogue(m: nn.Module, input_scale, bias, output_scale) -> nn.Module:
+    """The static scales and bias that an int8-input linear applies after its integer GEMM."""
+    m.input_scale.fill_(float(input_scale))
+    if bias is not None:
+        m.bias.copy_(bias.detach().float())
+    if m.output == "int8":
+        m.output_scale.copy_(output_scale.expand(m.out_features) if output_scale.numel() == 1 else output_scale)
+    return m
+
+
 @register
 class W8A8Linear(nn.Module):
     """y = dequant(x_q @ W_q^T) (+ bias), as ``dtype`` or requantized to int8 (``output="int8"``).
@@ -46,12 +56,7 @@ class W8A8Linear(nn.Module):
             quantized = (quantize_ref(w, scale[:, None] if per_channel else scale), scale)
         m.weight.copy_(quantized[0])
         m.weight_scale.copy_(quantized[1].reshape(m.weight_scale.shape))
-        m.input_scale.fill_(float(input_scale))
-        if bias is not None:
-            m.bias.copy_(bias.detach().float())
-        if output == "int8":
-            m.output_scale.copy_(output_scale.expand(n) if output_scale.numel() == 1 else output_scale)
-        return m
+        return _set_epilogue(m, input_scale, bias, output_scale)
 
     def forward(self, x_q: torch.Tensor) -> torch.Tensor:
         if x_q.dtype != torch.int8:
@@ -152,12 +157,7 @@ class W4A8Linear(nn.Module):
         m.weight.copy_(pack_int4(q))
         m.group_scales.copy_(gs)
         m.channel_scales.copy_(cs)
-        m.input_scale.fill_(float(input_scale))
-        if bias is not None:
-            m.bias.copy_(bias.detach().float())
-        if output == "int8":
-            m.output_scale.copy_(output_scale.expand(n) if output_scale.numel() == 1 else output_scale)
-        return m
+        return _set_epilogue(m, input_scale, bias, output_scale)
 
     def forward(self, x_q: torch.Tensor) -> torch.Tensor:
         from ..ops.w4_gemm import w4a8_gemm
