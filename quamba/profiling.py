@@ -23,8 +23,8 @@ from .generation import CUDAGraphStep, generate
 from .models.mamba import CausalConv1d, GatedRMSNorm, RMSNorm
 from .modules.conv import QCausalConv1d
 from .modules.linear import W4A8Linear, W4A16Linear, W8A8Linear
-from .modules.mamba2 import QGatedRMSNorm, QSSDScan
-from .modules.norm import QRMSNorm
+from .modules.mamba2 import QSSDScan
+from .modules.norm import QGatedRMSNorm, QRMSNorm
 from .modules.scan import QSelectiveScan
 
 METRICS = ("ttft", "tpot", "ttlt", "size", "memory")

@@ -14,7 +14,6 @@ import math
 import torch
 import torch.nn as nn
 
-from ..ops.rmsnorm import gated_rms_norm
 from ..ops.ssd import ssd_chunked, ssd_state_update
 from .registry import dtype_name, parse_dtype, register
 from .scan import Int8State
@@ -81,27 +80,6 @@ class QSSDScan(nn.Module):
         if isinstance(state, Int8State):
             state.store(h)
         return y.to(self.out_dtype)
-
-
-@register
-class QGatedRMSNorm(nn.Module):
-    """Gated RMSNorm whose gate z arrives as int8: y [..., D] float, z_q [..., D] int8 -> float [..., D].
-    Buffers: weight [D] (``dtype``), z_scale fp32 []."""
-
-    def __init__(self, dim: int, group_size: int, eps: float = 1e-5, norm_before_gate: bool = False,
-                 dtype: str = "float16"):
-        super().__init__()
-        self.dim, self.group_size, self.eps, self.norm_before_gate = dim, group_size, eps, norm_before_gate
-        self.register_buffer("weight", torch.ones(dim, dtype=parse_dtype(dtype)))
-        self.register_buffer("z_scale", torch.ones(()))
-
-    def spec(self) -> dict:
-        return {"dim": self.dim, "group_size": self.group_size, "eps": self.eps,
-                "norm_before_gate": self.norm_before_gate, "dtype": dtype_name(self.weight.dtype)}
-
-    def forward(self, y: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
-        return gated_rms_norm(y, z_q.float() * self.z_scale, self.weight, self.eps, self.group_size,
-                                  self.norm_before_gate).to(self.weight.dtype)
 
 
 @register

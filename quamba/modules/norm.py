@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from ..ops.quant import quantize_ref
-from ..ops.rmsnorm import rms_norm
+from ..ops.rmsnorm import gated_rms_norm, rms_norm
 from .registry import dtype_name, parse_dtype, register
 
 
@@ -35,3 +35,24 @@ class QRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return quantize_ref(rms_norm(x, self.weight.float(), self.eps), self.output_scale)
+
+
+@register
+class QGatedRMSNorm(nn.Module):
+    """Gated RMSNorm whose gate z arrives as int8: y [..., D] float, z_q [..., D] int8 -> float [..., D].
+    Buffers: weight [D] (``dtype``), z_scale fp32 []."""
+
+    def __init__(self, dim: int, group_size: int, eps: float = 1e-5, norm_before_gate: bool = False,
+                 dtype: str = "float16"):
+        super().__init__()
+        self.dim, self.group_size, self.eps, self.norm_before_gate = dim, group_size, eps, norm_before_gate
+        self.register_buffer("weight", torch.ones(dim, dtype=parse_dtype(dtype)))
+        self.register_buffer("z_scale", torch.ones(()))
+
+    def spec(self) -> dict:
+        return {"dim": self.dim, "group_size": self.group_size, "eps": self.eps,
+                "norm_before_gate": self.norm_before_gate, "dtype": dtype_name(self.weight.dtype)}
+
+    def forward(self, y: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
+        return gated_rms_norm(y, z_q.float() * self.z_scale, self.weight, self.eps, self.group_size,
+                                  self.norm_before_gate).to(self.weight.dtype)

@@ -12,8 +12,8 @@ import torch.nn as nn
 from ..models.mamba import MambaLMHeadModel
 from ..modules.conv import QCausalConv1d
 from ..modules.hadamard import QHadamard
-from ..modules.mamba2 import A8Mamba2Mixer, QGatedRMSNorm, QSSDScan
-from ..modules.norm import QRMSNorm
+from ..modules.mamba2 import A8Mamba2Mixer, QSSDScan
+from ..modules.norm import QGatedRMSNorm, QRMSNorm
 from .calibration import run_calibration
 from .convert import LinearFactory, float_copy, new_quantized_model, set_embedding, set_head
 from .hadamard import hadamard_matrix, hadamard_transform_ref

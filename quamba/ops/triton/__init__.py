@@ -69,7 +69,8 @@ def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-_KERNEL_FILES = ("_common", "conv1d", "rmsnorm", "selective_scan", "ssd", "gemm_w8a8", "gemm_w4")  # helpers first: the others import them
+_KERNEL_FILES = ("_common", "conv1d", "rmsnorm", "hadamard", "embedding", "selective_scan", "ssd", "gemm_w8a8",
+                 "gemm_w4", "gemv")  # helpers first: the others import them
 
 
 @contextlib.contextmanager
@@ -91,6 +92,8 @@ def interpreted_kernels():
             raise QuambaError("triton was imported before TRITON_INTERPRET=1 was set, so its kernels cannot run in "
                               "the interpreter: set TRITON_INTERPRET=1 in the environment before starting Python")
         for name in _KERNEL_FILES:
+            if importlib.util.find_spec(f"{__name__}.{name}") is None:
+                continue
             module = importlib.import_module(f"{__name__}.{name}")
             if not _interpreted(module):
                 importlib.reload(module)  # first imported for the GPU: wrap its kernels again
