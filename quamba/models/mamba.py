@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..ops import (
+    add_rms_norm,
     causal_conv1d,
     causal_conv1d_update,
     gated_rms_norm,
@@ -52,6 +53,10 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self.weight, self.eps)
 
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor | None, residual_in_fp32: bool):
+        """(norm(residual'), residual') with residual' = x (+ residual), fp32 if asked: one fused kernel on CUDA."""
+        return add_rms_norm(x, residual, self.weight, self.eps, residual_in_fp32)
+
 
 class GatedRMSNorm(nn.Module):
     """Mamba2's norm of the scan output, gated by z (silu), normalised per group of channels."""
@@ -85,12 +90,29 @@ class CausalConv1d(nn.Module):
         return causal_conv1d_update(x, state, self.weight.squeeze(1), self.bias)
 
 
+class NegExpA:
+    """A = -exp(A_log) in fp32, recomputed only when A_log changes (its storage or version): a decode step would
+    otherwise spend two launches per layer on it."""
+
+    def __init__(self):
+        self.key, self.value = None, None
+
+    def __call__(self, A_log: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and A_log.requires_grad:  # training: autograd must see the op every time
+            return -torch.exp(A_log.float())
+        key = (A_log.data_ptr(), A_log._version, A_log.dtype, A_log.device)
+        if key != self.key:
+            self.key, self.value = key, -torch.exp(A_log.float())
+        return self.value
+
+
 class Mamba1Mixer(nn.Module):
     def __init__(self, config: MambaConfig, layer_idx: int, device=None, dtype=None):
         super().__init__()
         f = {"device": device, "dtype": dtype}
         c = self.config = config
         self.layer_idx = layer_idx
+        self._neg_exp_A = NegExpA()
         self.in_proj = nn.Linear(c.d_model, 2 * c.d_inner, bias=c.bias, **f)
         self.conv1d = CausalConv1d(c.d_inner, c.d_conv, c.conv_bias, **f)
         self.x_proj = nn.Linear(c.d_inner, c.dt_rank + 2 * c.d_state, bias=False, **f)
@@ -116,7 +138,7 @@ class Mamba1Mixer(nn.Module):
             x, cache.conv_states[self.layer_idx] = self.conv1d(x, cache.conv_states[self.layer_idx])
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([c.dt_rank, c.d_state, c.d_state], dim=-1)
         dt = self.dt_proj(dt).transpose(1, 2)  # dt_proj's bias is the scan's delta_bias
-        A = -torch.exp(self.A_log.float())
+        A = self._neg_exp_A(self.A_log)
         y = selective_scan(
             x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D, z=z, delta_softplus=True, initial_state=None if cache is None else cache.ssm_states[self.layer_idx],
             return_final_state=cache is not None)
@@ -131,7 +153,7 @@ class Mamba1Mixer(nn.Module):
         x = self.conv1d.step(x, cache.conv_states[self.layer_idx])
         dt, B, C = self.x_proj(x).split([c.dt_rank, c.d_state, c.d_state], dim=-1)
         dt = self.dt_proj(dt)
-        A = -torch.exp(self.A_log.float())
+        A = self._neg_exp_A(self.A_log)
         y = selective_state_update(cache.ssm_states[self.layer_idx], x, dt, A, B, C, self.D, z=z, dt_softplus=True)
         return self.out_proj(y).unsqueeze(1)
 
@@ -142,6 +164,7 @@ class Mamba2Mixer(nn.Module):
         f = {"device": device, "dtype": dtype}
         c = self.config = config
         self.layer_idx = layer_idx
+        self._neg_exp_A = NegExpA()
         self.in_proj = nn.Linear(c.d_model, 2 * c.d_inner + 2 * c.ngroups * c.d_state + c.nheads, bias=c.bias, **f)
         self.conv1d = CausalConv1d(c.conv_dim, c.d_conv, c.conv_bias, **f)
         self.dt_bias = nn.Parameter(torch.empty(c.nheads, **f))
@@ -179,7 +202,7 @@ class Mamba2Mixer(nn.Module):
         else:
             xBC, cache.conv_states[self.layer_idx] = self.conv1d(xBC.transpose(1, 2), cache.conv_states[self.layer_idx])
         x, B, C = self._split_xbc(xBC.transpose(1, 2))
-        A = -torch.exp(self.A_log.float())
+        A = self._neg_exp_A(self.A_log)
         y = ssd_chunked(x, dt, A, B, C, c.chunk_size, self._D(), self.dt_bias, dt_softplus=True,
                             dt_limit=c.dt_limit, initial_state=None if cache is None else cache.ssm_states[self.layer_idx],
                             return_final_state=cache is not None)
@@ -193,7 +216,7 @@ class Mamba2Mixer(nn.Module):
         z, xBC, dt = self.in_proj(hidden.squeeze(1)).split([c.d_inner, c.conv_dim, c.nheads], dim=-1)
         xBC = self.conv1d.step(xBC, cache.conv_states[self.layer_idx])
         x, B, C = self._split_xbc(xBC)
-        A = -torch.exp(self.A_log.float())
+        A = self._neg_exp_A(self.A_log)
         y = ssd_state_update(cache.ssm_states[self.layer_idx], x, dt, A, B, C, self._D(), self.dt_bias,
                                  dt_softplus=True, dt_limit=c.dt_limit)
         y = self.norm(y.reshape(-1, c.d_inner), z)
@@ -213,10 +236,19 @@ class Block(nn.Module):
         self.mixer = mixer_cls(config, layer_idx, device=device, dtype=dtype)
 
     def forward(self, hidden, residual, cache=None):
-        residual = hidden if residual is None else hidden + residual  # mixed dtypes promote to the wider one
-        if self.config.residual_in_fp32:
-            residual = residual.float()
-        return self.mixer(self.norm(residual), cache), residual
+        normed, residual = add_norm(self.norm, hidden, residual, self.config.residual_in_fp32)
+        return self.mixer(normed, cache), residual
+
+
+def add_norm(norm: nn.Module, hidden, residual, residual_in_fp32: bool):
+    """residual' = hidden (+ residual; mixed dtypes promote to the wider one), fp32 if asked; returns
+    (norm(residual'), residual'). Norms with ``add_forward`` fuse the add into their kernel."""
+    if hasattr(norm, "add_forward"):
+        return norm.add_forward(hidden, residual, residual_in_fp32)
+    residual = hidden if residual is None else hidden + residual
+    if residual_in_fp32:
+        residual = residual.float()
+    return norm(residual), residual
 
 
 class Backbone(nn.Module):
@@ -231,8 +263,7 @@ class Backbone(nn.Module):
         hidden, residual = self.embedding(input_ids), None
         for layer in self.layers:
             hidden, residual = layer(hidden, residual, cache)
-        residual = hidden + residual
-        return self.norm_f(residual)
+        return add_norm(self.norm_f, hidden, residual, self.config.residual_in_fp32)[0]
 
 
 class MambaLMHeadModel(nn.Module):
