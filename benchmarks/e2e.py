@@ -359,7 +359,9 @@ def main(argv=None) -> dict:
               "settings": settings, "rows": rows, "quamba_version": quamba.__version__,
               "torch_version": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / ("e2e_" + re.sub(r"[^A-Za-z0-9]+", "-", info["name"]).strip("-").lower())
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", info["name"]).strip("-").lower()
+    models = "" if args.models == MODELS else "+".join(args.models) + "_"  # one file per model set: runs can be split
+    stem = args.out_dir / f"e2e_{models}{gpu}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     stem.with_suffix(".md").write_text(markdown(report))
     png = plot(report, stem.with_suffix(".png"))

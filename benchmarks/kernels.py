@@ -116,7 +116,10 @@ def first(out):
 def check(fn) -> dict:
     """The kernel's output against the reference path's, on the same inputs (state-updating calls are given
     fresh copies by their builders, so calling twice is safe)."""
+    reset = getattr(fn, "reset", lambda: None)
+    reset()
     out = first(fn())
+    reset()
     with reference_path():
         ref = first(fn())
     if out.dtype == torch.int8:
@@ -137,15 +140,19 @@ def channels_last(b, d, l, dtype, device, q=False):
     return t.transpose(1, 2)
 
 
-def with_state(step, *states):
-    """A decode call that restores its states first, so that every timed call does the same work."""
-    saved = [s.clone() for s in states]
+class with_state:
+    """A decode call on states it updates in place. Timed as it is (the work of a step does not depend on the
+    state's values); ``reset()`` restores the states so that the kernel and the reference see the same inputs."""
 
-    def call():
-        for s, v in zip(states, saved):
+    def __init__(self, step, *states):
+        self.step, self.states, self.saved = step, states, [s.clone() for s in states]
+
+    def reset(self):
+        for s, v in zip(self.states, self.saved):
             s.copy_(v)
-        return step()
-    return call
+
+    def __call__(self):
+        return self.step()
 
 
 # ---- the ops --------------------------------------------------------------------------------------------------------
