@@ -50,6 +50,7 @@ from quamba.modules.mamba2 import QSSDScan  # noqa: E402
 from quamba.modules.norm import QGatedRMSNorm, QRMSNorm  # noqa: E402
 from quamba.modules.scan import QSelectiveScan  # noqa: E402
 from quamba.ops import selective_scan, selective_state_update, ssd_chunked, ssd_state_update  # noqa: E402
+from quamba.ops.triton.selective_scan import _selective_scan_launch  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -207,8 +208,32 @@ def scan_case(s: Shape, b: int, l: int, dev, decode: bool) -> Case:
     uq, dtq, zq = (channels_last(b, d, l, None, dev, q=True) for _ in range(3))
     Bq, Cq = (channels_last(b, n, l, None, dev, q=True) for _ in range(2))
     fp = lambda: selective_scan(u, dt, A, B, C, q.D, z, q.dt_bias, True)  # noqa: E731
-    return Case("selective scan", fp, lambda: q(uq, dtq, Bq, Cq, zq),
-                b * l * (4 * d * 2 + 2 * n * 2), b * l * (d * (3 + 2) + 2 * n))
+    fp_bytes = b * l * (4 * d * 2 + 2 * n * 2)
+    seq = lambda: _selective_scan_launch(u, dt, A, B, C, q.D, z, q.dt_bias, True)  # noqa: E731
+    return Case("selective scan", fp, lambda: q(uq, dtq, Bq, Cq, zq), fp_bytes, b * l * (d * (3 + 2) + 2 * n),
+                more=(("fp16 token-by-token", seq, fp_bytes),))
+
+
+def scan_sweep(timer: Timer, dev, l: int, s: Shape) -> list[dict]:
+    """The chunked selective scan's tile candidates at a Mamba1 prefill shape (fp16 and int8 inputs)."""
+    from quamba.ops.triton.selective_scan_parallel import SWEEP, selective_scan_parallel_launch as launch
+
+    d, n = s.d_inner, s.d_state
+    A = -torch.rand(d, n, device=dev) - 0.5
+    D, bias = torch.randn(d, device=dev), torch.rand(d, device=dev) - 4
+    fp = [channels_last(1, d, l, torch.float16, dev) for _ in range(3)] + \
+        [channels_last(1, n, l, torch.float16, dev) for _ in range(2)]
+    q = [channels_last(1, d, l, None, dev, q=True) for _ in range(3)] + \
+        [channels_last(1, n, l, None, dev, q=True) for _ in range(2)]
+    scales = tuple(torch.tensor(v, device=dev) for v in (0.02, 0.01, 0.02, 0.02, 0.03))
+    rows = []
+    for bd, bl, nw in SWEEP:
+        for kind, (u, dt, z, B, C), extra in (("fp16", fp, {}), ("int8", q, {"scales": scales})):
+            us, _ = timer(lambda: launch(u, dt, A, B, C, D, z, bias, True, block_d=bd, block_l=bl, num_warps=nw,
+                                         **extra))
+            rows.append({"block_d": bd, "block_l": bl, "num_warps": nw, "inputs": kind, "time_us": us})
+            print(f"scan sweep {kind} block_d={bd} block_l={bl} warps={nw}: {us:.1f} us", flush=True)
+    return rows
 
 
 def ssd_case(s: Shape, b: int, l: int, dev, decode: bool) -> Case:
@@ -313,6 +338,10 @@ def run(args) -> dict:
     result = {"environment": environment(dev), "bandwidth_GB_per_s": bandwidth / 1e9,
               "peak_TFLOP_per_s": {"fp16": peaks["fp16"] / 1e12, "int8": peaks["int8"] / 1e12},
               "reps": timer.reps, "prompt_len": args.prompt_len, "rows": rows}
+    if args.sweep:
+        with torch.inference_mode():
+            result["scan_sweep"] = scan_sweep(timer, dev, 24 if args.smoke else args.prompt_len,
+                                              (SMOKE_SHAPES if args.smoke else SHAPES)[0])
     if args.gemm:
         import kernels_gemm
 
@@ -351,6 +380,7 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=50, help="timed replays per kernel and shape (median)")
     parser.add_argument("--prompt-len", type=int, default=1024, help="tokens of the prefill rows")
     parser.add_argument("--gemm", action="store_true", help="also run benchmarks/kernels_gemm.py's rows")
+    parser.add_argument("--sweep", action="store_true", help="also time the chunked selective scan's tile candidates")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the JSON and markdown results")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes in Triton's interpreter on the CPU")
     args = parser.parse_args(argv)

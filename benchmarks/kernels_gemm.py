@@ -1,201 +1,170 @@
 """Benchmark the quantized GEMM kernels (W8A8, W4A8, W4A16) against torch's fp16 matmul (cuBLAS).
 
-Shapes: the projections of mamba-2.8b (in_proj 2560 -> 10240) and mamba2-2.7b (in_proj 2560 -> 10576 =
-2 * 5120 + 2 * 128 + 80; out_proj 5120 -> 2560, the same in both), for M = 1, 16 (decode) and 1024, 4096
-(prefill). Each call is timed with CUDA events after an L2 flush (the weights of a projection fit in an
-H100's 50 MB L2, which would flatter decode), median of --reps after warm-up; the host time of the
-launching call (Python and the launcher's checks; a decode loop would hide it with CUDA graphs) is reported
-beside it. Every kernel's output is checked once against its reference (bit-exact for W8A8 / W4A8, a
-relative error for W4A16). The "dense" rows time the alternative prefill path of the W4 launchers
-(dequantize the weights once, then the dense kernel; ``dense_min_m``), charged the same floor as the op.
+Shapes (N, K): the projections of mamba-1.4b, mamba-2.8b (in_proj, out_proj, x_proj, dt_proj), mamba2-2.7b,
+mamba2-8b and a GPT-NeoX-vocabulary lm_head, for M = 1, 4, 16 (decode, batched decode) and 1024, 4096 (prefill).
+Each call is timed by ``benchmarks/common.py``'s Timer: device time of the call captured in a CUDA graph and
+replayed after an L2 flush (median of --reps), and the host time of an eager call beside it (Python, launcher
+checks, the launch). Every kernel's output is checked once against its reference (bit-exact for W8A8 / W4A8, a relative
+error for W4A16). Rows per shape and M: the launchers' own choice ("auto": the CUDA-core GEMV of
+quamba/ops/triton/gemv.py for M <= GEMV_MAX_M, else the tensor-core kernels), and at decode sizes the other
+path forced ("mma": the tensor-core kernel with its own decode config; "gemv": the GEMV's default config), so
+the crossover is visible. The "dense" rows time the alternative prefill path of the W4 launchers (dequantize the
+weights once, then the dense kernel; ``dense_min_m``), charged the same floor as the op.
 
-Floors: memory = bytes the call must move (weights + scales + activations + output) / the bandwidth of a
-large device copy; compute = 2 M N K / the measured peak of a large cuBLAS fp16 matmul (torch.matmul) or
-int8 matmul (torch._int_mm). floor = max of the two; efficiency = floor / time.
+Floors: memory = bytes the call must move (weights + scales + activations + output) / the bandwidth of a large
+device copy; compute = 2 M N K / the measured peak of a large cuBLAS fp16 matmul (torch.matmul) or int8 matmul
+(torch._int_mm). floor = max of the two; efficiency = floor / time.
 
-Writes benchmarks/results/kernels_gemm_<gpu>.json and .md. Run: python benchmarks/kernels_gemm.py
-(expected to take about a minute on an H100 the first time, most of it Triton compiling ~40 kernel variants;
-not yet run on a GPU). --smoke runs tiny shapes through Triton's
-interpreter on the CPU to check the script itself (its timings mean nothing).
+--sweep: for every shape, format (w8a8 -> fp16, w4a8 -> fp16, w4a16 fp16) and M in --sweep-ms (1, 16), times
+every candidate GEMV config (``gemv.candidate_configs``: a grid of block_n x block_k, then num_warps, pipelining
+depth, split-K and integer-vs-fp32 math around the default), checks each output, and writes them all under
+"sweep" in the JSON with the best config per case, so the defaults can be tuned from one GPU run (--only-sweep
+skips the main table; the first run compiles a few hundred kernel variants, several minutes: split it over
+calls with --sweep-shapes, e.g. "in_proj" then "out_proj,x_proj,dt_proj,lm_head"; the compiled kernels stay
+in Triton's cache on the machine). Results accumulate: a run without the main table keeps the one in the
+existing JSON and merges its sweep cases into the existing sweep; a run without --sweep keeps the existing sweep.
+
+Writes benchmarks/results/kernels_gemm_<gpu>.json and .md. Run: python benchmarks/kernels_gemm.py [--sweep].
+--smoke runs tiny shapes through Triton's interpreter on the CPU to check the script itself (timings mean
+nothing; well under a minute).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import platform
-import re
-import statistics
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 if "--smoke" in sys.argv:  # must precede the first import of triton
     os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
-import triton  # noqa: E402
 
-from quamba.ops.quant import w8a8_gemm_ref  # noqa: E402
-from quamba.ops.triton import gemm_w4, gemm_w8a8  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Timer, environment, gpu_slug, measure_bandwidth, measure_peaks  # noqa: E402
+
+from quamba.ops.quant import quantize_ref, w8a8_gemm_ref  # noqa: E402
+from quamba.ops.triton import gemm_w4, gemm_w8a8, gemv  # noqa: E402
 from quamba.ops.w4_gemm import w4a8_gemm_ref, w4a16_gemm_ref  # noqa: E402
 from quamba.quantization.weight_formats import pack_int4  # noqa: E402
 
+# mamba2-8b: d_model 4096, d_inner 8192, 8 groups of d_state 128, 128 heads -> in_proj 2 * 8192 + 2 * 8 * 128 + 128
 SHAPES = {  # name: (N, K)
+    "mamba-1.4b in_proj": (8192, 2048),
+    "mamba-1.4b out_proj": (2048, 4096),
     "mamba-2.8b in_proj": (10240, 2560),
+    "mamba-2.8b out_proj": (2560, 5120),
+    "mamba-2.8b x_proj": (192, 5120),
+    "mamba-2.8b dt_proj": (5120, 160),
     "mamba2-2.7b in_proj": (10576, 2560),
-    "out_proj": (2560, 5120),
+    "mamba2-2.7b out_proj": (2560, 5120),
+    "mamba2-8b in_proj": (18560, 4096),
+    "mamba2-8b out_proj": (4096, 8192),
+    "lm_head 2.8b": (50280, 2560),
 }
-SMOKE_SHAPES = {"smoke": (40, 128)}
+SMOKE_SHAPES = {"smoke": (40, 256)}
 DECODE_MAX_M = 64
-GROUP = 128  # W4 group size (the recipes' default)
+GROUP = 128  # W4 group size (the recipes' default); K = 160 (dt_proj) is no multiple of it: one group per row there
 RESULTS = Path(__file__).resolve().parent / "results"
+SWEEP_FORMATS = ("w8a8", "w4a8", "w4a16")
 
 
-# ---------------------------------------------------------------------------------------------- timing
-
-class Timer:
-    """Median device time of fn() and median host time of the call that launches it, in microseconds.
-
-    CUDA: events around each call, after an L2 flush. The flush (512 MB of writes, ~0.2 ms on an H100) also
-    gives the host time to enqueue the call before the GPU reaches it, so the events time the kernels, not
-    Python. CPU (--smoke): perf_counter for both.
-    """
-
-    def __init__(self, device: torch.device, reps: int, warmup: int = 3):
-        self.device, self.reps, self.warmup = device, reps, warmup
-        cuda = device.type == "cuda"
-        self.flush = torch.empty(128 * 2 ** 20, dtype=torch.int32, device=device) if cuda else None
-
-    def __call__(self, fn, reps: int | None = None) -> tuple[float, float]:
-        reps = reps or self.reps
-        for _ in range(self.warmup):
-            fn()
-        cuda = self.device.type == "cuda"
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)] \
-            if cuda else []
-        host = []
-        for i in range(reps):
-            if cuda:
-                self.flush.zero_()
-                events[i][0].record()
-            t0 = time.perf_counter()
-            fn()
-            host.append((time.perf_counter() - t0) * 1e6)
-            if cuda:
-                events[i][1].record()
-        if not cuda:
-            return statistics.median(host), statistics.median(host)
-        torch.cuda.synchronize()
-        return statistics.median(s.elapsed_time(e) * 1e3 for s, e in events), statistics.median(host)
-
-
-def measure_bandwidth(timer: Timer) -> float:
-    """Bytes per second of a large device-to-device copy (read + write), the memory floor's denominator."""
-    n = 2 ** 28 if timer.device.type == "cuda" else 2 ** 22  # 1 GiB of fp32 on the GPU
-    src = torch.empty(n, dtype=torch.float32, device=timer.device)
-    dst = torch.empty_like(src)
-    us, _ = timer(lambda: dst.copy_(src), reps=10)
-    return 2 * src.numel() * 4 / (us * 1e-6)
-
-
-def measure_peaks(timer: Timer) -> dict:
-    """Measured peak fp16 FLOP/s (torch.matmul) and int8 OP/s (torch._int_mm), 8192^3 (CPU: tiny, meaningless)."""
-    s = 8192 if timer.device.type == "cuda" else 256
-    a = torch.randn(s, s, device=timer.device).half()
-    b = torch.randn(s, s, device=timer.device).half()
-    peaks = {"fp16": 2 * s ** 3 / (timer(lambda: a @ b, reps=10)[0] * 1e-6)}
-    a8 = torch.randint(-128, 128, (s, s), dtype=torch.int8, device=timer.device)
-    b8 = torch.randint(-128, 128, (s, s), dtype=torch.int8, device=timer.device).T  # column-major, as cuBLASLt wants
-    try:
-        peaks["int8"] = 2 * s ** 3 / (timer(lambda: torch._int_mm(a8, b8), reps=10)[0] * 1e-6)
-        peaks["int8_source"] = "torch._int_mm"
-    except (RuntimeError, AttributeError):
-        peaks["int8"] = 2 * peaks["fp16"]
-        peaks["int8_source"] = "2 x measured fp16 (torch._int_mm unavailable)"
-    return peaks
+def group_for(k: int) -> int:
+    return GROUP if k % GROUP == 0 else -1
 
 
 # ---------------------------------------------------------------------------------------------- operands
 
 def make_weights(n: int, k: int, device: torch.device) -> dict:
     """Random weights of one projection, built directly in their stored formats, and their scales."""
-    g = torch.Generator(device="cpu").manual_seed(0)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    groups = k // (GROUP if k % GROUP == 0 else k)
     weights = {
-        "w_fp16": (torch.randn(n, k, generator=g) * 0.02).half(),
-        "w8": torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g),
-        "w_scale": torch.rand(n, generator=g) * 1e-3 + 1e-4,
-        "packed": pack_int4(torch.randint(-8, 8, (n, k), dtype=torch.int8, generator=g)),
-        "scales_fp16": (torch.rand(n, k // GROUP, generator=g) * 0.01 + 1e-3).half(),
-        "group_scales": torch.randint(1, 17, (n, k // GROUP), dtype=torch.int8, generator=g),
-        "channel_scales": torch.rand(n, generator=g) * 1e-3 + 1e-4,
+        "w_fp16": (torch.randn(n, k, generator=gen) * 0.02).half(),
+        "w8": torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen),
+        "w_scale": torch.rand(n, generator=gen) * 1e-3 + 1e-4,
+        "packed": pack_int4(torch.randint(-8, 8, (n, k), dtype=torch.int8, generator=gen)),
+        "scales_fp16": (torch.rand(n, groups, generator=gen) * 0.01 + 1e-3).half(),
+        "group_scales": torch.randint(1, 17, (n, groups), dtype=torch.int8, generator=gen),
+        "channel_scales": torch.rand(n, generator=gen) * 1e-3 + 1e-4,
     }
     return {name: t.to(device) for name, t in weights.items()}
 
 
 def make_operands(weights: dict, m: int, device: torch.device) -> dict:
-    """The weights plus activations of M rows and an output scale that keeps most int8 outputs unclamped."""
+    """The weights plus activations of M rows and output scales that keep most int8 outputs unclamped."""
     k = weights["w8"].shape[1]
-    g = torch.Generator(device="cpu").manual_seed(m)
-    ops = dict(weights, x_fp16=torch.randn(m, k, generator=g).half().to(device),
-               x_q=torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g).to(device),
+    gen = torch.Generator(device="cpu").manual_seed(m)
+    ops = dict(weights, x_fp16=torch.randn(m, k, generator=gen).half().to(device),
+               x_q=torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen).to(device),
                x_scale=torch.tensor(0.02, device=device))
+    n = weights["w8"].shape[0]
     y = w8a8_gemm_ref(ops["x_q"][:1], ops["x_scale"], ops["w8"], ops["w_scale"], out_dtype=torch.float32)
-    ops["out_scale"] = (y.abs().amax() / 100).expand(weights["w8"].shape[0]).contiguous()
+    ops["out_scale"] = (y.abs().amax() / 100).expand(n).contiguous()
+    y4 = w4a8_gemm_ref(ops["x_q"][:1], ops["x_scale"], ops["packed"], ops["group_scales"], ops["channel_scales"],
+                       group_for(k), out_dtype=torch.float32)
+    ops["out_scale_w4"] = (y4.abs().amax() / 100).expand(n).contiguous()
     return ops
 
 
-def variants(n: int, k: int, m: int, ops: dict, prefill: bool) -> dict:
-    """name -> (kernel call, reference call or None, exact?, bytes the op must move, compute kind).
+def op_calls(fmt: str, o: dict, config=None, **kw):
+    """(kernel call, reference call, exact?) of one format ("w8a8", "w8a8 int8", "w4a8", "w4a8 int8", "w4a16")."""
+    g = group_for(o["w8"].shape[1])
+    if fmt.startswith("w8a8"):
+        os_ = o["out_scale"] if fmt.endswith("int8") else None
+        args = (o["x_q"], o["x_scale"], o["w8"], o["w_scale"], None, os_)
+        return (lambda: gemm_w8a8._w8a8_gemm_launch(*args, config=config)), (lambda: w8a8_gemm_ref(*args)), True
+    if fmt.startswith("w4a8"):
+        os_ = o["out_scale_w4"] if fmt.endswith("int8") else None
+        args = (o["x_q"], o["x_scale"], o["packed"], o["group_scales"], o["channel_scales"], g)
 
-    The dense variants move more (they write and read back a dense weight) but are charged the op's floor,
-    so that their efficiency compares with the in-register kernels'."""
-    nk = n * k
-    x16, xq = m * k * 2, m * k
-    w4_bytes = nk // 2 + n * (k // GROUP) * 2  # packed + fp16 scales (W4A8: int8 group + fp32 channel, ~ same)
-    o = ops
-    table = {
-        "torch fp16 (cuBLAS)": (lambda: o["x_fp16"] @ o["w_fp16"].T, None, False, 2 * nk + x16 + 2 * m * n, "fp16"),
-        "w8a8 -> fp16": (
-            lambda: gemm_w8a8._w8a8_gemm_launch(o["x_q"], o["x_scale"], o["w8"], o["w_scale"]),
-            lambda: w8a8_gemm_ref(o["x_q"], o["x_scale"], o["w8"], o["w_scale"]),
-            True, nk + 4 * n + xq + 2 * m * n, "int8"),
-        "w8a8 -> int8": (
-            lambda: gemm_w8a8._w8a8_gemm_launch(o["x_q"], o["x_scale"], o["w8"], o["w_scale"], None, o["out_scale"]),
-            lambda: w8a8_gemm_ref(o["x_q"], o["x_scale"], o["w8"], o["w_scale"], None, o["out_scale"]),
-            True, nk + 8 * n + xq + m * n, "int8"),
-        "w4a8 -> fp16": (
-            lambda: gemm_w4._w4a8_gemm_launch(o["x_q"], o["x_scale"], o["packed"], o["group_scales"],
-                                              o["channel_scales"], GROUP),
-            lambda: w4a8_gemm_ref(o["x_q"], o["x_scale"], o["packed"], o["group_scales"], o["channel_scales"], GROUP),
-            True, w4_bytes + 4 * n + xq + 2 * m * n, "int8"),
-        "w4a16 fp16": (
-            lambda: gemm_w4._w4a16_gemm_launch(o["x_fp16"], o["packed"], o["scales_fp16"], GROUP),
-            lambda: w4a16_gemm_ref(o["x_fp16"], o["packed"], o["scales_fp16"], GROUP),
-            False, w4_bytes + x16 + 2 * m * n, "fp16"),
-    }
-    if prefill:  # the alternative prefill path: dequantize once to a dense weight, then the dense kernel
-        table["w4a8 -> fp16, dense"] = (
-            lambda: gemm_w4._w4a8_gemm_launch(o["x_q"], o["x_scale"], o["packed"], o["group_scales"],
-                                              o["channel_scales"], GROUP, dense_min_m=1),
-            *table["w4a8 -> fp16"][1:])
-        table["w4a16 fp16, dense"] = (
-            lambda: gemm_w4._w4a16_gemm_launch(o["x_fp16"], o["packed"], o["scales_fp16"], GROUP, dense_min_m=1),
-            *table["w4a16 fp16"][1:])
-    return table
+        def ref():
+            y = w4a8_gemm_ref(*args, None, torch.float32 if os_ is not None else torch.float16)
+            return quantize_ref(y, os_) if os_ is not None else y
+
+        return (lambda: gemm_w4._w4a8_gemm_launch(*args, None, torch.float16, os_, config=config, **kw)), ref, True
+    args = (o["x_fp16"], o["packed"], o["scales_fp16"], g)
+    return (lambda: gemm_w4._w4a16_gemm_launch(*args, config=config, **kw)), (lambda: w4a16_gemm_ref(*args)), False
 
 
-def config_of(name: str, m: int, n: int, k: int, device: torch.device) -> str:
-    """The tile configuration the launcher picks for this call (same rule as the launchers)."""
-    if name.startswith("torch"):
-        return "cuBLAS"
-    dense = name.endswith("dense")
-    float_dot = name.startswith("w4a16")
-    g = None if (dense or name.startswith("w8a8")) else GROUP
-    cfg, per_tile = gemm_w8a8.pick_config(m, n, k, device, float_dot=float_dot, group_size=g, packed=g is not None)
-    cfg, _ = gemm_w8a8.split_plan(cfg, k)
-    return (f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} split{cfg.split_k} w{cfg.num_warps} s{cfg.num_stages}"
+def op_bytes(fmt: str, m: int, n: int, k: int) -> tuple[int, str]:
+    """(bytes the op must move, compute kind) for the floors."""
+    groups = k // group_for(k) if group_for(k) > 0 else 1
+    out = m * n * (1 if fmt.endswith("int8") else 2)
+    if fmt.startswith("w8a8"):
+        return n * k + 4 * n + m * k + out + (4 * n if fmt.endswith("int8") else 0), "int8"
+    if fmt.startswith("w4a8"):
+        return n * k // 2 + n * groups + 4 * n + m * k + out + (4 * n if fmt.endswith("int8") else 0), "int8"
+    if fmt == "w4a16":
+        return n * k // 2 + 2 * n * groups + 2 * m * k + out, "fp16"
+    return 2 * n * k + 2 * m * k + out, "fp16"  # fp16 weights (cuBLAS)
+
+
+def mma_config(fmt: str, m: int, n: int, k: int, device: torch.device):
+    """The tensor-core kernel's own config for this call (what M > GEMV_MAX_M gets), to force it at small M."""
+    g = None if fmt.startswith("w8a8") else group_for(k)
+    cfg, _ = gemm_w8a8.pick_config(m, n, k, device, float_dot=fmt == "w4a16", group_size=g, packed=g is not None)
+    if fmt == "w4a16":  # its tensor-core kernel has no split-K
+        cfg = dataclasses.replace(cfg, split_k=1)
+    return cfg
+
+
+def describe(fmt: str, m: int, n: int, k: int, device: torch.device, config=None, dense: bool = False) -> str:
+    """The configuration a launcher call runs with (the launchers' rule, or ``config``)."""
+    base = fmt.split()[0]
+    g = None if base == "w8a8" else group_for(k)
+    if not dense and (isinstance(config, gemv.GemvConfig) or (config is None and gemv.use_gemv(base, m, None))):
+        return gemv.config_for(base, m, n, k, g, device, config).describe()
+    if dense:  # the dense kernel on the dequantized weights: no groups
+        g = None
+        config = config or gemm_w8a8.pick_config(m, n, k, device, float_dot=fmt == "w4a16")[0]
+    config = config or mma_config(fmt, m, n, k, device)
+    if fmt == "w4a16":
+        config = dataclasses.replace(config, split_k=1)
+    cfg, *_, per_tile = gemm_w8a8.mma_plan(config, m, n, k, device, fmt == "w4a16", g)
+    return (f"mma {cfg.block_m}x{cfg.block_n}x{cfg.block_k} split{cfg.split_k} w{cfg.num_warps} s{cfg.num_stages}"
             + ("" if per_tile else " gathered-scales"))
 
 
@@ -206,7 +175,119 @@ def check(out: torch.Tensor, ref: torch.Tensor, exact: bool) -> dict:
     return {"rel_err": err}
 
 
-# ---------------------------------------------------------------------------------------------- main
+# ---------------------------------------------------------------------------------------------- main table
+
+def variants(m: int, n: int, k: int, o: dict, device: torch.device) -> list:
+    """(kernel name, format, config, launcher kwargs) rows of one shape and M."""
+    rows = [("torch fp16 (cuBLAS)", "fp16", None, {})]
+    for fmt, name in (("w8a8", "w8a8 -> fp16"), ("w8a8 int8", "w8a8 -> int8"), ("w4a8", "w4a8 -> fp16"),
+                      ("w4a8 int8", "w4a8 -> int8"), ("w4a16", "w4a16 fp16")):
+        rows.append((name, fmt, None, {}))
+        if m <= DECODE_MAX_M:  # the other path at decode sizes
+            base = fmt.split()[0]
+            if gemv.use_gemv(base, m, None):
+                rows.append((name + ", mma", fmt, mma_config(fmt, m, n, k, device), {}))
+            else:
+                rows.append((name + ", gemv", fmt,
+                             gemv.config_for(base, m, n, k, None if base == "w8a8" else group_for(k), device), {}))
+        elif fmt in ("w4a8", "w4a16"):  # the alternative prefill path: dequantize once, then the dense kernel
+            rows.append((name + ", dense", fmt, None, {"dense_min_m": 1}))
+    return rows
+
+
+def time_rows(args, timer: Timer, bandwidth: float, peaks: dict, device: torch.device) -> list:
+    shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    ms = [1, 3, 65] if args.smoke else args.ms
+    rows = []
+    for shape, (n, k) in shapes.items():
+        weights = make_weights(n, k, device)
+        for m in ms:
+            o = make_operands(weights, m, device)
+            for name, fmt, config, kw in variants(m, n, k, o, device):
+                if fmt == "fp16":
+                    fn, status = (lambda o=o: o["x_fp16"] @ o["w_fp16"].T), {}
+                    cfg_text = "cuBLAS"
+                else:
+                    fn, ref_fn, exact = op_calls(fmt, o, config, **kw)
+                    status = check(fn(), ref_fn(), exact)
+                    cfg_text = describe(fmt, m, n, k, device, config, dense="dense_min_m" in kw)
+                us, host_us = timer(fn)
+                nbytes, kind = op_bytes(fmt, m, n, k)
+                flops = 2 * m * n * k
+                mem_floor = nbytes / bandwidth * 1e6
+                compute_floor = flops / peaks[kind] * 1e6
+                rows.append({
+                    "shape": shape, "N": n, "K": k, "M": m, "kernel": name, "config": cfg_text,
+                    "time_us": us, "host_launch_us": host_us, "bytes": nbytes, "GB_per_s": nbytes / us / 1e3,
+                    "TFLOP_per_s": flops / us / 1e6, "memory_floor_us": mem_floor, "compute_floor_us": compute_floor,
+                    "efficiency": max(mem_floor, compute_floor) / us, **status,
+                })
+                print(f"{shape:22s} M={m:5d} {name:24s} {us:9.1f} us  floor {max(mem_floor, compute_floor):8.1f} us"
+                      f"  host {host_us:6.1f} us  {cfg_text}  {status}", flush=True)
+            del o
+        del weights
+    for row in rows:  # speed-up over cuBLAS fp16 at the same shape
+        base = next(r["time_us"] for r in rows if r["shape"] == row["shape"] and r["M"] == row["M"]
+                    and r["kernel"].startswith("torch"))
+        row["speedup_vs_fp16"] = base / row["time_us"]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+
+def sweep(args, timer: Timer, bandwidth: float, device: torch.device) -> dict:
+    """Every candidate GEMV config per (shape, format, M), timed and checked; the best per case."""
+    shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    if args.sweep_shapes:
+        shapes = {s: v for s, v in shapes.items() if any(p in s for p in args.sweep_shapes)}
+    index = (device.index or 0) if device.type == "cuda" else -1
+    rows, best = [], []
+    seen = set()
+    for shape, (n, k) in shapes.items():
+        if (n, k) in seen:  # the mamba / mamba2 out_proj are the same shape
+            continue
+        seen.add((n, k))
+        weights = make_weights(n, k, device)
+        for m in args.sweep_ms:
+            o = make_operands(weights, m, device)
+            for fmt in SWEEP_FORMATS:
+                g = None if fmt == "w8a8" else group_for(k)
+                cands = gemv.candidate_configs(fmt, m, n, k, g, index)
+                if args.smoke:
+                    cands = cands[:3]
+                nbytes, _ = op_bytes(fmt, m, n, k)
+                floor = nbytes / bandwidth * 1e6
+                case = []
+                _, ref_fn, exact = op_calls(fmt, o)
+                ref = ref_fn()
+                for cfg in cands:
+                    fn, _, _ = op_calls(fmt, o, cfg)
+                    try:
+                        status = check(fn(), ref, exact)
+                        us, host_us = timer(fn)
+                    except Exception as err:  # a config that does not compile or run: recorded, not fatal
+                        case.append({"config": dataclasses.asdict(cfg), "error": f"{type(err).__name__}: {err}"[:300]})
+                        continue
+                    case.append({"config": dataclasses.asdict(cfg), "describe": cfg.describe(), "time_us": us,
+                                 "host_launch_us": host_us, "GB_per_s": nbytes / us / 1e3,
+                                 "efficiency": floor / us, **status})
+                timed = [c for c in case if "time_us" in c and c.get("exact", True)
+                         and c.get("rel_err", 0.0) < 1e-2]
+                for c in case:
+                    rows.append({"shape": shape, "N": n, "K": k, "M": m, "format": fmt, **c})
+                if timed:
+                    top = min(timed, key=lambda c: c["time_us"])
+                    default = timed[0] if case and case[0] is timed[0] else None
+                    best.append({"shape": shape, "N": n, "K": k, "M": m, "format": fmt, "floor_us": floor,
+                                 "best": top["describe"], "best_config": top["config"], "best_us": top["time_us"],
+                                 "default": cands[0].describe(), "default_us": default["time_us"] if default else None})
+                    print(f"sweep {shape:22s} M={m:3d} {fmt:6s} best {top['time_us']:8.1f} us ({top['describe']})"
+                          f"  default {best[-1]['default_us'] or float('nan'):8.1f} us  floor {floor:6.1f} us",
+                          flush=True)
+            del o
+        del weights
+    return {"rows": rows, "best": best}
+
 
 def run(args) -> dict:
     device = torch.device("cpu" if args.smoke else "cuda")
@@ -216,45 +297,16 @@ def run(args) -> dict:
     timer = Timer(device, args.reps)
     bandwidth = measure_bandwidth(timer)
     peaks = measure_peaks(timer)
-    shapes = SMOKE_SHAPES if args.smoke else SHAPES
-    ms = [1, 3, 65] if args.smoke else args.ms
-    rows = []
+    result = {"environment": environment(device), "bandwidth_GB_per_s": bandwidth / 1e9,
+              "peak_TFLOP_per_s": {"fp16": peaks["fp16"] / 1e12, "int8": peaks["int8"] / 1e12},
+              "int8_peak_source": peaks["int8_source"], "reps": args.reps, "group_size": GROUP,
+              "gemv_max_m": dict(gemv.GEMV_MAX_M), "rows": []}
     with torch.inference_mode():
-        for shape, (n, k) in shapes.items():
-            weights = make_weights(n, k, device)
-            for m in ms:
-                ops = make_operands(weights, m, device)
-                for name, (fn, ref_fn, exact, nbytes, kind) in variants(n, k, m, ops, m > DECODE_MAX_M).items():
-                    out = fn()
-                    status = check(out, ref_fn(), exact) if ref_fn is not None else {}
-                    us, host_us = timer(fn)
-                    flops = 2 * m * n * k
-                    mem_floor = nbytes / bandwidth * 1e6
-                    compute_floor = flops / peaks[kind] * 1e6
-                    rows.append({
-                        "shape": shape, "N": n, "K": k, "M": m, "kernel": name, "config": config_of(name, m, n, k, device),
-                        "time_us": us, "host_launch_us": host_us, "bytes": nbytes, "GB_per_s": nbytes / us / 1e3, "TFLOP_per_s": flops / us / 1e6,
-                        "memory_floor_us": mem_floor, "compute_floor_us": compute_floor,
-                        "efficiency": max(mem_floor, compute_floor) / us, **status,
-                    })
-                    print(f"{shape:22s} M={m:5d} {name:22s} {us:9.1f} us  floor {max(mem_floor, compute_floor):8.1f} us"
-                          f"  {status}", flush=True)
-                del ops
-            del weights
-    for row in rows:  # speed-up over cuBLAS fp16 at the same shape
-        base = next(r["time_us"] for r in rows if r["shape"] == row["shape"] and r["M"] == row["M"]
-                    and r["kernel"].startswith("torch"))
-        row["speedup_vs_fp16"] = base / row["time_us"]
-    return {"environment": environment(device), "bandwidth_GB_per_s": bandwidth / 1e9,
-            "peak_TFLOP_per_s": {"fp16": peaks["fp16"] / 1e12, "int8": peaks["int8"] / 1e12},
-            "int8_peak_source": peaks["int8_source"], "reps": args.reps, "group_size": GROUP, "rows": rows}
-
-
-def environment(device: torch.device) -> dict:
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or 'interpreter'})"
-    return {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__,
-            "cuda": torch.version.cuda, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "sms": torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None}
+        if not args.only_sweep:
+            result["rows"] = time_rows(args, timer, bandwidth, peaks, device)
+        if args.sweep or args.only_sweep:
+            result["sweep"] = sweep(args, timer, bandwidth, device)
+    return result
 
 
 def markdown(result: dict) -> str:
@@ -262,10 +314,11 @@ def markdown(result: dict) -> str:
     lines = [
         f"# GEMM kernels on {env['gpu']}",
         "",
-        f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, {env['date']}; median of {result['reps']} "
-        f"calls after an L2 flush. Measured: copy bandwidth {result['bandwidth_GB_per_s']:.0f} GB/s, "
-        f"fp16 {result['peak_TFLOP_per_s']['fp16']:.0f} TFLOP/s, int8 {result['peak_TFLOP_per_s']['int8']:.0f} TOP/s "
-        f"({result['int8_peak_source']}). W4 group size {result['group_size']}.",
+        f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, {env['date']}; device time: median of "
+        f"{result['reps']} CUDA-graph replays after an L2 flush; host: an eager call. Measured: copy bandwidth "
+        f"{result['bandwidth_GB_per_s']:.0f} GB/s, fp16 {result['peak_TFLOP_per_s']['fp16']:.0f} TFLOP/s, int8 "
+        f"{result['peak_TFLOP_per_s']['int8']:.0f} TOP/s ({result['int8_peak_source']}). W4 group size "
+        f"{result['group_size']} (-1 where K is no multiple of it). GEMV for M <= {result['gemv_max_m']}.",
         "",
         "| shape | M | kernel | config | time (us) | floor (us) | efficiency | GB/s | vs fp16 | host launch (us) | check |",
         "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -278,21 +331,53 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['shape']} | {r['M']} | {r['kernel']} | {r['config']} | {r['time_us']:.1f} | "
                      f"{floor:.1f} ({bound}) | {r['efficiency']:.0%} | {r['GB_per_s']:.0f} | "
                      f"{r['speedup_vs_fp16']:.2f}x | {r['host_launch_us']:.0f} | {chk} |")
+    if "sweep" in result:
+        lines += ["", "## GEMV config sweep: best vs default", "",
+                  "| shape | M | format | best (us) | best config | default (us) | default config | floor (us) |",
+                  "| --- | ---: | --- | ---: | --- | ---: | --- | ---: |"]
+        for b in result["sweep"]["best"]:
+            default = f"{b['default_us']:.1f}" if b["default_us"] is not None else "failed"
+            lines.append(f"| {b['shape']} | {b['M']} | {b['format']} | {b['best_us']:.1f} | {b['best']} | {default} | "
+                         f"{b['default']} | {b['floor_us']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def merged(result: dict, path: Path) -> dict:
+    """``result`` plus what an earlier run left in ``path``: its main table when this run has none, its sweep
+    cases that this run did not redo (so a sweep can be split over several calls)."""
+    if not path.exists():
+        return result
+    old = json.loads(path.read_text())
+    if not result["rows"]:
+        result["rows"] = old.get("rows", [])
+    if "sweep" in old:
+        new = result.setdefault("sweep", {"rows": [], "best": []})
+        redone = {(b["shape"], b["M"], b["format"]) for b in new["best"]} | {
+            (r["shape"], r["M"], r["format"]) for r in new["rows"]}
+        for part in ("rows", "best"):
+            new[part] = [r for r in old["sweep"][part] if (r["shape"], r["M"], r["format"]) not in redone] + new[part]
+    return result
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=30, help="timed calls per kernel and shape (median)")
-    parser.add_argument("--ms", type=lambda s: [int(v) for v in s.split(",")], default=[1, 16, 1024, 4096],
-                        help="comma-separated M values")
+    ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
+    parser.add_argument("--reps", type=int, default=None,
+                        help="timed replays per kernel and shape (median); default 30 (--smoke: 3)")
+    parser.add_argument("--ms", type=ints, default=[1, 4, 16, 1024, 4096], help="comma-separated M values")
+    parser.add_argument("--sweep", action="store_true", help="also time every candidate GEMV config")
+    parser.add_argument("--only-sweep", action="store_true", help="the sweep without the main table")
+    parser.add_argument("--sweep-ms", type=ints, default=[1, 16], help="M values of the sweep")
+    parser.add_argument("--sweep-shapes", type=lambda s: s.split(","), default=None,
+                        help="comma-separated substrings of the shape names to sweep (default: all)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the JSON and markdown results")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes in Triton's interpreter on the CPU")
     args = parser.parse_args(argv)
+    args.reps = args.reps or (3 if args.smoke else 30)
     result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", result["environment"]["gpu"].lower()).strip("-")
-    stem = args.out / f"kernels_gemm_{slug}"
+    stem = args.out / f"kernels_gemm_{gpu_slug(result['environment']['gpu'])}"
+    result = merged(result, stem.with_suffix(".json"))
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(result))
     print(f"wrote {stem}.json and {stem}.md")

@@ -3,25 +3,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from ..ops.conv1d import qcausal_conv1d, qcausal_conv1d_update
 from ..ops.quant import quantize_ref
 from .registry import register
-
-
-def _qconv_ref(x_q, state_q, weight_q, scale, bias, out_scale):
-    """x_q: [B, D, L] int8, state_q: [B, D, K] int8 (previous inputs), weight_q: [D, K] int8,
-    scale: [D] fp32 (= weight_scale * input_scale), bias: [D] fp32 or None, out_scale: [D] fp32.
-    Returns (y_q [B, D, L] int8, new state [B, D, K] int8)."""
-    k = weight_q.shape[-1]
-    padded = torch.cat([state_q[..., 1:], x_q], dim=-1).double()  # [B, D, K-1+L]
-    acc = F.conv1d(padded, weight_q.double().unsqueeze(1), groups=weight_q.shape[0])  # exact integer sums
-    y = acc.float() * scale[:, None]
-    if bias is not None:
-        y = y + bias[:, None]
-    y_q = quantize_ref(F.silu(y), out_scale[:, None])
-    full = torch.cat([state_q[..., :1], padded.to(torch.int8)], dim=-1)
-    return y_q, full[..., -k:].contiguous()
 
 
 @register
@@ -59,13 +44,12 @@ class QCausalConv1d(nn.Module):
         return torch.zeros(batch_size, self.channels, self.kernel_size, dtype=torch.int8, device=device)
 
     def forward(self, x_q: torch.Tensor, state: torch.Tensor | None = None):
-        """x_q: [B, D, L] int8 -> y_q [B, D, L] int8; with ``state`` returns (y_q, new_state)."""
-        s = self.empty_state(x_q.shape[0], x_q.device) if state is None else state
-        y, new_state = _qconv_ref(x_q, s, self.weight, self.weight_scale * self.input_scale, self.bias, self.output_scale)
-        return y if state is None else (y, new_state)
+        """x_q: [B, D, L] int8 (may be a strided view) -> y_q [B, D, L] int8; with ``state`` [B, D, K] int8
+        returns (y_q, new_state). See ``quamba.ops.conv1d.qcausal_conv1d_ref`` for the arithmetic."""
+        return qcausal_conv1d(x_q, self.weight, self.weight_scale, self.input_scale, self.output_scale, self.bias,
+                              state, return_final_state=state is not None)
 
     def step(self, x_q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """x_q: [B, D] int8; ``state`` [B, D, K] int8 updated in place."""
-        y, new_state = self.forward(x_q[..., None], state)
-        state.copy_(new_state)
-        return y[..., 0]
+        """x_q: [B, D] int8 -> y_q [B, D] int8; ``state`` [B, D, K] int8 updated in place."""
+        return qcausal_conv1d_update(x_q, state, self.weight, self.weight_scale, self.input_scale,
+                                     self.output_scale, self.bias)

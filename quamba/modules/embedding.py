@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..ops.embedding import qembedding
 from .registry import dtype_name, parse_dtype, register
 
 
@@ -37,8 +38,5 @@ class QEmbedding(nn.Module):
         return m
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        from ..quantization.weight_formats import unpack_int4
-
-        rows = self.weight[ids]
-        q = rows if self.bits == 8 else unpack_int4(rows)
-        return (q.float() * self.scale[ids, None].float()).to(self.out_dtype)
+        """ids [...] integer -> [..., D] ``dtype`` (one gather kernel on CUDA: ``quamba.ops.embedding.qembedding``)."""
+        return qembedding(ids, self.weight, self.scale, self.bits, self.out_dtype)

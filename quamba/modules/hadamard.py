@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..ops.quant import quantize_ref
-from ..quantization.hadamard import hadamard_transform_ref
+from ..ops.hadamard import hadamard_quant
 from .registry import register
 
 
@@ -23,4 +22,6 @@ class QHadamard(nn.Module):
         return {"dim": self.dim}
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return quantize_ref(hadamard_transform_ref(y.float()), self.output_scale)
+        """y [..., D] float (may be a strided view) -> int8 [..., D]; one kernel on CUDA
+        (``quamba.ops.hadamard.hadamard_quant``)."""
+        return hadamard_quant(y, self.output_scale)

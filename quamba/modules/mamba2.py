@@ -14,17 +14,18 @@ import math
 import torch
 import torch.nn as nn
 
-from ..ops.ssd import ssd_chunked, ssd_state_update
+from ..ops.ssd import qssd_chunked, qssd_state_update
 from .registry import dtype_name, parse_dtype, register
-from .scan import Int8State
+from .scan import Int8State, op_state
 
 
 @register
 class QSSDScan(nn.Module):
-    """Mamba2's SSD scan on int8 inputs. Buffers: A_log, dt_bias fp32 [H], D fp32 [H] or [H, P]; static scales
-    x_scale fp32 [H * P] (one per channel: head grouping gives channels of a group one value), dt_scale fp32 [H],
-    B_scale and C_scale fp32 [G] (one per SSM group). forward(x_q [B, L, H, P], dt_q [B, L, H], B_q, C_q [B, L, G, N])
-    -> y [B, L, H, P] ``dtype``."""
+    """Mamba2's SSD scan on int8 inputs (``quamba.ops.ssd.qssd_chunked_ref`` / ``qssd_state_update_ref``; on the
+    GPU the Triton kernels load the int8 tensors and dequantize in registers).
+    Buffers: A_log, dt_bias fp32 [H], D fp32 [H] or [H, P]; static scales x_scale fp32 [H * P] (one per channel:
+    head grouping gives channels of a group one value), dt_scale fp32 [H], B_scale and C_scale fp32 [G] (one per SSM
+    group). forward(x_q [B, L, H, P], dt_q [B, L, H], B_q, C_q [B, L, G, N]) -> y [B, L, H, P] ``dtype``."""
 
     SCALES = ("x_scale", "dt_scale", "B_scale", "C_scale")
 
@@ -51,35 +52,34 @@ class QSSDScan(nn.Module):
                 "dt_limit": [self.dt_limit[0], None if math.isinf(hi) else hi], "dtype": dtype_name(self.out_dtype),
                 "state_int8": self.state_int8}
 
-    def _inputs(self, x_q, dt_q, B_q, C_q):
-        x = x_q.float() * self.x_scale.view(self.nheads, self.headdim)
-        return x, dt_q.float() * self.dt_scale, B_q.float() * self.B_scale[:, None], C_q.float() * self.C_scale[:, None]
+    def _args(self) -> dict:
+        return dict(x_scale=self.x_scale, dt_scale=self.dt_scale, B_scale=self.B_scale, C_scale=self.C_scale,
+                    D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit,
+                    out_dtype=self.out_dtype)
 
     def empty_state(self, batch_size: int, device=None):
         shape = (batch_size, self.nheads, self.headdim, self.d_state)
         return Int8State.zeros(shape, device) if self.state_int8 else torch.zeros(shape, device=device)
 
     def forward(self, x_q, dt_q, B_q, C_q, state=None):
-        x, dt, B, C = self._inputs(x_q, dt_q, B_q, C_q)
-        init = state.load() if isinstance(state, Int8State) else state
-        out = ssd_chunked(x, dt, -torch.exp(self.A_log), B, C, self.chunk_size, self.D, self.dt_bias, True,
-                              self.dt_limit, init, return_final_state=state is not None)
+        """x_q [B, L, H, P], dt_q [B, L, H], B_q/C_q [B, L, G, N] int8 (strided views are fine) -> y [B, L, H, P]
+        ``dtype``. With ``state`` (fp32 tensor or Int8State) continues from it and returns (y, new_state): a new
+        fp32 tensor, or the same Int8State holding the new q and scale."""
+        int8_state = isinstance(state, Int8State)
+        out = qssd_chunked(x_q, dt_q, self.A_log, B_q, C_q, self.chunk_size, initial_state=op_state(state),
+                           return_final_state=state is not None, final_state_int8=int8_state, **self._args())
         if state is None:
-            return out.to(self.out_dtype)
+            return out
         y, h = out
-        if isinstance(state, Int8State):
-            state.store(h)
+        if int8_state:
+            state.q, state.scale = h
             h = state
-        return y.to(self.out_dtype), h
+        return y, h
 
     def step(self, x_q, dt_q, B_q, C_q, state):
-        """x_q [B, H, P], dt_q [B, H], B_q/C_q [B, G, N] int8; ``state`` updated in place; returns y [B, H, P]."""
-        x, dt, B, C = self._inputs(x_q, dt_q, B_q, C_q)
-        h = state.load() if isinstance(state, Int8State) else state
-        y = ssd_state_update(h, x, dt, -torch.exp(self.A_log), B, C, self.D, self.dt_bias, True, self.dt_limit)
-        if isinstance(state, Int8State):
-            state.store(h)
-        return y.to(self.out_dtype)
+        """x_q [B, H, P], dt_q [B, H], B_q/C_q [B, G, N] int8; ``state`` (fp32 or Int8State) updated in place;
+        returns y [B, H, P] ``dtype``."""
+        return qssd_state_update(op_state(state), x_q, dt_q, self.A_log, B_q, C_q, **self._args())
 
 
 @register

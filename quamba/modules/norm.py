@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..ops.quant import quantize_ref
-from ..ops.rmsnorm import gated_rms_norm, rms_norm
+from ..ops.rmsnorm import add_rms_norm_quant, qgated_rms_norm, rms_norm_quant
 from .registry import dtype_name, parse_dtype, register
 
 
@@ -34,7 +33,14 @@ class QRMSNorm(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return quantize_ref(rms_norm(x, self.weight.float(), self.eps), self.output_scale)
+        """x [..., D] float -> int8 [..., D] (one kernel on CUDA: ``quamba.ops.rmsnorm.rms_norm_quant``)."""
+        return rms_norm_quant(x, self.weight, self.eps, self.output_scale)
+
+    def add_forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, residual_in_fp32: bool = True):
+        """The block prologue fused with this norm: residual = hidden (+ residual), fp32 when
+        ``residual_in_fp32``; returns (int8 [..., D] of the normed residual, residual). One kernel on CUDA
+        (``quamba.ops.rmsnorm.add_rms_norm_quant``)."""
+        return add_rms_norm_quant(hidden, residual, self.weight, self.eps, self.output_scale, residual_in_fp32)
 
 
 @register
@@ -54,5 +60,6 @@ class QGatedRMSNorm(nn.Module):
                 "norm_before_gate": self.norm_before_gate, "dtype": dtype_name(self.weight.dtype)}
 
     def forward(self, y: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
-        return gated_rms_norm(y, z_q.float() * self.z_scale, self.weight, self.eps, self.group_size,
-                                  self.norm_before_gate).to(self.weight.dtype)
+        """y [..., D] float, z_q [..., D] int8 (may be a strided slice of in_proj's output) -> weight's dtype.
+        One kernel on CUDA (``quamba.ops.rmsnorm.qgated_rms_norm``)."""
+        return qgated_rms_norm(y, z_q, self.z_scale, self.weight, self.eps, self.group_size, self.norm_before_gate)

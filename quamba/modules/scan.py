@@ -1,5 +1,8 @@
 """Mamba1's selective scan on int8 inputs: dequantize u, dt, B, C, z with their static scales, scan with an
-fp32 state, emit float. For decoding, the state may be cached as int8 with a dynamic per-row scale."""
+fp32 state, emit float. For decoding, the state may be cached as int8 with a dynamic per-row scale.
+
+The arithmetic is ``quamba.ops.selective_scan.qselective_scan_ref`` / ``qselective_state_update_ref``; on the GPU
+one Triton kernel per call loads the int8 tensors and dequantizes in registers (an int8 state too)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,8 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..ops.quant import quantize_ref
-from ..ops.selective_scan import selective_scan, selective_state_update
+from ..ops.selective_scan import dequantize_state_ref, qselective_scan, qselective_state_update, quantize_state_ref
 from .registry import dtype_name, parse_dtype, register
 
 
@@ -26,11 +28,10 @@ class Int8State:
                    torch.ones(*shape[:-1], 1, device=device))
 
     def load(self) -> torch.Tensor:
-        return self.q.float() * self.scale
+        return dequantize_state_ref(self.q, self.scale)
 
     def store(self, h: torch.Tensor):
-        self.scale = h.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 127
-        self.q = quantize_ref(h, self.scale)
+        self.q, self.scale = quantize_state_ref(h)
 
 
 @register
@@ -54,34 +55,39 @@ class QSelectiveScan(nn.Module):
         return {"d_inner": self.d_inner, "d_state": self.d_state, "dtype": dtype_name(self.out_dtype),
                 "state_int8": self.state_int8}
 
-    def _inputs(self, u_q, dt_q, B_q, C_q, z_q):
-        return (u_q.float() * self.u_scale, dt_q.float() * self.dt_scale, B_q.float() * self.B_scale,
-                C_q.float() * self.C_scale, z_q.float() * self.z_scale)
+    def _scales(self) -> dict:
+        return dict(u_scale=self.u_scale, delta_scale=self.dt_scale, B_scale=self.B_scale, C_scale=self.C_scale,
+                    z_scale=self.z_scale)
 
     def empty_state(self, batch_size: int, device=None):
         shape = (batch_size, self.d_inner, self.d_state)
         return Int8State.zeros(shape, device) if self.state_int8 else torch.zeros(shape, device=device)
 
     def forward(self, u_q, dt_q, B_q, C_q, z_q, state=None):
-        """With ``state`` (fp32 tensor or Int8State) continues from it and returns (y, new_state)."""
-        u, dt, B, C, z = self._inputs(u_q, dt_q, B_q, C_q, z_q)
-        A = -torch.exp(self.A_log)
-        init = state.load() if isinstance(state, Int8State) else state
-        out = selective_scan(u, dt, A, B, C, self.D, z, self.dt_bias, True, init, return_final_state=state is not None)
+        """u_q, dt_q, z_q [B, D, L] int8, B_q, C_q [B, N, L] int8 (strided views are fine) -> y [B, D, L] ``dtype``
+        (on the GPU a view of [B, L, D] memory). With ``state`` (fp32 tensor or Int8State) continues from it and
+        returns (y, new_state): a new fp32 tensor, or the same Int8State holding the new q and scale."""
+        int8_state = isinstance(state, Int8State)
+        out = qselective_scan(u_q, dt_q, self.A_log, B_q, C_q, D=self.D, z=z_q, delta_bias=self.dt_bias,
+                              delta_softplus=True, initial_state=op_state(state), return_final_state=state is not None,
+                              final_state_int8=int8_state, out_dtype=self.out_dtype, **self._scales())
         if state is None:
-            return out.to(self.out_dtype)
+            return out
         y, h = out
-        if isinstance(state, Int8State):
-            state.store(h)
+        if int8_state:
+            state.q, state.scale = h
             h = state
-        return y.to(self.out_dtype), h
+        return y, h
 
     def step(self, u_q, dt_q, B_q, C_q, z_q, state):
-        """One token: u/dt/z [B, D] int8, B/C [B, N] int8; ``state`` updated in place. Returns y [B, D]."""
-        u, dt, B, C, z = self._inputs(u_q, dt_q, B_q, C_q, z_q)
-        A = -torch.exp(self.A_log)
-        h = state.load() if isinstance(state, Int8State) else state
-        y = selective_state_update(h, u, dt, A, B, C, self.D, z, self.dt_bias, True)
-        if isinstance(state, Int8State):
-            state.store(h)
-        return y.to(self.out_dtype)
+        """One token: u/dt/z [B, D] int8, B/C [B, N] int8; ``state`` (fp32 or Int8State) updated in place.
+        Returns y [B, D] ``dtype``."""
+        return qselective_state_update(op_state(state), u_q, dt_q, self.A_log, B_q, C_q, D=self.D, z=z_q,
+                                       dt_bias=self.dt_bias, dt_softplus=True, out_dtype=self.out_dtype,
+                                       x_scale=self.u_scale, dt_scale=self.dt_scale, B_scale=self.B_scale,
+                                       C_scale=self.C_scale, z_scale=self.z_scale)
+
+
+def op_state(state):
+    """A module's state as the ops take it: an fp32 tensor, an int8 (q, scale) pair, or None."""
+    return (state.q, state.scale) if isinstance(state, Int8State) else state

@@ -34,3 +34,39 @@ __all__ += [
     "ssd_chunked",
     "ssd_state_update",
 ]
+
+# Quantized ends (int8 in and/or out): references and dispatchers.
+from .conv1d import (qcausal_conv1d, qcausal_conv1d_ref, qcausal_conv1d_update,  # noqa: E402
+                     qcausal_conv1d_update_ref)
+from .embedding import qembedding, qembedding_ref  # noqa: E402
+from .hadamard import hadamard_quant, hadamard_quant_ref  # noqa: E402
+from .rmsnorm import (add_rms_norm_quant, add_rms_norm_quant_ref, qgated_rms_norm, qgated_rms_norm_ref,  # noqa: E402
+                      rms_norm_quant, rms_norm_quant_ref)
+from .selective_scan import (qselective_scan, qselective_scan_ref, qselective_state_update,  # noqa: E402
+                             qselective_state_update_ref)
+from .ssd import qssd_chunked, qssd_chunked_ref, qssd_state_update, qssd_state_update_ref  # noqa: E402
+
+__all__ += [
+    "qcausal_conv1d",
+    "qcausal_conv1d_ref",
+    "qcausal_conv1d_update",
+    "qcausal_conv1d_update_ref",
+    "rms_norm_quant",
+    "rms_norm_quant_ref",
+    "add_rms_norm_quant",
+    "add_rms_norm_quant_ref",
+    "qgated_rms_norm",
+    "qgated_rms_norm_ref",
+    "hadamard_quant",
+    "hadamard_quant_ref",
+    "qembedding",
+    "qembedding_ref",
+    "qselective_scan",
+    "qselective_scan_ref",
+    "qselective_state_update",
+    "qselective_state_update_ref",
+    "qssd_chunked",
+    "qssd_chunked_ref",
+    "qssd_state_update",
+    "qssd_state_update_ref",
+]

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .quant import quantize_ref
+
 
 def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
     if activation is None:
@@ -103,3 +105,101 @@ def causal_conv1d_update(
 
         return _causal_conv1d_update_launch(x, conv_state, weight, bias, activation)
     return causal_conv1d_update_ref(x, conv_state, weight, bias, activation)
+
+
+# ---------------------------------------------------------------------------------------------- int8 (W8A8)
+
+def qcausal_conv1d_ref(
+    x_q: torch.Tensor,
+    weight_q: torch.Tensor,
+    weight_scale: torch.Tensor,
+    input_scale: torch.Tensor,
+    out_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+):
+    """Quantized causal depthwise conv + SiLU: int8 in, exact integer accumulation, int8 out.
+
+    x_q: [B, D, L] int8; weight_q: [D, K] int8; weight_scale: [] fp32 (per tensor); input_scale: [D] fp32;
+    out_scale: [D] fp32; bias: [D] fp32 or None; initial_state: [B, D, K] int8 (the previous K inputs,
+    oldest first) or None for zeros.
+    y_q[b, d, t] = clamp(round_half_even(silu(acc * (weight_scale * input_scale[d]) + bias[d]) / out_scale[d]))
+    with acc the exact integer sum over the K taps, each operation one fp32 rounding in that order.
+    Returns y_q [B, D, L] int8, and with ``return_final_state`` also the new state [B, D, K] int8 (the last
+    K inputs of state ++ x).
+    """
+    batch, dim, seqlen = x_q.shape
+    k = weight_q.shape[-1]
+    state_q = initial_state if initial_state is not None else x_q.new_zeros(batch, dim, k)
+    padded = torch.cat([state_q[..., 1:], x_q], dim=-1)  # [B, D, K-1+L] int8
+    w = weight_q.int()
+    # exact integer sums, tap by tap (|acc| <= K * 2^14 fits int32; exact in fp32 too)
+    acc = sum(padded[..., i:i + seqlen].int() * w[:, i, None] for i in range(k))
+    y = acc.float() * (weight_scale.float() * input_scale.float())[:, None]
+    if bias is not None:
+        y = y + bias.float()[:, None]
+    y_q = quantize_ref(F.silu(y), out_scale[:, None])
+    if not return_final_state:
+        return y_q
+    full = torch.cat([state_q[..., :1], padded], dim=-1)
+    return y_q, full[..., -k:].contiguous()
+
+
+def qcausal_conv1d_update_ref(
+    x_q: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight_q: torch.Tensor,
+    weight_scale: torch.Tensor,
+    input_scale: torch.Tensor,
+    out_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One decoding step of ``qcausal_conv1d_ref``: x_q [B, D] int8; conv_state [B, D, K] int8, updated in
+    place (shift left, append x). Returns y_q [B, D] int8, equal to the prefill of the same token."""
+    y_q, new_state = qcausal_conv1d_ref(x_q[..., None], weight_q, weight_scale, input_scale, out_scale, bias,
+                                        conv_state, return_final_state=True)
+    conv_state.copy_(new_state)
+    return y_q[..., 0]
+
+
+def qcausal_conv1d(
+    x_q: torch.Tensor,
+    weight_q: torch.Tensor,
+    weight_scale: torch.Tensor,
+    input_scale: torch.Tensor,
+    out_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+):
+    """``qcausal_conv1d_ref``'s contract; one Triton kernel on CUDA, whose y is laid out [B, L, D] in memory
+    (returned as the [B, D, L] view) so that the projection and the scan read it without a copy."""
+    from .triton import use_triton
+
+    if use_triton(x_q, weight_q, weight_scale, input_scale, out_scale, bias, initial_state):
+        from .triton.conv1d import _qcausal_conv1d_launch
+
+        return _qcausal_conv1d_launch(x_q, weight_q, weight_scale, input_scale, out_scale, bias, initial_state,
+                                      return_final_state)
+    return qcausal_conv1d_ref(x_q, weight_q, weight_scale, input_scale, out_scale, bias, initial_state,
+                              return_final_state)
+
+
+def qcausal_conv1d_update(
+    x_q: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight_q: torch.Tensor,
+    weight_scale: torch.Tensor,
+    input_scale: torch.Tensor,
+    out_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``qcausal_conv1d_update_ref``'s contract (conv_state [B, D, K] int8 updated in place); Triton on CUDA."""
+    from .triton import use_triton
+
+    if use_triton(x_q, conv_state, weight_q, weight_scale, input_scale, out_scale, bias):
+        from .triton.conv1d import _qcausal_conv1d_update_launch
+
+        return _qcausal_conv1d_update_launch(x_q, conv_state, weight_q, weight_scale, input_scale, out_scale, bias)
+    return qcausal_conv1d_update_ref(x_q, conv_state, weight_q, weight_scale, input_scale, out_scale, bias)

@@ -62,8 +62,8 @@ def w8a8_gemm(
     out_scale: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float16,
 ) -> torch.Tensor:
-    """``w8a8_gemm_ref``'s contract, bit-exact: the Triton kernel on CUDA (see ``quamba.ops.triton.use_triton``
-    for the switches), the reference elsewhere."""
+    """``w8a8_gemm_ref``'s contract, bit-exact: the Triton kernels on CUDA (a CUDA-core GEMV for few rows, the
+    tensor cores above; see ``quamba.ops.triton.use_triton`` for the switches), the reference elsewhere."""
     from .triton import use_triton
 
     if use_triton(x_q, w_q, w_scale, bias, out_scale):

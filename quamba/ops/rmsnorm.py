@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .quant import quantize_ref
+
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """y = x / sqrt(mean(x^2) + eps) * weight over the last dim, computed in fp32.
@@ -104,3 +106,102 @@ def gated_rms_norm(
 
         return _gated_rms_norm_launch(x, z, weight, eps, group_size, norm_before_gate)
     return gated_rms_norm_ref(x, z, weight, eps, group_size, norm_before_gate)
+
+
+# ---------------------------------------------------------------------------------------------- int8 ends
+
+def rms_norm_quant_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, out_scale: torch.Tensor) -> torch.Tensor:
+    """RMSNorm emitting int8 for an int8 projection: quantize_ref(rms_norm_ref(x, weight.float(), eps), out_scale).
+
+    x: [..., D] float; weight: [D] any float dtype (applied in fp32); out_scale: [] fp32 (static, per tensor).
+    Returns int8 [..., D] = clamp(round_half_even(y / out_scale), -128, 127).
+    """
+    return quantize_ref(rms_norm_ref(x, weight.float(), eps), out_scale)
+
+
+def add_rms_norm_quant_ref(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    out_scale: torch.Tensor,
+    residual_in_fp32: bool = True,
+):
+    """The quantized block prologue: ``add_rms_norm_ref``'s residual add, then ``rms_norm_quant_ref``.
+
+    x: [..., D]; residual: [..., D] or None (first block); weight: [D]; out_scale: [] fp32.
+    Returns (y int8 [..., D], residual): residual = x if residual is None else x + residual (mixed dtypes
+    promote), made fp32 when ``residual_in_fp32``; y = quantize(rms_norm(residual) * weight.float(), out_scale).
+    """
+    residual = x if residual is None else x + residual
+    if residual_in_fp32:
+        residual = residual.float()
+    return rms_norm_quant_ref(residual, weight, eps, out_scale), residual
+
+
+def qgated_rms_norm_ref(
+    x: torch.Tensor,
+    z_q: torch.Tensor,
+    z_scale: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float = 1e-5,
+    group_size: int | None = None,
+    norm_before_gate: bool = False,
+) -> torch.Tensor:
+    """Mamba2's gated output norm with the gate arriving as int8: gated_rms_norm_ref(x, z_q * z_scale, ...)
+    converted to weight's dtype.
+
+    x: [..., D] float; z_q: [..., D] int8; z_scale: [] fp32; weight: [D]. Returns [..., D] in weight's dtype
+    (computed in fp32, rounded to x's dtype as ``gated_rms_norm_ref`` returns it, then to weight's).
+    """
+    y = gated_rms_norm_ref(x, z_q.float() * z_scale, weight, eps, group_size, norm_before_gate)
+    return y.to(weight.dtype)
+
+
+def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor, eps: float, out_scale: torch.Tensor) -> torch.Tensor:
+    """``rms_norm_quant_ref``'s contract (int8 out); one Triton kernel on CUDA, the reference elsewhere."""
+    from .triton import use_triton
+
+    if use_triton(x, weight, out_scale):
+        from .triton.rmsnorm import _rms_norm_launch
+
+        return _rms_norm_launch(x, weight, eps, out_scale)
+    return rms_norm_quant_ref(x, weight, eps, out_scale)
+
+
+def add_rms_norm_quant(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    out_scale: torch.Tensor,
+    residual_in_fp32: bool = True,
+):
+    """``add_rms_norm_quant_ref``'s contract, returning (int8 y, residual); one fused kernel on CUDA
+    (whose residual is always a new tensor, where the reference may return x itself)."""
+    from .triton import use_triton
+
+    if use_triton(x, residual, weight, out_scale):
+        from .triton.rmsnorm import _add_rms_norm_launch
+
+        return _add_rms_norm_launch(x, residual, weight, eps, residual_in_fp32, out_scale)
+    return add_rms_norm_quant_ref(x, residual, weight, eps, out_scale, residual_in_fp32)
+
+
+def qgated_rms_norm(
+    x: torch.Tensor,
+    z_q: torch.Tensor,
+    z_scale: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float = 1e-5,
+    group_size: int | None = None,
+    norm_before_gate: bool = False,
+) -> torch.Tensor:
+    """``qgated_rms_norm_ref``'s contract (weight's dtype); one Triton kernel on CUDA."""
+    from .triton import use_triton
+
+    if use_triton(x, z_q, z_scale, weight):
+        from .triton.rmsnorm import _gated_rms_norm_launch
+
+        return _gated_rms_norm_launch(x, z_q, weight, eps, group_size, norm_before_gate, z_scale, weight.dtype)
+    return qgated_rms_norm_ref(x, z_q, z_scale, weight, eps, group_size, norm_before_gate)

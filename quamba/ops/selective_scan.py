@@ -3,6 +3,9 @@
 For each channel d and state n:  h_t = exp(dt_t * A[d, n]) * h_{t-1} + dt_t * B_t[n] * u_t
                                  y_t = sum_n C_t[n] * h_t[n] + D[d] * u_t,   y_t *= silu(z_t)
 with dt = softplus(delta + delta_bias) when asked. The state is fp32 whatever the input dtype.
+
+The q* ops take the A8 mixer's int8 inputs with static per-tensor scales (and A as A_log): their references
+dequantize and call the float references; on the GPU one kernel loads the int8 values and dequantizes in registers.
 """
 from __future__ import annotations
 
@@ -83,6 +86,18 @@ def selective_state_update_ref(
     return y.to(x.dtype)
 
 
+# Prefill lengths from which the chunked kernel (triton/selective_scan_parallel.py: a time chunk per step, scanned
+# with tl.associative_scan) replaces the token-by-token one; it holds its [BLOCK_L, N, BLOCK_D] tile in registers,
+# so it takes d_state up to 256. Both are exact to the same bounds; benchmarks/kernels.py times them.
+CHUNKED_MIN_LEN = 16
+CHUNKED_MAX_STATE = 256
+
+
+def _chunked_kernel_fits(seqlen: int, dstate: int, initial_state) -> bool:
+    # an int8 initial state (a (q, scale) pair) is read by the token-by-token kernel only
+    return seqlen >= CHUNKED_MIN_LEN and dstate <= CHUNKED_MAX_STATE and not isinstance(initial_state, tuple)
+
+
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -103,6 +118,10 @@ def selective_scan(
 
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
     if use_triton(u, delta, A, B, C, D, z, delta_bias, initial_state):
+        if _chunked_kernel_fits(u.shape[-1], A.shape[-1], initial_state):
+            from .triton.selective_scan_parallel import selective_scan_parallel_launch
+
+            return selective_scan_parallel_launch(*args)
         from .triton.selective_scan import _selective_scan_launch
 
         return _selective_scan_launch(*args)
@@ -132,3 +151,165 @@ def selective_state_update(
 
         return _selective_state_update_launch(*args)
     return selective_state_update_ref(*args)
+
+
+# ---- int8 inputs (the A8 mixers' scan) ----------------------------------------------------------------------------
+# An int8 state is a pair (q int8 [..., N], scale fp32 [..., 1]) with scale = abs-max of the row / 127: the format of
+# ``quamba.modules.scan.Int8State``, recomputed after every update (no calibration).
+
+def quantize_state_ref(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 state [..., N] -> (q int8 [..., N], scale fp32 [..., 1]): per row scale = max(abs-max, 1e-12) / 127,
+    q = clamp(round_half_even(h / scale), -128, 127)."""
+    from .quant import quantize_ref
+
+    scale = h.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 127
+    return quantize_ref(h, scale), scale
+
+
+def dequantize_state_ref(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(q int8 [..., N], scale fp32 [..., 1]) -> fp32 state q * scale."""
+    return q.float() * scale
+
+
+def _float_state(state):
+    """A state argument (None, fp32 tensor, or (q, scale) pair) as fp32 (a new tensor for the pair)."""
+    return dequantize_state_ref(*state) if isinstance(state, tuple) else state
+
+
+def _dequantize(tensors, scales):
+    """int8 inputs -> fp32, q.float() * scale (each scale broadcastable to its tensor); None stays None."""
+    return [None if t is None else t.float() * s for t, s in zip(tensors, scales)]
+
+
+def _qselective_scan_torch(scan, u, delta, A_log, B, C, scales, D, z, delta_bias, delta_softplus, initial_state,
+                           return_final_state, final_state_int8, out_dtype):
+    """Dequantize, run the float ``scan`` (the reference loop, or the dispatcher's CPU path), cast y."""
+    uf, dtf, Bf, Cf, zf = _dequantize((u, delta, B, C, z), scales)
+    out = scan(uf, dtf, -torch.exp(A_log.float()), Bf, Cf, D, zf, delta_bias, delta_softplus,
+               _float_state(initial_state), return_final_state)
+    if not return_final_state:
+        return out.to(out_dtype)
+    y, h = out
+    return y.to(out_dtype), (quantize_state_ref(h) if final_state_int8 else h)
+
+
+def qselective_scan_ref(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A_log: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    u_scale: torch.Tensor,
+    delta_scale: torch.Tensor,
+    B_scale: torch.Tensor,
+    C_scale: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    z_scale: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    initial_state=None,
+    return_final_state: bool = False,
+    final_state_int8: bool = False,
+    out_dtype: torch.dtype = torch.float16,
+):
+    """Selective scan on int8 inputs: dequantize (q.float() * scale), then ``selective_scan_ref`` with
+    A = -exp(A_log), y cast to ``out_dtype``.
+
+    u, delta, z: [B, D, L] int8; B, C: [B, N, L] int8; *_scale: fp32 one-element tensors (per tensor, static);
+    A_log: [D, N] fp32; D, delta_bias: [D] fp32; initial_state: fp32 [B, D, N], an int8 pair
+    (q [B, D, N], scale [B, D, 1]) or None. Returns y [B, D, L] ``out_dtype`` and, with ``return_final_state``,
+    the final state: fp32 [B, D, N], or the int8 pair with ``final_state_int8``.
+    """
+    return _qselective_scan_torch(selective_scan_ref, u, delta, A_log, B, C,
+                                  (u_scale, delta_scale, B_scale, C_scale, z_scale), D, z, delta_bias, delta_softplus,
+                                  initial_state, return_final_state, final_state_int8, out_dtype)
+
+
+def qselective_state_update_ref(
+    state,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A_log: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    x_scale: torch.Tensor,
+    dt_scale: torch.Tensor,
+    B_scale: torch.Tensor,
+    C_scale: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    z_scale: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = True,
+    out_dtype: torch.dtype = torch.float16,
+) -> torch.Tensor:
+    """One decoding step on int8 inputs: dequantize, then ``selective_state_update_ref`` with A = -exp(A_log).
+
+    state: fp32 [B, D, N], or an int8 pair (q [B, D, N], scale [B, D, 1]) re-quantized after the update; updated
+    in place either way. x, dt, z: [B, D] int8; B, C: [B, N] int8; scales as in ``qselective_scan_ref``.
+    Returns y [B, D] ``out_dtype`` (computed from the fp32 state before it is rounded to int8).
+    """
+    return _qselective_state_update_torch(selective_state_update_ref, state, x, dt, A_log, B, C,
+                                          (x_scale, dt_scale, B_scale, C_scale, z_scale), D, z, dt_bias, dt_softplus,
+                                          out_dtype)
+
+
+def _qselective_state_update_torch(update, state, x, dt, A_log, B, C, scales, D, z, dt_bias, dt_softplus, out_dtype):
+    xf, dtf, Bf, Cf, zf = _dequantize((x, dt, B, C, z), scales)
+    h = _float_state(state)
+    y = update(h, xf, dtf, -torch.exp(A_log.float()), Bf, Cf, D, zf, dt_bias, dt_softplus)
+    if isinstance(state, tuple):
+        q, scale = quantize_state_ref(h)
+        state[0].copy_(q)
+        state[1].copy_(scale)
+    return y.to(out_dtype)
+
+
+def _state_tensors(state) -> tuple:
+    return () if state is None else state if isinstance(state, tuple) else (state,)
+
+
+def qselective_scan(
+    u, delta, A_log, B, C, u_scale, delta_scale, B_scale, C_scale, D=None, z=None, z_scale=None, delta_bias=None,
+    delta_softplus=True, initial_state=None, return_final_state=False, final_state_int8=False,
+    out_dtype=torch.float16,
+):
+    """``qselective_scan_ref``'s contract. On CUDA one Triton kernel that loads the int8 inputs and dequantizes in
+    registers, writing y [B, D, L] as a view of [B, L, D] memory (rows of D for the Hadamard / out_proj that
+    follow); elsewhere the dequantized inputs go through ``selective_scan`` (vectorised on the CPU)."""
+    from .triton import use_triton
+
+    scales = (u_scale, delta_scale, B_scale, C_scale, z_scale)
+    if use_triton(u, delta, A_log, B, C, D, z, delta_bias, *_state_tensors(initial_state)):
+        if not final_state_int8 and _chunked_kernel_fits(u.shape[-1], A_log.shape[-1], initial_state):
+            from .triton.selective_scan_parallel import selective_scan_parallel_launch
+
+            return selective_scan_parallel_launch(u, delta, A_log, B, C, D, z, delta_bias, delta_softplus,
+                                                  initial_state, return_final_state, scales=scales, A_is_log=True,
+                                                  out_dtype=out_dtype)
+        from .triton.selective_scan import _selective_scan_launch
+
+        return _selective_scan_launch(u, delta, A_log, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                      return_final_state, scales=scales, A_is_log=True,
+                                      final_state_int8=final_state_int8, out_dtype=out_dtype)
+    return _qselective_scan_torch(selective_scan, u, delta, A_log, B, C, scales, D, z, delta_bias, delta_softplus,
+                                  initial_state, return_final_state, final_state_int8, out_dtype)
+
+
+def qselective_state_update(
+    state, x, dt, A_log, B, C, x_scale, dt_scale, B_scale, C_scale, D=None, z=None, z_scale=None, dt_bias=None,
+    dt_softplus=True, out_dtype=torch.float16,
+) -> torch.Tensor:
+    """``qselective_state_update_ref``'s contract (``state`` fp32 or an int8 pair, updated in place); one Triton
+    kernel on CUDA (an int8 state is re-quantized in registers)."""
+    from .triton import use_triton
+
+    scales = (x_scale, dt_scale, B_scale, C_scale, z_scale)
+    if use_triton(x, *_state_tensors(state), dt, A_log, B, C, D, z, dt_bias):
+        from .triton.selective_scan import _selective_state_update_launch
+
+        return _selective_state_update_launch(state, x, dt, A_log, B, C, D, z, dt_bias, dt_softplus, scales=scales,
+                                              A_is_log=True, out_dtype=out_dtype)
+    return _qselective_state_update_torch(selective_state_update, state, x, dt, A_log, B, C, scales, D, z, dt_bias,
+                                          dt_softplus, out_dtype)

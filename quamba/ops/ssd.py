@@ -5,6 +5,8 @@ Recurrence, per head h (group g = h // (H // G)), channel p and state n:
     y_t[p] = sum_n C_t[g, n] * h_t[p, n] + D[h] * x_t[p]
 ``ssd_chunked_ref`` computes the same thing in chunks (the algorithm of the Mamba2 paper, steps
 numbered as there); ``ssd_scan_sequential_ref`` is the recurrence itself, used to check it.
+The q* ops take the A8 mixer's int8 inputs with static scales (and A as A_log): their references dequantize and call
+the float references; on the GPU the chunked kernels load the int8 values and dequantize in registers.
 """
 from __future__ import annotations
 
@@ -198,3 +200,141 @@ def ssd_state_update(
 
         return _ssd_state_update_launch(*args)
     return ssd_state_update_ref(*args)
+
+
+# ---- int8 inputs (the A8 mixer's scan) ----------------------------------------------------------------------------
+# x has a per-channel scale [H * P] (head grouping gives the channels of a group one value), dt a per-head scale [H],
+# B and C one scale per group [G]. An int8 state is a pair (q int8 [B, H, P, N], scale fp32 [B, H, P, 1]), the format
+# of ``quamba.modules.scan.Int8State`` (see ``quamba.ops.selective_scan.quantize_state_ref``).
+
+def _dequantize_ssd(x, dt, B, C, x_scale, dt_scale, B_scale, C_scale):
+    """int8 -> fp32 by q.float() * scale, each scale broadcast along its own axis."""
+    nheads, headdim = x.shape[-2:]
+    return (x.float() * x_scale.view(nheads, headdim), dt.float() * dt_scale, B.float() * B_scale[:, None],
+            C.float() * C_scale[:, None])
+
+
+def _qssd_chunked_torch(scan, x, dt, A_log, B, C, chunk_size, scales, D, dt_bias, dt_softplus, dt_limit,
+                        initial_state, return_final_state, final_state_int8, out_dtype):
+    from .selective_scan import _float_state, quantize_state_ref
+
+    xf, dtf, Bf, Cf = _dequantize_ssd(x, dt, B, C, *scales)
+    out = scan(xf, dtf, -torch.exp(A_log.float()), Bf, Cf, chunk_size, D, dt_bias, dt_softplus, dt_limit,
+               _float_state(initial_state), return_final_state)
+    if not return_final_state:
+        return out.to(out_dtype)
+    y, h = out
+    return y.to(out_dtype), (quantize_state_ref(h) if final_state_int8 else h)
+
+
+def _qssd_state_update_torch(update, state, x, dt, A_log, B, C, scales, D, dt_bias, dt_softplus, dt_limit, out_dtype):
+    from .selective_scan import _float_state, quantize_state_ref
+
+    xf, dtf, Bf, Cf = _dequantize_ssd(x, dt, B, C, *scales)
+    h = _float_state(state)
+    y = update(h, xf, dtf, -torch.exp(A_log.float()), Bf, Cf, D, dt_bias, dt_softplus, dt_limit)
+    if isinstance(state, tuple):
+        q, scale = quantize_state_ref(h)
+        state[0].copy_(q)
+        state[1].copy_(scale)
+    return y.to(out_dtype)
+
+
+def qssd_chunked_ref(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A_log: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    x_scale: torch.Tensor,
+    dt_scale: torch.Tensor,
+    B_scale: torch.Tensor,
+    C_scale: torch.Tensor,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = True,
+    dt_limit: tuple[float, float] = (0.0, math.inf),
+    initial_state=None,
+    return_final_state: bool = False,
+    final_state_int8: bool = False,
+    out_dtype: torch.dtype = torch.float16,
+):
+    """Chunked SSD on int8 inputs: dequantize (q.float() * scale), then ``ssd_chunked_ref`` with A = -exp(A_log),
+    y cast to ``out_dtype``.
+
+    x: [B, L, H, P] int8, x_scale [H * P] fp32; dt: [B, L, H] int8, dt_scale [H] fp32; B, C: [B, L, G, N] int8,
+    B_scale / C_scale [G] fp32; A_log, dt_bias: [H] fp32; D: [H] or [H, P] fp32; initial_state: fp32 [B, H, P, N],
+    an int8 pair (q [B, H, P, N], scale [B, H, P, 1]) or None. Returns y [B, L, H, P] ``out_dtype`` and, with
+    ``return_final_state``, the final state: fp32 [B, H, P, N], or the int8 pair with ``final_state_int8``.
+    """
+    return _qssd_chunked_torch(ssd_chunked_ref, x, dt, A_log, B, C, chunk_size, (x_scale, dt_scale, B_scale, C_scale),
+                               D, dt_bias, dt_softplus, dt_limit, initial_state, return_final_state, final_state_int8,
+                               out_dtype)
+
+
+def qssd_state_update_ref(
+    state,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A_log: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    x_scale: torch.Tensor,
+    dt_scale: torch.Tensor,
+    B_scale: torch.Tensor,
+    C_scale: torch.Tensor,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = True,
+    dt_limit: tuple[float, float] = (0.0, math.inf),
+    out_dtype: torch.dtype = torch.float16,
+) -> torch.Tensor:
+    """One decoding step on int8 inputs: dequantize, then ``ssd_state_update_ref`` with A = -exp(A_log).
+
+    state: fp32 [B, H, P, N], or an int8 pair (q [B, H, P, N], scale [B, H, P, 1]) re-quantized after the update;
+    updated in place either way. x: [B, H, P] int8; dt: [B, H] int8; B, C: [B, G, N] int8; scales as in
+    ``qssd_chunked_ref``. Returns y [B, H, P] ``out_dtype`` (from the fp32 state before it is rounded to int8).
+    """
+    return _qssd_state_update_torch(ssd_state_update_ref, state, x, dt, A_log, B, C,
+                                    (x_scale, dt_scale, B_scale, C_scale), D, dt_bias, dt_softplus, dt_limit, out_dtype)
+
+
+def qssd_chunked(
+    x, dt, A_log, B, C, chunk_size, x_scale, dt_scale, B_scale, C_scale, D=None, dt_bias=None, dt_softplus=True,
+    dt_limit=(0.0, math.inf), initial_state=None, return_final_state=False, final_state_int8=False,
+    out_dtype=torch.float16,
+):
+    """``qssd_chunked_ref``'s contract; on CUDA the four chunked Triton kernels, each dequantizing what it loads
+    (products in fp16, or fp32 for an fp32 y); elsewhere the reference."""
+    from .selective_scan import _state_tensors
+    from .triton import use_triton
+
+    scales = (x_scale, dt_scale, B_scale, C_scale)
+    if use_triton(x, dt, A_log, B, C, D, dt_bias, *_state_tensors(initial_state)):
+        from .triton.ssd import _ssd_chunked_launch
+
+        return _ssd_chunked_launch(x, dt, A_log, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, initial_state,
+                                   return_final_state, scales=scales, A_is_log=True,
+                                   final_state_int8=final_state_int8, out_dtype=out_dtype)
+    return _qssd_chunked_torch(ssd_chunked, x, dt, A_log, B, C, chunk_size, scales, D, dt_bias, dt_softplus, dt_limit,
+                               initial_state, return_final_state, final_state_int8, out_dtype)
+
+
+def qssd_state_update(
+    state, x, dt, A_log, B, C, x_scale, dt_scale, B_scale, C_scale, D=None, dt_bias=None, dt_softplus=True,
+    dt_limit=(0.0, math.inf), out_dtype=torch.float16,
+) -> torch.Tensor:
+    """``qssd_state_update_ref``'s contract (``state`` fp32 or an int8 pair, updated in place); one Triton kernel
+    on CUDA."""
+    from .selective_scan import _state_tensors
+    from .triton import use_triton
+
+    scales = (x_scale, dt_scale, B_scale, C_scale)
+    if use_triton(x, *_state_tensors(state), dt, A_log, B, C, D, dt_bias):
+        from .triton.ssd import _ssd_state_update_launch
+
+        return _ssd_state_update_launch(state, x, dt, A_log, B, C, D, dt_bias, dt_softplus, dt_limit, scales=scales,
+                                        A_is_log=True, out_dtype=out_dtype)
+    return _qssd_state_update_torch(ssd_state_update, state, x, dt, A_log, B, C, scales, D, dt_bias, dt_softplus,
+                                    dt_limit, out_dtype)

@@ -119,8 +119,9 @@ def w4a16_gemm(
     group_size: int,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``w4a16_gemm_ref``'s contract: the Triton kernel on CUDA (fp16 scales; weights rounded to x's dtype,
-    fp32 accumulation, so not bit-identical to the fp32 reference), the reference elsewhere."""
+    """``w4a16_gemm_ref``'s contract: the Triton kernels on CUDA, the reference elsewhere. Not bit-identical to the
+    fp32 reference: for few rows (decode) the GEMV keeps q * s in fp32 and only sums in another order; larger M
+    runs the tensor cores on weights rounded to x's dtype, with fp32 accumulation (tests state both bounds)."""
     from .triton import use_triton
 
     if use_triton(x, w_packed, scales, bias):
@@ -141,7 +142,8 @@ def w4a8_gemm(
     out_dtype: torch.dtype = torch.float16,
     out_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``w4a8_gemm_ref``'s contract, bit-exact: the Triton kernel on CUDA, the reference elsewhere.
+    """``w4a8_gemm_ref``'s contract, bit-exact: the Triton kernels on CUDA (a CUDA-core GEMV for few rows, the
+    tensor cores above), the reference elsewhere.
 
     out_scale ([N] or one fp32 value, optional): return ``quantize_ref(y, out_scale)`` (int8) of the fp32
     result instead of ``out_dtype``, the int8-output W4A8Linear; the kernel fuses it into its epilogue.

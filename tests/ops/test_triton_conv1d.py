@@ -1,4 +1,5 @@
-"""Triton causal conv1d (prefill + update) against the references, and the dispatch switches.
+"""Triton causal conv1d (prefill + update), full precision and int8, against the references, and the dispatch
+switches.
 
 On a GPU the kernels run on CUDA in fp32/fp16/bf16; without one they run in Triton's interpreter
 (fp32, small shapes). Output buffers are NaN-poisoned so that an unwritten element fails the test.
@@ -8,11 +9,20 @@ import torch
 
 import quamba.ops.triton as qt
 from quamba.errors import QuambaError
-from quamba.ops import causal_conv1d, causal_conv1d_ref, causal_conv1d_update, causal_conv1d_update_ref
+from quamba.ops import (causal_conv1d, causal_conv1d_ref, causal_conv1d_update, causal_conv1d_update_ref,
+                        qcausal_conv1d, qcausal_conv1d_ref, qcausal_conv1d_update, qcausal_conv1d_update_ref)
 from tests.conftest import rel_err
 from tests.ops.triton_harness import DEVICE, ON_GPU, requires_triton
 
 pytestmark = [requires_triton, pytest.mark.usefixtures("triton_kernels")]
+
+
+@pytest.fixture(autouse=True)
+def _kernels_not_forced_off(monkeypatch):
+    """These tests are about the kernels: a QUAMBA_FORCE_REFERENCE=1 in the environment must not turn them into
+    reference-vs-reference comparisons (the tests that check the switch set it themselves)."""
+    monkeypatch.delenv("QUAMBA_FORCE_REFERENCE", raising=False)
+
 
 # (dtype, bound on the norm-wise relative error vs the reference): the arithmetic is the same fp32,
 # so only the last rounding of the output differs.
@@ -120,3 +130,131 @@ def test_cpu_takes_the_reference_outside_the_interpreter(monkeypatch):
     assert not qt.use_triton(torch.zeros(1))
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert qt.use_triton(torch.zeros(1))
+
+
+# ---------------------------------------------------------------------------------------------- int8 conv
+
+# An int8 output may differ from the reference by one step where SiLU's value lies within an ulp or two
+# of a rounding tie (exp differs between libraries); on at most this fraction of the elements.
+MAX_OFF_BY_ONE = 2e-3
+
+
+@pytest.fixture
+def poisoned_int8(poisoned, monkeypatch):
+    """Also fill every int8 torch.empty with 85, a value the random outputs rarely take, so that an
+    element the kernel does not write fails the comparison with the reference."""
+    empty = torch.empty
+
+    def fill(*a, **k):
+        t = empty(*a, **k)
+        return t.fill_(85) if t.dtype == torch.int8 else t
+
+    monkeypatch.setattr(torch, "empty", fill)
+
+
+def _rand_q(*shape):
+    return torch.randint(-128, 128, shape, dtype=torch.int8, device=DEVICE)
+
+
+def _in_proj_slice(b, d, length, offset=3, extra=11):
+    """x_q [B, D, L] as the mixers pass it: the transpose of a channel slice of in_proj's [B, L, N] output."""
+    out = _rand_q(b, length, offset + d + extra)
+    return out[..., offset:offset + d].transpose(1, 2)
+
+
+def _qconv_params(d, k, with_bias=True):
+    """(weight_q, weight_scale, input_scale, out_scale, bias) with outputs spread over the int8 range."""
+    weight_q = _rand_q(d, k)
+    weight_scale = torch.tensor(0.004, device=DEVICE)
+    input_scale = torch.rand(d, device=DEVICE) * 0.02 + 0.01
+    out_scale = torch.rand(d, device=DEVICE) * 0.05 + 0.02  # some outputs clip at 127
+    bias = torch.randn(d, device=DEVICE) if with_bias else None
+    return weight_q, weight_scale, input_scale, out_scale, bias
+
+
+def _assert_int8_close(y, y_ref):
+    assert y.dtype == torch.int8 and y.shape == y_ref.shape
+    diff = (y.int() - y_ref.int()).abs()
+    assert diff.max() <= 1, f"int8 outputs differ by {diff.max().item()} steps"
+    assert (diff > 0).float().mean() <= MAX_OFF_BY_ONE
+
+
+@pytest.mark.parametrize("b,d,length,k,with_bias,with_state", [
+    (2, 37, 45, 4, True, True), (2, 70, 45, 3, False, True), (1, 37, 33, 2, True, False),
+    (3, 16, 5, 4, True, False), (2, 9, 2, 4, False, True),  # a sequence shorter than the conv
+])
+def test_qconv_prefill_matches_reference(poisoned_int8, b, d, length, k, with_bias, with_state):
+    x_q = _in_proj_slice(b, d, length)
+    params = _qconv_params(d, k, with_bias)
+    state = _rand_q(b, d, k) if with_state else None
+    y, final = qcausal_conv1d(x_q, *params, state, return_final_state=True)
+    y_ref, final_ref = qcausal_conv1d_ref(x_q, *params, state, return_final_state=True)
+    _assert_int8_close(y, y_ref)
+    assert torch.equal(final, final_ref)  # a copy of inputs: exact
+    assert y.transpose(1, 2).is_contiguous()  # channels-last: x_proj / the scan read it without a copy
+    assert torch.equal(qcausal_conv1d(x_q, *params, state), y)  # without the state: the same y
+
+
+def test_qconv_accumulates_exactly():
+    """Extreme inputs: K products of -128 * -128 sum to K * 2^14 = 2^16, beyond int16; with the scale 2^-14
+    the expected outputs are known in closed form, so a narrow or lossy accumulator would show."""
+    d, k = 8, 4
+    x_q = torch.full((1, d, 6), -128, dtype=torch.int8, device=DEVICE)
+    weight_q = torch.full((d, k), -128, dtype=torch.int8, device=DEVICE)
+    ws, in_scale = torch.tensor(2.0 ** -8, device=DEVICE), torch.full((d,), 2.0 ** -6, device=DEVICE)
+    out_scale = torch.full((d,), 2.0 ** -3, device=DEVICE)
+    y = qcausal_conv1d(x_q, weight_q, ws, in_scale, out_scale)
+    y_ref = qcausal_conv1d_ref(x_q, weight_q, ws, in_scale, out_scale)
+    assert torch.equal(y, y_ref)
+    # position 3 sees all four taps: acc = 4 * 2^14 -> y = 4.0, silu(4) / 2^-3 = 31.43 -> 31
+    assert y[0, 0, 3].item() == 31 and y[0, 0, 0].item() == 6  # one tap: silu(1) / 2^-3 = 5.85 -> 6
+
+
+@pytest.mark.parametrize("k,with_bias", [(2, True), (3, False), (4, True)])
+def test_qconv_update_matches_reference(poisoned_int8, k, with_bias):
+    b, d = 3, 70
+    x_q = _rand_q(b, d + 20)[:, 5:5 + d]  # a strided slice of in_proj's output, as in the mixers' step
+    params = _qconv_params(d, k, with_bias)
+    state = _rand_q(b, d, k)
+    state_ref = state.clone()
+    y = qcausal_conv1d_update(x_q, state, *params)
+    y_ref = qcausal_conv1d_update_ref(x_q, state_ref, *params)
+    _assert_int8_close(y, y_ref)
+    assert torch.equal(state, state_ref)
+
+
+def test_qconv_prefill_then_steps_equals_full_prefill(poisoned_int8):
+    """The kernels share the arithmetic, so decoding token by token reproduces the prefill exactly."""
+    b, d, length, k = 2, 21, 12, 4
+    x_q = _in_proj_slice(b, d, length)
+    params = _qconv_params(d, k)
+    y_full = qcausal_conv1d(x_q, *params)
+    y_head, state = qcausal_conv1d(x_q[..., :7], *params, return_final_state=True)
+    steps = [qcausal_conv1d_update(x_q[..., t], state, *params) for t in range(7, length)]
+    assert torch.equal(torch.cat([y_head, torch.stack(steps, -1)], -1), y_full)
+    assert torch.equal(state, x_q[..., -k:])
+
+
+def test_qconv_checks_dtypes():
+    with pytest.raises(QuambaError, match="int8"):
+        qcausal_conv1d(_randn(1, 4, 8), *_qconv_params(4, 4))
+    with pytest.raises(QuambaError, match="conv width"):
+        qcausal_conv1d(_rand_q(1, 4, 8), *_qconv_params(4, 5))
+
+
+def test_qconv_force_reference_switch(monkeypatch):
+    import quamba.ops.triton.conv1d as kernels
+
+    calls = []
+    launch = kernels._qcausal_conv1d_update_launch
+    monkeypatch.setattr(kernels, "_qcausal_conv1d_update_launch", lambda *a: calls.append(1) or launch(*a))
+    x_q, params = _rand_q(2, 6), _qconv_params(6, 4)
+    state = _rand_q(2, 6, 4)
+    state_forced = state.clone()
+    monkeypatch.setenv("QUAMBA_FORCE_REFERENCE", "1")
+    y_forced = qcausal_conv1d_update(x_q, state_forced, *params)
+    assert calls == []
+    monkeypatch.delenv("QUAMBA_FORCE_REFERENCE")
+    y = qcausal_conv1d_update(x_q, state, *params)
+    assert calls == [1] and torch.equal(state, state_forced)
+    _assert_int8_close(y, y_forced)

@@ -3,13 +3,15 @@
 On a GPU the kernels run on CUDA; without one they run in Triton's interpreter on small shapes that are
 not multiples of the tiles. Output buffers (and split-K partials) are poisoned so that an unwritten
 element fails. Integer accumulation is exact, so W8A8 / W4A8 outputs must be bit-identical to the
-references (int8 and float ones: the epilogue does the reference's fp32 operations in its order);
-W4A16 rounds the dequantized weights to x's dtype and accumulates in fp32 in another order (bounds below).
+references (int8 and float ones: the epilogue does the reference's fp32 operations in its order).
+W4A16: the tensor-core kernel rounds the dequantized weights to x's dtype and accumulates in fp32 in another
+order; the CUDA-core GEMV (small M, tests/ops/test_triton_gemv.py has its own cases) keeps q * s in fp32.
+Bounds below. Each case runs the launcher's own choice ("auto": the GEMV for small M) and the tensor-core
+kernel forced by a GemmConfig ("mma"), so both stay covered at decode sizes.
 Two interpreter artefacts, not kernel behaviour: its fp32 -> bf16 cast truncates (the GPU rounds to
 nearest even), and its bf16 tl.dot multiplies the raw bits; so bf16 is exact / tested with tl.dot on CUDA only.
 """
-import importlib
-import importlib.util
+import dataclasses
 
 import pytest
 import torch
@@ -22,41 +24,18 @@ from quamba.ops.w4_gemm import w4a8_gemm, w4a8_gemm_ref, w4a16_gemm, w4a16_gemm_
 from quamba.quantization.weight_formats import (pack_int4, quantize_int4_groupwise, quantize_w4a8,
                                                 unpack_int4, w4a8_int8_weight)
 from tests.conftest import rel_err
+from tests.ops.triton_harness import DEVICE, ON_GPU, requires_triton
 
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
-pytestmark = pytest.mark.skipif(not HAVE_TRITON,
-                                reason="the Triton kernels need the triton package (pip install 'quamba[dev]')")
-ON_GPU = torch.cuda.is_available()
-DEVICE = "cuda" if ON_GPU else "cpu"
-
-
-def _gemm_modules():
-    """The kernel files, imported (or re-imported) so that their kernels run in the interpreter on CPU."""
-    from quamba.ops.triton import gemm_w4, gemm_w8a8
-
-    if type(gemm_w8a8._w8a8_gemm_kernel).__name__ != "InterpretedFunction" or \
-            type(gemm_w4._w4a8_gemm_kernel).__name__ != "InterpretedFunction":
-        importlib.reload(gemm_w8a8)  # first: gemm_w4 takes its helpers from it
-        importlib.reload(gemm_w4)
-    return gemm_w8a8, gemm_w4
-
-
-if HAVE_TRITON and not ON_GPU:
-    # triton wraps its library for the interpreter when first imported: import it now, at collection.
-    with qt.interpreted_kernels():
-        _gemm_modules()
+pytestmark = [requires_triton, pytest.mark.usefixtures("triton_kernels")]
+PATHS = ["auto", "mma"]
 
 
 @pytest.fixture(scope="module")
-def k():
-    """(gemm_w8a8, gemm_w4) with kernels runnable on DEVICE; on CPU, TRITON_INTERPRET=1 for the module."""
-    if ON_GPU:
-        from quamba.ops.triton import gemm_w4, gemm_w8a8
+def k(triton_kernels):
+    """(gemm_w8a8, gemm_w4), their kernels runnable on DEVICE (Triton's interpreter on the CPU)."""
+    from quamba.ops.triton import gemm_w4, gemm_w8a8
 
-        yield gemm_w8a8, gemm_w4
-    else:
-        with qt.interpreted_kernels():
-            yield _gemm_modules()
+    return gemm_w8a8, gemm_w4
 
 
 @pytest.fixture
@@ -84,10 +63,15 @@ def _config(k, **kw):
     return k[0].GemmConfig(**kw)
 
 
-def _split_config(k, float_dot=False):
-    """A small tile shape with split-K, for K = 128: 3 slices of 48, 48, 32 (float) or 4 of 32 (int8)."""
-    return _config(k, block_m=16, block_n=16, block_k=16 if float_dot else 32, split_k=3 if float_dot else 4,
-                   num_warps=1, num_stages=1)
+def _split_config(k):
+    """A small tile shape with split-K, for K = 128: 4 slices of 32."""
+    return _config(k, block_m=16, block_n=16, block_k=32, split_k=4, num_warps=1, num_stages=1)
+
+
+def _mma(k, path, block_k=64):
+    """The config forcing the tensor-core kernel ("mma") with small tiles, or None for the launcher's choice."""
+    return None if path == "auto" else _config(k, block_m=16, block_n=32, block_k=block_k, num_warps=1,
+                                               num_stages=1)
 
 
 def _bf16_equal(y, ref):
@@ -122,10 +106,11 @@ def _w8a8_operands(m, n, kdim, per_channel, with_bias, output):
     return x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("m,n,kdim,per_channel,with_bias,output", W8A8_CASES)
-def test_w8a8_bit_exact(k, poisoned, m, n, kdim, per_channel, with_bias, output):
+def test_w8a8_bit_exact(k, poisoned, m, n, kdim, per_channel, with_bias, output, path):
     args = _w8a8_operands(m, n, kdim, per_channel, with_bias, output)
-    y, ref = w8a8_gemm(*args), w8a8_gemm_ref(*args)
+    y, ref = k[0]._w8a8_gemm_launch(*args, config=_mma(k, path)), w8a8_gemm_ref(*args)
     assert y.dtype == ref.dtype and y.shape == ref.shape == (m, n)
     assert _bf16_equal(y, ref) if output == "bfloat16" else torch.equal(y, ref)
     if output == "int8":  # the requantized outputs use the int8 range, clamping included
@@ -187,21 +172,25 @@ def _w4a8_operands(n, kdim, g):
     return pack_int4(q).to(DEVICE), gs.to(DEVICE), cs.to(DEVICE)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("m,n,kdim,g", W4_CASES)
 @pytest.mark.parametrize("output", ["float16", "int8"])
-def test_w4a8_bit_exact(k, poisoned, m, n, kdim, g, output):
+def test_w4a8_bit_exact(k, poisoned, m, n, kdim, g, output, path):
     packed, gs, cs = _w4a8_operands(n, kdim, g)
     x_q, x_scale, bias = _q(m, kdim), torch.tensor(0.021, device=DEVICE), _rand(n)
+    cfg = _mma(k, path)
     if output == "int8":
         y_fp32 = w4a8_gemm_ref(x_q, x_scale, packed, gs, cs, g, bias, torch.float32)
         out_scale = y_fp32.abs().amax(0) / 100 + 1e-3  # [N], a little clamping
         ref = quantize_ref(y_fp32, out_scale)
-        y = w4a8_gemm(x_q, x_scale, packed, gs, cs, g, bias, torch.float32, out_scale=out_scale)
+        y = k[1]._w4a8_gemm_launch(x_q, x_scale, packed, gs, cs, g, bias, torch.float32, out_scale, config=cfg)
         assert y.dtype == torch.int8
     else:
         ref = w4a8_gemm_ref(x_q, x_scale, packed, gs, cs, g, bias, torch.float16)
-        y = w4a8_gemm(x_q, x_scale, packed, gs, cs, g, bias, torch.float16)
+        y = k[1]._w4a8_gemm_launch(x_q, x_scale, packed, gs, cs, g, bias, torch.float16, config=cfg)
     assert y.shape == (m, n) and torch.equal(y, ref)
+    assert torch.equal(w4a8_gemm(x_q, x_scale, packed, gs, cs, g, bias, torch.float32 if output == "int8"
+                                 else torch.float16, out_scale=out_scale if output == "int8" else None), ref)
 
 
 @pytest.mark.parametrize("variant", ["split_k", "dense", "gathered_scales"])
@@ -230,8 +219,8 @@ def test_w4a8_rejects_bad_inputs(k):
 
 # ------------------------------------------------------------------------------------------------ W4A16
 
-# (dtype, bound on the norm-wise relative error vs the fp32 reference, max error in output steps vs an oracle
-# that rounds the weights as the kernel does): fp16 / bf16 round q * s to x's dtype, then fp32 sums.
+# (dtype, bound on the norm-wise relative error vs the fp32 reference): the tensor-core kernel rounds q * s to
+# fp16 / bf16, then sums in fp32; the GEMV keeps q * s in fp32 (tighter). Element-wise bounds: see _check_w4a16.
 W4A16_DTYPES = [(torch.float32, 1e-5), (torch.float16, 2e-3)] + ([(torch.bfloat16, 1.6e-2)] if ON_GPU else [])
 W4A16_IDS = [str(d).replace("torch.", "") for d, _ in W4A16_DTYPES]
 
@@ -242,43 +231,56 @@ def _w4a16_operands(n, kdim, g):
     return pack_int4(q).to(DEVICE), s.to(DEVICE), q.to(DEVICE)
 
 
-def _rounded_weight_oracle(x, q, s, g, bias):
-    """x @ (q * s rounded to x's dtype)^T + bias in float64, rounded to x's dtype: the kernel's math but exact sums."""
+def _weight_oracle(x, q, s, g, bias, weight_dtype):
+    """x @ (q * s in weight_dtype)^T + bias in float64: the kernels' math with exact sums. The tensor-core kernel
+    rounds q * s to x's dtype; the GEMV keeps it in fp32 (exact: 4-bit q times an fp16 scale)."""
     gsz = q.shape[1] if g == -1 else g
-    w = (q.float() * s.float().repeat_interleave(gsz, dim=1)).to(x.dtype)
-    y = x.double() @ w.double().T + (bias.double() if bias is not None else 0)
-    return y
+    w = (q.float() * s.float().repeat_interleave(gsz, dim=1)).to(weight_dtype)
+    return x.double() @ w.double().T + (bias.double() if bias is not None else 0)
 
 
-def _check_w4a16(y, x, q, s, g, bias, bound):
+def _check_w4a16(y, x, q, s, g, bias, bound, gemv=False):
     ref = w4a16_gemm_ref(x, pack_int4(q), s, g, bias)
     assert y.dtype == x.dtype and y.shape == ref.shape
     assert rel_err(y, ref) < bound
-    # only the fp32 summation order and the output rounding differ from the oracle: one output step
-    oracle = _rounded_weight_oracle(x.reshape(-1, x.shape[-1]), q, s, g, bias).reshape(y.shape)
-    step = torch.finfo(x.dtype).eps * oracle.abs() + 1e-6
+    # only the fp32 summation order and the output rounding differ from the oracle: one output step for the GEMV;
+    # the tensor-core kernels' MMA accumulates in its own order and precision (a few steps seen on an H100)
+    oracle = _weight_oracle(x.reshape(-1, x.shape[-1]), q, s, g, bias,
+                            torch.float32 if gemv else x.dtype).reshape(y.shape)
+    step = (1 if gemv else 4) * torch.finfo(x.dtype).eps * oracle.abs() + 1e-6
     assert ((y.double() - oracle).abs() <= step).all()
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype,bound", W4A16_DTYPES, ids=W4A16_IDS)
 @pytest.mark.parametrize("m,n,kdim,g", W4_CASES)
-def test_w4a16_matches_reference(k, poisoned, dtype, bound, m, n, kdim, g):
+def test_w4a16_matches_reference(k, poisoned, dtype, bound, m, n, kdim, g, path):
     packed, s, q = _w4a16_operands(n, kdim, g)
     x, bias = _rand(m, kdim).to(dtype), _rand(n)
-    y = w4a16_gemm(x, packed, s, g, bias)
-    _check_w4a16(y, x, q, s, g, bias, bound)
+    if dtype == torch.bfloat16 and path == "mma" and not ON_GPU:
+        pytest.skip("bf16 tl.dot is exact only on CUDA")
+    y = k[1]._w4a16_gemm_launch(x, packed, s, g, bias, config=_mma(k, path, block_k=32))
+    _check_w4a16(y, x, q, s, g, bias, bound, gemv=path == "auto" and m <= k[1].gemv.GEMV_MAX_M["w4a16"])
+    assert torch.equal(w4a16_gemm(x, packed, s, g, bias), k[1]._w4a16_gemm_launch(x, packed, s, g, bias))
 
 
-@pytest.mark.parametrize("variant", ["split_k", "dense", "gathered_scales"])
+@pytest.mark.parametrize("variant", ["dense", "gathered_scales"])
 def test_w4a16_other_paths(k, poisoned, variant):
     n, kdim, g = (40, 128, 32) if variant != "gathered_scales" else (24, 96, 48)
     packed, s, q = _w4a16_operands(n, kdim, g)
     x = _rand(2, 3, kdim).half()
-    kw = {"split_k": dict(config=_split_config(k, float_dot=True)), "dense": dict(dense_min_m=1),
+    kw = {"dense": dict(dense_min_m=1),
           "gathered_scales": dict(config=_config(k, block_m=16, block_n=16, block_k=32, num_warps=1, num_stages=1))}
     y = k[1]._w4a16_gemm_launch(x, packed, s, g, None, **kw[variant])
     assert y.shape == (2, 3, n)
     _check_w4a16(y, x, q, s, g, None, 2e-3)
+
+
+def test_w4a16_tensor_core_kernel_has_no_split_k(k):
+    """Its fp32 split-K is gone (the GEMV's deterministic split-K serves the small-M shapes that needed one)."""
+    packed, s, _ = _w4a16_operands(40, 128, 32)
+    with pytest.raises(QuambaError, match="no split-K"):
+        k[1]._w4a16_gemm_launch(_rand(3, 128).half(), packed, s, 32, config=_split_config(k))
 
 
 @pytest.mark.parametrize("dtype", [torch.int8, torch.float16, torch.bfloat16, torch.float32])
@@ -344,19 +346,43 @@ def test_cpu_outside_the_interpreter_takes_the_reference(monkeypatch):
 @pytest.mark.skipif(not ON_GPU, reason="prefill / decode tile shapes are compiled for CUDA only")
 @pytest.mark.parametrize("m", [1, 16, 45, 300])
 def test_cuda_tile_shapes_bit_exact(k, m):
-    """The CUDA configs (decode split-K, mid, prefill 128-row tiles), N and K not multiples of any tile."""
+    """The CUDA configs (decode GEMV and decode split-K tensor-core tiles, mid, prefill 128-row tiles), N and K not
+    multiples of any tile."""
     n, kdim = 392, 640
-    args = _w8a8_operands(m, n, kdim, True, True, "int8")
-    assert torch.equal(w8a8_gemm(*args), w8a8_gemm_ref(*args))
-    args = _w8a8_operands(m, n, kdim, True, True, "bfloat16")
-    assert torch.equal(w8a8_gemm(*args), w8a8_gemm_ref(*args))
+    dev = torch.device(DEVICE)
+    gemv_m = m <= k[0].gemv.GEMV_MAX_M["w4a16"]
+    w8_cfg = k[0].pick_config(m, n, kdim, dev)[0]
+    for output in ("int8", "bfloat16"):
+        args = _w8a8_operands(m, n, kdim, True, True, output)
+        ref = w8a8_gemm_ref(*args)
+        assert torch.equal(w8a8_gemm(*args), ref)
+        assert torch.equal(k[0]._w8a8_gemm_launch(*args, config=w8_cfg), ref)
     packed, gs, cs = _w4a8_operands(n, kdim, 128)
     x_q, bias = _q(m, kdim), _rand(n)
     ref = w4a8_gemm_ref(x_q, 0.01, packed, gs, cs, 128, bias, torch.float16)
     assert torch.equal(w4a8_gemm(x_q, 0.01, packed, gs, cs, 128, bias, torch.float16), ref)
     assert torch.equal(k[1]._w4a8_gemm_launch(x_q, 0.01, packed, gs, cs, 128, bias, torch.float16, dense_min_m=1), ref)
+    w4_cfg = k[0].pick_config(m, n, kdim, dev, group_size=128, packed=True)[0]
+    assert torch.equal(k[1]._w4a8_gemm_launch(x_q, 0.01, packed, gs, cs, 128, bias, torch.float16, config=w4_cfg),
+                       ref)
     packed, s, q = _w4a16_operands(n, kdim, 128)
+    w16_cfg = k[0].pick_config(m, n, kdim, dev, float_dot=True, group_size=128, packed=True)[0]
+    w16_cfg = dataclasses.replace(w16_cfg, split_k=1)  # the W4A16 tensor-core kernel has no split-K
     for dtype, bound in ((torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)):
         x = _rand(m, kdim).to(dtype)
-        _check_w4a16(w4a16_gemm(x, packed, s, 128, bias), x, q, s, 128, bias, bound)
+        _check_w4a16(w4a16_gemm(x, packed, s, 128, bias), x, q, s, 128, bias, bound, gemv=gemv_m)
         _check_w4a16(k[1]._w4a16_gemm_launch(x, packed, s, 128, bias, dense_min_m=1), x, q, s, 128, bias, bound)
+        _check_w4a16(k[1]._w4a16_gemm_launch(x, packed, s, 128, bias, config=w16_cfg), x, q, s, 128, bias, bound)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="a compiled-only question")
+def test_cuda_w4a16_tensor_core_block_k_16(k):
+    """block_k 16 with packed int4 weights gave wrong W4A16 products on an H100 (Triton 3.6; it passes in the
+    interpreter): CUDA launches refuse it, and a group size of 48 gets block_k 32+ with a scale per column."""
+    n, kdim, g = 40, 192, 48
+    packed, s, q = _w4a16_operands(n, kdim, g)
+    x = _rand(20, kdim).half()
+    cfg = k[0].GemmConfig(block_m=16, block_n=16, block_k=16, num_warps=1, num_stages=1)
+    with pytest.raises(QuambaError, match="block_k 16"):
+        k[1]._w4a16_gemm_launch(x, packed, s, g, None, config=cfg)
+    _check_w4a16(k[1]._w4a16_gemm_launch(x, packed, s, g, None), x, q, s, g, None, 2e-3)

@@ -1,8 +1,16 @@
-"""Triton causal depthwise conv1d (+ SiLU): prefill over [B, D, L] and the one-token update.
+"""Triton causal depthwise conv1d (+ SiLU): prefill over [B, D, L] and the one-token update, in
+full precision and quantized (int8 in, int8 out).
 
 Same contracts as ``quamba.ops.conv1d.causal_conv1d_ref`` / ``causal_conv1d_update_ref``: the
 conv state is the last K inputs of each channel, oldest first; arithmetic is fp32 whatever the
 input dtype. Inputs may be strided (the models pass transposed views of in_proj's output).
+
+The int8 kernels (``qcausal_conv1d_ref`` / ``qcausal_conv1d_update_ref``) accumulate the taps exactly
+in int32, then run the reference's fp32 epilogue in its order, one rounding per operation (launched
+with ``enable_fp_fusion=False`` so the scale multiply and the bias add stay two roundings, divisions
+``div_rn``): only SiLU's exp may differ from torch's by an ulp, so an int8 output may differ from the
+reference by one step where the value lies within a few ulps of a rounding tie. The state is copied
+exactly.
 """
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ import triton.language as tl
 from ...errors import QuambaError
 from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2,
                       silu, stride_or_zero)
+from .gemm_w8a8 import round_half_even
 
 _MAX_WIDTH = 4  # d_conv of every Mamba checkpoint is 4; the kernels unroll the taps
 
@@ -204,5 +213,220 @@ def _causal_conv1d_update_launch(
             dim,
             *x.stride(), *conv_state.stride(), *weight.stride(), *y.stride(),
             K=width, KP=next_pow2(width), HAS_BIAS=bias is not None, SILU=use_silu, BLOCK_D=block_d,
+        )
+    return y
+
+
+# ---------------------------------------------------------------------------------------------- int8 kernels
+
+@triton.jit
+def _silu_requant(acc, scale, bias, out_scale, HAS_BIAS: tl.constexpr):
+    """int32 acc -> int8 in the reference's order: acc * scale (+ bias), silu, / out_scale, round half
+    to even, clamp. scale / bias / out_scale fp32, broadcastable to acc."""
+    y = acc.to(tl.float32) * scale
+    if HAS_BIAS:
+        y = y + bias
+    y = tl.math.div_rn(y, 1.0 + tl.exp(-y))  # silu; div_rn: Triton's `/` is approximate on NVIDIA
+    # clamp then round == round then clamp: the bounds are integers and rounding is monotone
+    v = tl.minimum(tl.maximum(tl.math.div_rn(y, out_scale), -128.0), 127.0)
+    return round_half_even(v).to(tl.int8)
+
+
+@triton.jit
+def _qcausal_conv1d_kernel(
+    x_ptr, w_ptr, ws_ptr, is_ptr, os_ptr, bias_ptr, init_ptr, y_ptr, final_ptr,
+    dim, seqlen,
+    sxb, sxd, sxl, swd, swk, sis, sos, sib, sid, sik, syb, syd, syl, sfb, sfd, sfk,
+    K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
+    WRITE_FINAL: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """One [BLOCK_D, BLOCK_L] int8 tile of y; grid (B, cdiv(D, BLOCK_D), cdiv(L, BLOCK_L)). The taps
+    accumulate exactly in int32 (|acc| <= K * 2^14)."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_l = tl.program_id(2)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_d = offs_d < dim
+    mask_l = offs_l < seqlen
+    x_base = x_ptr + pid_b * sxb
+    init_base = init_ptr + pid_b * sib
+
+    acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.int32)
+    for k in tl.static_range(K):
+        # Tap k reads position t + k - (K - 1); negative positions are the history (state slot K + position).
+        pos = offs_l + (k - (K - 1))
+        w = tl.load(w_ptr + offs_d * swd + k * swk, mask=mask_d, other=0).to(tl.int32)
+        in_x = mask_d[:, None] & (mask_l & (pos >= 0))[None, :]
+        xv = tl.load(x_base + offs_d[:, None] * sxd + pos[None, :] * sxl, mask=in_x, other=0).to(tl.int32)
+        if HAS_INIT:
+            in_h = mask_d[:, None] & (pos < 0)[None, :]
+            xv += tl.load(init_base + offs_d[:, None] * sid + (pos + K)[None, :] * sik, mask=in_h,
+                          other=0).to(tl.int32)
+        acc += w[:, None] * xv
+    scale = tl.load(ws_ptr) * tl.load(is_ptr + offs_d * sis, mask=mask_d, other=1.0)
+    out_scale = tl.load(os_ptr + offs_d * sos, mask=mask_d, other=1.0)
+    bias = scale  # placeholder, unused without HAS_BIAS
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    y = _silu_requant(acc, scale[:, None], bias[:, None], out_scale[:, None], HAS_BIAS)
+    y_ptrs = y_ptr + pid_b * syb + offs_d[:, None] * syd + offs_l[None, :] * syl
+    tl.store(y_ptrs, y, mask=mask_d[:, None] & mask_l[None, :])
+
+    if WRITE_FINAL:
+        if pid_l == 0:
+            # The new state: positions L-K .. L-1 of history ++ x (copied, not rounded).
+            offs_k = tl.arange(0, KP)
+            last_pos = seqlen - K + offs_k
+            from_x = mask_d[:, None] & ((last_pos >= 0) & (offs_k < K))[None, :]
+            last = tl.load(x_base + offs_d[:, None] * sxd + last_pos[None, :] * sxl, mask=from_x, other=0)
+            if HAS_INIT:
+                from_h = mask_d[:, None] & ((last_pos < 0) & (offs_k < K))[None, :]
+                last += tl.load(init_base + offs_d[:, None] * sid + (last_pos + K)[None, :] * sik, mask=from_h,
+                                other=0)
+            f_ptrs = final_ptr + pid_b * sfb + offs_d[:, None] * sfd + offs_k[None, :] * sfk
+            tl.store(f_ptrs, last, mask=mask_d[:, None] & (offs_k < K)[None, :])
+
+
+@triton.jit
+def _qcausal_conv1d_update_kernel(
+    x_ptr, state_ptr, w_ptr, ws_ptr, is_ptr, os_ptr, bias_ptr, y_ptr,
+    dim,
+    sxb, sxd, ssb, ssd, ssk, swd, swk, sis, sos, syb, syd,
+    K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """int8 state: shift left by one, append x, exact dot with the taps, requantize; grid (B, cdiv(D, BLOCK_D))."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_k = tl.arange(0, KP)
+    mask_d = offs_d < dim
+    mask_dk = mask_d[:, None] & (offs_k < K)[None, :]
+    s_ptrs = state_ptr + pid_b * ssb + offs_d[:, None] * ssd + offs_k[None, :] * ssk
+
+    shifted = tl.load(s_ptrs + ssk, mask=mask_d[:, None] & (offs_k + 1 < K)[None, :], other=0)
+    xv = tl.load(x_ptr + pid_b * sxb + offs_d * sxd, mask=mask_d, other=0)
+    new = tl.where((offs_k == K - 1)[None, :], xv[:, None], shifted)
+    # Slot k is written with what slot k + 1 held: every thread must have read before any writes.
+    tl.debug_barrier()
+    tl.store(s_ptrs, new, mask=mask_dk)
+
+    w = tl.load(w_ptr + offs_d[:, None] * swd + offs_k[None, :] * swk, mask=mask_dk, other=0)
+    acc = tl.sum(new.to(tl.int32) * w.to(tl.int32), axis=1)
+    scale = tl.load(ws_ptr) * tl.load(is_ptr + offs_d * sis, mask=mask_d, other=1.0)
+    out_scale = tl.load(os_ptr + offs_d * sos, mask=mask_d, other=1.0)
+    bias = scale  # placeholder, unused without HAS_BIAS
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    y = _silu_requant(acc, scale, bias, out_scale, HAS_BIAS)
+    tl.store(y_ptr + pid_b * syb + offs_d * syd, y, mask=mask_d)
+
+
+def _check_int8(name: str, t: torch.Tensor | None) -> None:
+    if t is not None and t.dtype != torch.int8:
+        raise QuambaError(f"{name} has dtype {t.dtype}: the quantized conv takes int8 (quantize it first)")
+
+
+def _check_qconv_scales(weight_scale, input_scale, out_scale, bias, dim: int) -> None:
+    if weight_scale.numel() != 1:
+        raise QuambaError(f"conv weight_scale has shape {list(weight_scale.shape)}: expected one per-tensor scale")
+    for name, t in (("conv input_scale", input_scale), ("conv out_scale", out_scale), ("conv bias", bias)):
+        check_shape(name, t, (dim,))
+        if t is not None and t.dtype != torch.float32:
+            raise QuambaError(f"{name} has dtype {t.dtype}: the quantized conv takes float32 scales and bias")
+    if weight_scale.dtype != torch.float32:
+        raise QuambaError(f"conv weight_scale has dtype {weight_scale.dtype}: expected float32")
+
+
+def _qcausal_conv1d_launch(
+    x_q: torch.Tensor,
+    weight_q: torch.Tensor,
+    weight_scale: torch.Tensor,
+    input_scale: torch.Tensor,
+    out_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+):
+    """Checks and launches ``_qcausal_conv1d_kernel``; same contract as ``qcausal_conv1d_ref``.
+
+    y is allocated [B, L, D] (returned as the [B, D, L] view): the x projection / the scan read it
+    channels-last without a copy. The final state is a new [B, D, K] int8 tensor.
+    """
+    if x_q.dim() != 3:
+        raise QuambaError(f"conv input x_q has shape {list(x_q.shape)}, expected [B, D, L]")
+    batch, dim, seqlen = x_q.shape
+    width = _check_weight(weight_q, dim)
+    check_shape("conv initial_state", initial_state, (batch, dim, width))
+    for name, t in (("x_q", x_q), ("weight", weight_q), ("initial_state", initial_state)):
+        _check_int8(name, t)
+    _check_qconv_scales(weight_scale, input_scale, out_scale, bias, dim)
+    check_same_device(("x_q", x_q), ("weight", weight_q), ("weight_scale", weight_scale),
+                      ("input_scale", input_scale), ("out_scale", out_scale), ("bias", bias),
+                      ("initial_state", initial_state))
+    check_runnable(_qcausal_conv1d_kernel, x_q)
+
+    y = torch.empty(batch, seqlen, dim, device=x_q.device, dtype=torch.int8).transpose(1, 2)
+    final = torch.empty(batch, dim, width, device=x_q.device, dtype=torch.int8) if return_final_state else None
+    if seqlen == 0 and final is not None:  # nothing to convolve: the state is the old one (or zeros)
+        final.copy_(initial_state if initial_state is not None else torch.zeros_like(final))
+    if batch * dim * seqlen > 0:
+        # [64, 16] tiles over 8 warps: four outputs a thread (the fp32 epilogue with two IEEE divisions is
+        # register-hungry: larger tiles per thread spill on sm_90)
+        block_d = min(64, next_pow2(dim))
+        block_l = min(16, next_pow2(seqlen))
+        grid = (batch, cdiv(dim, block_d), cdiv(seqlen, block_l))
+        init = initial_state
+        with device_of(x_q):
+            _qcausal_conv1d_kernel[grid](
+                x_q, weight_q, weight_scale, input_scale, out_scale, bias if bias is not None else input_scale,
+                init if init is not None else x_q, y, final if final is not None else y,
+                dim, seqlen,
+                *x_q.stride(), *weight_q.stride(), input_scale.stride(0), out_scale.stride(0),
+                stride_or_zero(init, 0), stride_or_zero(init, 1), stride_or_zero(init, 2),
+                *y.stride(),
+                stride_or_zero(final, 0), stride_or_zero(final, 1), stride_or_zero(final, 2),
+                K=width, KP=next_pow2(width), HAS_BIAS=bias is not None, HAS_INIT=init is not None,
+                WRITE_FINAL=final is not None, BLOCK_D=block_d, BLOCK_L=block_l,
+                num_warps=8 if block_d * block_l >= 1024 else 4, enable_fp_fusion=False,
+            )
+    return (y, final) if return_final_state else y
+
+
+def _qcausal_conv1d_update_launch(
+    x_q: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight_q: torch.Tensor,
+    weight_scale: torch.Tensor,
+    input_scale: torch.Tensor,
+    out_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Checks and launches ``_qcausal_conv1d_update_kernel``; same contract as ``qcausal_conv1d_update_ref``
+    (x_q [B, D] may be a strided slice of in_proj's output; conv_state updated in place)."""
+    if x_q.dim() != 2:
+        raise QuambaError(f"conv update input x_q has shape {list(x_q.shape)}, expected [B, D]")
+    batch, dim = x_q.shape
+    width = _check_weight(weight_q, dim)
+    check_shape("conv_state", conv_state, (batch, dim, width))
+    for name, t in (("x_q", x_q), ("conv_state", conv_state), ("weight", weight_q)):
+        _check_int8(name, t)
+    _check_qconv_scales(weight_scale, input_scale, out_scale, bias, dim)
+    check_same_device(("x_q", x_q), ("conv_state", conv_state), ("weight", weight_q),
+                      ("weight_scale", weight_scale), ("input_scale", input_scale), ("out_scale", out_scale),
+                      ("bias", bias))
+    check_runnable(_qcausal_conv1d_update_kernel, x_q)
+
+    y = torch.empty(batch, dim, device=x_q.device, dtype=torch.int8)
+    if batch * dim == 0:
+        return y
+    block_d = min(256 if x_q.is_cuda else 64, next_pow2(dim))
+    with device_of(x_q):
+        _qcausal_conv1d_update_kernel[(batch, cdiv(dim, block_d))](
+            x_q, conv_state, weight_q, weight_scale, input_scale, out_scale,
+            bias if bias is not None else input_scale, y,
+            dim,
+            *x_q.stride(), *conv_state.stride(), *weight_q.stride(), input_scale.stride(0), out_scale.stride(0),
+            *y.stride(),
+            K=width, KP=next_pow2(width), HAS_BIAS=bias is not None, BLOCK_D=block_d,
+            num_warps=4, enable_fp_fusion=False,
         )
     return y

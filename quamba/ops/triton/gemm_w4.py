@@ -13,26 +13,26 @@ a tile needs one scale per row; other group sizes gather a scale per element.
 The nibble -> fp16 / bf16 conversion builds the float's bits (0x6400 | (q + 8) is 1024 + q + 8 in
 fp16) instead of int -> float conversion instructions, which run at a fraction of the ALU rate.
 
-Small M (decode) uses split-K like the W8A8 kernel. For large M, ``dense_min_m`` can instead
-dequantize the weights once into a dense [N, K] tensor (int8 for W4A8, x's dtype for W4A16) and run
-the dense kernel on it: the same values, so the same results; which is faster at prefill sizes is
-what benchmarks/kernels_gemm.py measures (off by default).
+Small M (decode, M <= ``gemv.GEMV_MAX_M``) runs the CUDA-core GEMV of ``gemv`` instead (an explicit
+``GemmConfig`` forces these kernels, a ``GemvConfig`` the GEMV). Between that and prefill, W4A8 uses split-K
+like the W8A8 kernel; W4A16 runs one K slice per tile (its fp32 split-K, which had a CUDA-only test failure,
+is gone: the GEMV, with its own deterministic split-K, covers the shapes that needed it). For large M,
+``dense_min_m`` can instead dequantize the weights once into a dense [N, K] tensor (int8 for W4A8, x's dtype
+for W4A16) and run the dense kernel on it: the same values, so the same results; which is faster at prefill
+sizes is what benchmarks/kernels_gemm.py measures (off by default).
 """
 from __future__ import annotations
-
-import dataclasses
-import math
 
 import torch
 import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ..w4_gemm import _check_bias, _check_packed
-from ._common import check_float, check_runnable, check_same_device, device_of, next_pow2
-from .gemm_w8a8 import (MAX_K, SCALES_W4A8, GemmConfig, check_index_range, int8_gemm_into, int_epilogue,
-                        int_epilogue_args, launch_int_reduce, new_output, pick_config, split_plan, store_partial,
-                        tile_ids)
+from ..w4_gemm import _check_packed
+from ._common import FLOAT_DTYPES, cdiv, check_float, check_runnable, check_same_device
+from .gemm_w8a8 import (MAX_K, SCALES_W4A8, GemmConfig, as_bias, check_index_range, float_epilogue, gemv,
+                        int8_gemm_into, int_epilogue, int_epilogue_args, launch_device, launch_int_reduce,
+                        mma_plan, new_output, rows_of, store_partial, tile_ids)
 
 # What a K tile of weights is unpacked to: the W_KIND constexpr of the kernels (which compare it with the
 # literals, since jit code cannot read plain module globals)
@@ -132,55 +132,23 @@ def _w4a8_gemm_kernel(
                      HAS_BIAS, REQUANT, 1)  # 1: SCALES_W4A8
 
 
-@triton.jit
-def float_epilogue(acc, offs_m, offs_n, M, N, bias_ptr, y_ptr, sym, syn, HAS_BIAS: tl.constexpr):
-    """y = acc (+ bias) in fp32, stored in y's dtype."""
-    mask_n = offs_n < N
-    if HAS_BIAS:
-        acc = acc + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
-    mask = (offs_m < M)[:, None] & mask_n[None, :]
-    tl.store(y_ptr + offs_m[:, None] * sym + offs_n[None, :] * syn, acc.to(y_ptr.dtype.element_ty), mask=mask)
-
-
 @triton.jit(do_not_specialize=["M"])
 def _w4a16_gemm_kernel(
-    x_ptr, w_ptr, s_ptr, bias_ptr, y_ptr, part_ptr,
-    M, N, K, G, k_split,
-    sxm, sxk, swn, swk, ssn, ssg, sym, syn, spk, spm,
-    W_KIND: tl.constexpr, PACKED: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+    x_ptr, w_ptr, s_ptr, bias_ptr, y_ptr,
+    M, N, K, G,
+    sxm, sxk, swn, swk, ssn, ssg, sym, syn,
+    W_KIND: tl.constexpr, PACKED: tl.constexpr, HAS_BIAS: tl.constexpr,
     SCALES_PER_TILE: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """One [BLOCK_M, BLOCK_N] tile over K slice pid_k of x @ (q4 * s)^T, fp32 accumulation, finished or (SPLIT)
-    stored as partial sums; grid (tiles, K slices)."""
+    """One [BLOCK_M, BLOCK_N] tile of x @ (q4 * s)^T over all of K, fp32 accumulation; grid (tiles,)."""
     pid_m, pid_n = tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    pid_k = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    k_lo = pid_k * k_split
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = w4_accumulate(acc, x_ptr, w_ptr, s_ptr, offs_m % M, offs_n % N, k_lo, tl.minimum(k_lo + k_split, K), K, G,
+    acc = w4_accumulate(acc, x_ptr, w_ptr, s_ptr, offs_m % M, offs_n % N, 0, K, K, G,
                         sxm, sxk, swn, swk, ssn, ssg,
                         W_KIND, PACKED, SCALES_PER_TILE, EVEN_K, W_KIND == 3, BLOCK_N, BLOCK_K)
-    if SPLIT:
-        store_partial(acc, part_ptr, pid_k, offs_m, offs_n, M, N, spk, spm)
-    else:
-        float_epilogue(acc, offs_m, offs_n, M, N, bias_ptr, y_ptr, sym, syn, HAS_BIAS)
-
-
-@triton.jit(do_not_specialize=["M", "n_split"])
-def _float_splitk_reduce_kernel(
-    part_ptr, bias_ptr, y_ptr, M, N, n_split, spk, spm, sym, syn,
-    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """Sum the fp32 partials of the K slices in slice order (deterministic), + bias; grid (M tiles, N tiles)."""
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
-    ptrs = part_ptr + offs_m[:, None] * spm + offs_n[None, :]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for s in range(n_split):
-        acc += tl.load(ptrs + s * spk, mask=mask, other=0.0)
     float_epilogue(acc, offs_m, offs_n, M, N, bias_ptr, y_ptr, sym, syn, HAS_BIAS)
 
 
@@ -206,23 +174,6 @@ def _int4_dequant_kernel(
 
 # ---------------------------------------------------------------------------------------------- launch
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """[..., K] -> [M, K] (a view when possible)."""
-    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
-
-
-def _config(m, n, k, g, device, float_dot, config):
-    """(config, scales_per_tile, even_k, k_slice); g: the group size of packed weights, None for dense ones."""
-    if config is None:
-        config, per_tile = pick_config(m, n, k, device, float_dot=float_dot, group_size=g, packed=g is not None)
-    else:
-        per_tile = g is None or g % config.block_k == 0
-    if config.block_k % 2:
-        raise QuambaError(f"block_k must be even to unpack int4 pairs, got {config.block_k}")
-    config, ks = split_plan(config, k)
-    return config, per_tile, k % config.block_k == 0 and ks % config.block_k == 0, ks
-
-
 def _int4_dequant_launch(w_packed: torch.Tensor, scales: torch.Tensor, g: int, dtype: torch.dtype) -> torch.Tensor:
     """Dense [N, K] weights in ``dtype`` (int8: q * s_g of W4A8; fp16 / bf16 / fp32: q * s of W4A16)."""
     n, k = w_packed.shape[0], 2 * w_packed.shape[1]
@@ -230,13 +181,18 @@ def _int4_dequant_launch(w_packed: torch.Tensor, scales: torch.Tensor, g: int, d
     if out.numel():
         bn, bk = (64, 128) if w_packed.is_cuda else (32, 64)
         kind = W_INT8 if dtype == torch.int8 else _W_KIND[dtype]
-        with device_of(w_packed):
-            _int4_dequant_kernel[(triton.cdiv(n, bn), triton.cdiv(k, bk))](
+        with launch_device(w_packed):
+            _int4_dequant_kernel[(cdiv(n, bn), cdiv(k, bk))](
                 w_packed, scales, out, n, k, g,
                 *w_packed.stride(), *scales.stride(), *out.stride(),
                 W_KIND=kind, BLOCK_N=bn, BLOCK_K=bk, num_warps=4,
             )
     return out
+
+
+def _dense_path(m: int, dense_min_m: int | None, config) -> bool:
+    """Dequantize-then-dense (the prefill option) for M >= dense_min_m, unless a GemvConfig asks for the GEMV."""
+    return dense_min_m is not None and m >= dense_min_m and not isinstance(config, gemv.GemvConfig)
 
 
 def _w4a16_gemm_launch(
@@ -245,57 +201,58 @@ def _w4a16_gemm_launch(
     scales: torch.Tensor,
     group_size: int,
     bias: torch.Tensor | None = None,
-    config: GemmConfig | None = None,
+    config=None,
     dense_min_m: int | None = None,
 ) -> torch.Tensor:
     """Checks and launches the W4A16 GEMM; same contract as ``w4a16_gemm_ref``.
 
     x: [..., K] fp16 / bf16 / fp32; w_packed: uint8 [N, K // 2]; scales: fp16 [N, K // G]; bias: [N] or None.
-    Returns [..., N] in x's dtype. ``config`` overrides the tiles; with ``dense_min_m``, M >= it dequantizes
-    the weights once and runs the dense kernel.
+    Returns [..., N] in x's dtype. ``config``: a ``GemvConfig`` (CUDA-core GEMV) or a ``GemmConfig`` without
+    split-K (tensor cores) overrides the choice; by default M <= ``gemv.GEMV_MAX_M["w4a16"]`` takes the GEMV.
+    With ``dense_min_m``, M >= it dequantizes the weights once and runs the dense kernel.
     """
-    check_float("x", x)
-    g = _check_packed(x.shape[-1], w_packed, scales, group_size, "scales")
-    _check_bias(bias, w_packed.shape[0])
+    if x.dtype not in FLOAT_DTYPES:
+        check_float("x", x)
+    k = x.shape[-1]
+    g = _check_packed(k, w_packed, scales, group_size, "scales")
+    n = w_packed.shape[0]
     if scales.dtype != torch.float16:
         raise QuambaError(f"W4A16 scales must be float16 (the format's dtype), got {scales.dtype}")
-    check_same_device(("x", x), ("w_packed", w_packed), ("scales", scales), ("bias", bias))
+    device = x.device
+    if w_packed.device != device or scales.device != device:
+        check_same_device(("x", x), ("w_packed", w_packed), ("scales", scales))
     check_runnable(_w4a16_gemm_kernel, x)
-    x2 = _rows(x)
-    check_index_range(x2, w_packed)
+    bias = as_bias(bias, n, device)
+    x2 = rows_of(x, k)
+    m = x2.shape[0]
+    y = torch.empty(m, n, device=device, dtype=x.dtype)
+    check_index_range(x2, w_packed, y)
+    if m and n:
+        dense = _dense_path(m, dense_min_m, config)
+        if not dense and gemv.use_gemv("w4a16", m, config):
+            gemv.w4a16_gemv_into(x2, w_packed, scales, g, bias, y, config)
+        else:
+            _w4a16_mma(x2, w_packed, scales, g, bias, y, config, dense)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
+
+
+def _w4a16_mma(x2, w_packed, scales, g: int, bias, y, config: GemmConfig | None, dense: bool) -> None:
+    """The tensor-core W4A16 kernel on the packed weights, or (dense) on weights dequantized to x's dtype."""
     (m, k), n = x2.shape, w_packed.shape[0]
-    y = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    check_index_range(y)
-    if y.numel() == 0:
-        return y.reshape(*x.shape[:-1], n)
-    bias = bias.float().contiguous() if bias is not None else None
-    dense = dense_min_m is not None and m >= dense_min_m
-    w = _int4_dequant_launch(w_packed, scales, g, x.dtype) if dense else w_packed
-    cfg, per_tile, even_k, ks = _config(m, n, k, None if dense else g, x.device, True, config)
-    if config is None and x.is_cuda and cfg.split_k > 1:
-        # The fp32 split-K path failed its CUDA test on an H100 (tests/ops/test_triton_gemm.py::
-        # test_w4a16_other_paths[split_k]; it passes in the interpreter): one K slice until that is understood.
-        cfg, ks = dataclasses.replace(cfg, split_k=1), k
-        even_k = k % cfg.block_k == 0
-    part = torch.empty(cfg.split_k, m, n, device=x.device, dtype=torch.float32) if cfg.split_k > 1 else y
-    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), cfg.split_k)
-    with device_of(x):
+    if config is not None and config.split_k > 1:
+        raise QuambaError("the W4A16 tensor-core kernel has no split-K: use split_k=1, or a gemv.GemvConfig "
+                          "with split > 1 for small M")
+    w = _int4_dequant_launch(w_packed, scales, g, x2.dtype) if dense else w_packed
+    cfg, _, grid, _, per_tile = mma_plan(config, m, n, k, x2.device, True, None if dense else g, False)
+    with launch_device(x2):
         _w4a16_gemm_kernel[grid](
-            x2, w, scales, bias if bias is not None else scales, y, part,
-            m, n, k, g, ks,
+            x2, w, scales, bias if bias is not None else scales, y,
+            m, n, k, g,
             *x2.stride(), *w.stride(), *scales.stride(), *y.stride(),
-            part.stride(0), part.stride(1) if part.dim() == 3 else 0,
-            W_KIND=_W_KIND[x.dtype], PACKED=not dense, HAS_BIAS=bias is not None, SPLIT=cfg.split_k > 1,
-            SCALES_PER_TILE=per_tile, EVEN_K=even_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            W_KIND=_W_KIND[x2.dtype], PACKED=not dense, HAS_BIAS=bias is not None,
+            SCALES_PER_TILE=per_tile, EVEN_K=k % cfg.block_k == 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
-        if cfg.split_k > 1:
-            bm, bn = min(32, max(16, next_pow2(m))), 128 if x.is_cuda else 32
-            _float_splitk_reduce_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
-                part, bias if bias is not None else part, y, m, n, cfg.split_k, part.stride(0), part.stride(1),
-                *y.stride(), HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, num_warps=4,
-            )
-    return y.reshape(*x.shape[:-1], n)
 
 
 def _w4a8_gemm_launch(
@@ -308,7 +265,7 @@ def _w4a8_gemm_launch(
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float16,
     out_scale: torch.Tensor | None = None,
-    config: GemmConfig | None = None,
+    config=None,
     dense_min_m: int | None = None,
 ) -> torch.Tensor:
     """Checks and launches the W4A8 GEMM; same contract as ``w4a8_gemm_ref``, plus ``out_scale`` ([N] or one
@@ -316,6 +273,7 @@ def _w4a8_gemm_launch(
 
     x_q: int8 [..., K]; x_scale: one fp32 value; w_packed: uint8 [N, K // 2]; group_scales: int8 [N, K // G];
     channel_scales: fp32 [N]; bias: [N] or None. Returns [..., N] in ``out_dtype`` (int8 with out_scale).
+    ``config``: a ``GemvConfig`` or ``GemmConfig`` overrides the choice (by default M <= GEMV_MAX_M: the GEMV).
     """
     if x_q.dtype != torch.int8:
         raise QuambaError(f"w4a8 activations must be int8, got {x_q.dtype}")
@@ -324,30 +282,39 @@ def _w4a8_gemm_launch(
     n = w_packed.shape[0]
     if group_scales.dtype != torch.int8:
         raise QuambaError(f"W4A8 group_scales must be int8, got {group_scales.dtype}")
-    if tuple(channel_scales.shape) != (n,):
+    if channel_scales.dim() != 1 or channel_scales.shape[0] != n:
         raise QuambaError(f"channel_scales must have shape ({n},), got {tuple(channel_scales.shape)}")
     if k > MAX_K:
         raise QuambaError(f"K={k} may overflow the int32 accumulator (max {MAX_K}): use w4a8_gemm_ref")
-    check_same_device(("x_q", x_q), ("w_packed", w_packed), ("group_scales", group_scales),
-                      ("channel_scales", channel_scales))
+    device = x_q.device
+    if w_packed.device != device or group_scales.device != device or channel_scales.device != device:
+        check_same_device(("x_q", x_q), ("w_packed", w_packed), ("group_scales", group_scales),
+                          ("channel_scales", channel_scales))
     check_runnable(_w4a8_gemm_kernel, x_q)
-    xs, cs, _, bias, os_, sos = int_epilogue_args(x_scale, channel_scales, bias, out_scale, n, x_q.device,
+    xs, cs, _, bias, os_, sos = int_epilogue_args(x_scale, channel_scales, bias, out_scale, n, device,
                                                   "x_scale", "channel_scales")
-    x2 = _rows(x_q)
-    check_index_range(x2, w_packed)
+    x2 = rows_of(x_q, k)
     m = x2.shape[0]
-    y = new_output(m, n, x_q.device, os_ is not None, out_dtype)
-    check_index_range(y)
-    if y.numel() == 0:
-        return y.reshape(*x_q.shape[:-1], n)
-    if dense_min_m is not None and m >= dense_min_m:
-        w8 = _int4_dequant_launch(w_packed, group_scales, g, torch.int8)
-        int8_gemm_into(x2, w8, xs, cs, 1, bias, os_, sos, y, SCALES_W4A8, config)
-        return y.reshape(*x_q.shape[:-1], n)
-    cfg, per_tile, even_k, ks = _config(m, n, k, g, x_q.device, False, config)
-    part = torch.empty(cfg.split_k, m, n, device=x_q.device, dtype=torch.int32) if cfg.split_k > 1 else y
-    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), cfg.split_k)
-    with device_of(x_q):
+    y = new_output(m, n, device, os_ is not None, out_dtype)
+    check_index_range(x2, w_packed, y)
+    if m and n:
+        dense = _dense_path(m, dense_min_m, config)
+        if dense:
+            w8 = _int4_dequant_launch(w_packed, group_scales, g, torch.int8)
+            int8_gemm_into(x2, w8, xs, cs, 1, bias, os_, sos, y, SCALES_W4A8, config)
+        elif gemv.use_gemv("w4a8", m, config):
+            gemv.w4a8_gemv_into(x2, w_packed, group_scales, g, xs, cs, bias, os_, sos, y, config)
+        else:
+            _w4a8_mma(x2, w_packed, group_scales, g, xs, cs, bias, os_, sos, y, config)
+    return y if x_q.dim() == 2 else y.reshape(*x_q.shape[:-1], n)
+
+
+def _w4a8_mma(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y, config: GemmConfig | None) -> None:
+    """The tensor-core W4A8 kernel (+ the split-K reduction)."""
+    (m, k), n = x2.shape, w_packed.shape[0]
+    cfg, ks, grid, even_k, per_tile = mma_plan(config, m, n, k, x2.device, False, g)
+    part = torch.empty(cfg.split_k, m, n, device=x2.device, dtype=torch.int32) if cfg.split_k > 1 else y
+    with launch_device(x2):
         _w4a8_gemm_kernel[grid](
             x2, w_packed, group_scales, xs, cs, bias if bias is not None else cs, os_ if os_ is not None else cs,
             y, part,
@@ -360,4 +327,3 @@ def _w4a8_gemm_launch(
         )
         if cfg.split_k > 1:
             launch_int_reduce(part, y, xs, cs, 1, bias, os_, sos, SCALES_W4A8, cfg)
-    return y.reshape(*x_q.shape[:-1], n)

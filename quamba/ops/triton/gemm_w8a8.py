@@ -15,10 +15,17 @@ Shapes (``pick_config``): prefill (M > 64) runs [64|128, 128|256] tiles, picked 
 quantization, in grouped order for L2 reuse; decode (M <= 64) runs [16..64, 64] tiles with split-K:
 each K slice writes int32 partial sums, a second kernel adds them (exact, any order) and applies the
 epilogue, so there are enough programs to keep every SM streaming weights. The W4A8 kernels
-(``gemm_w4``) share the epilogue, the split-K reduction and this dense kernel.
+(``gemm_w4``) share the epilogue, the split-K reduction and this dense kernel. For M <= ``gemv.GEMV_MAX_M``
+the launcher hands the call to the CUDA-core GEMV (``gemv``), which streams the weights at decode sizes;
+an explicit ``GemmConfig`` or ``GemvConfig`` picks the path.
+
+Launch overhead: the launchers run on every decode step, so their host work is a few attribute checks,
+one output allocation and cached plans (``functools.lru_cache`` on the shapes); scales and biases that
+are already fp32, contiguous and on the device (the modules' buffers) are passed as they are.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass, replace
@@ -28,7 +35,7 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import FLOAT_DTYPES, check_runnable, check_same_device, device_of, next_pow2
+from ._common import FLOAT_DTYPES, cdiv, check_runnable, check_same_device, next_pow2
 
 # int8 x int8 products are at most 2^14 in magnitude, so K < 2^17 terms cannot overflow int32.
 MAX_K = 2 ** 17 - 1
@@ -107,6 +114,16 @@ def int_epilogue(
         tl.store(y_ptrs, round_half_even(v).to(tl.int8), mask=mask)
     else:
         tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def float_epilogue(acc, offs_m, offs_n, M, N, bias_ptr, y_ptr, sym, syn, HAS_BIAS: tl.constexpr):
+    """y = acc (+ bias) in fp32, stored in y's dtype (the W4A16 kernels' epilogue)."""
+    mask_n = offs_n < N
+    if HAS_BIAS:
+        acc = acc + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+    mask = (offs_m < M)[:, None] & mask_n[None, :]
+    tl.store(y_ptr + offs_m[:, None] * sym + offs_n[None, :] * syn, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -210,6 +227,7 @@ _PREFILL_TILES = {
 _DECODE_PROGRAMS_PER_SM = 8  # memory-bound decode: enough small programs to balance the SMs' weight streams
 
 
+@functools.lru_cache(maxsize=4096)
 def pick_config(m: int, n: int, k: int, device: torch.device, float_dot: bool = False,
                 group_size: int | None = None, packed: bool = False) -> tuple[GemmConfig, bool]:
     """Tile shape for an [M, K] x [K, N] product on ``device``; returns (config, scales_per_tile).
@@ -221,7 +239,9 @@ def pick_config(m: int, n: int, k: int, device: torch.device, float_dot: bool = 
     ``float_dot``: fp16/bf16 operands (half the K step of int8 for the same bytes); ``group_size``: the
     K tile must not straddle a scale group (see block_k_for_groups); ``packed``: int4 weights unpacked in registers.
     """
-    min_k = 16 if float_dot else 32  # int8 tensor-core instructions take K in steps of 32
+    # int8 tensor-core instructions take K in steps of 32; packed int4 tiles of block_k 16 gave wrong W4A16 products on
+    # an H100 (Triton 3.6, test_cuda_w4a16_tensor_core_block_k_16), so packed weights never get them there either
+    min_k = 16 if float_dot and not packed else 32
     if device.type != "cuda":
         cfg = GemmConfig(block_m=max(16, min(32, next_pow2(m))), block_n=max(16, min(32, next_pow2(n))),
                          block_k=64, num_warps=1, num_stages=1)
@@ -238,7 +258,7 @@ def pick_config(m: int, n: int, k: int, device: torch.device, float_dot: bool = 
         sms = _sm_count(device.index or 0)
         if m <= 64:
             cfg = with_split_k(cfg, m, n, k, _DECODE_PROGRAMS_PER_SM * sms)
-        elif triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n) < sms // 2:
+        elif cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n) < sms // 2:
             cfg = with_split_k(cfg, m, n, k, sms)
     return cfg, per_tile
 
@@ -246,7 +266,7 @@ def pick_config(m: int, n: int, k: int, device: torch.device, float_dot: bool = 
 def _prefill_tiles(m: int, n: int, kind: str, sms: int, block_k: int) -> GemmConfig:
     def cost(tile):
         bm, bn, eff = tile
-        return triton.cdiv(triton.cdiv(m, bm) * triton.cdiv(n, bn), sms) * bm * bn / eff
+        return cdiv(cdiv(m, bm) * cdiv(n, bn), sms) * bm * bn / eff
 
     bm, bn, _ = min(_PREFILL_TILES[kind], key=cost)
     return GemmConfig(block_m=bm, block_n=bn, block_k=block_k, num_warps=8 if bm == 128 else 4,
@@ -256,27 +276,46 @@ def _prefill_tiles(m: int, n: int, kind: str, sms: int, block_k: int) -> GemmCon
 def with_split_k(cfg: GemmConfig, m: int, n: int, k: int, target_programs: int) -> GemmConfig:
     """Split K into equal slices of at least two K blocks until there are about ``target_programs`` programs
     (at most 16 slices: each adds an int32 / fp32 [M, N] partial to write and read back)."""
-    tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
-    k_blocks = triton.cdiv(k, cfg.block_k)
+    tiles = cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n)
+    k_blocks = cdiv(k, cfg.block_k)
     split = max(1, min(target_programs // max(tiles, 1), k_blocks // 2, 16))
     return replace(cfg, split_k=split)
 
 
+@functools.lru_cache(maxsize=4096)
 def split_plan(cfg: GemmConfig, k: int) -> tuple[GemmConfig, int]:
     """(cfg with the number of non-empty K slices, slice length in whole K blocks)."""
-    k_blocks = max(triton.cdiv(k, cfg.block_k), 1)
-    per_slice = triton.cdiv(k_blocks, max(cfg.split_k, 1))
-    return replace(cfg, split_k=triton.cdiv(k_blocks, per_slice)), per_slice * cfg.block_k
+    k_blocks = max(cdiv(k, cfg.block_k), 1)
+    per_slice = cdiv(k_blocks, max(cfg.split_k, 1))
+    return replace(cfg, split_k=cdiv(k_blocks, per_slice)), per_slice * cfg.block_k
 
 
 # ---------------------------------------------------------------------------------------------- launch
 
+_SAME_DEVICE = contextlib.nullcontext()
+
+
+def launch_device(t: torch.Tensor):
+    """The device context a launch on ``t`` needs: none when t is on the current CUDA device (the usual case;
+    entering torch.cuda.device costs microseconds per launch), else that device (multi-GPU safe)."""
+    if t.is_cuda and t.get_device() != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return _SAME_DEVICE
+
+
 def _as_scale(name: str, s: torch.Tensor | float, n: int, device: torch.device, allow_channels: bool):
     """fp32 scale tensor on ``device`` and its stride for the kernel (0: one value, 1: one per channel).
 
-    A one-value CPU tensor is moved (torch broadcasts CPU scalars onto the GPU too); anything larger must
-    already be on the activations' device.
+    Fast path: an fp32 tensor already on the device, one value or a contiguous [N] (the modules' buffers), is
+    used as it is. Otherwise a one-value CPU tensor (or Python float) is moved (torch broadcasts CPU scalars
+    onto the GPU too); anything larger must already be on the activations' device.
     """
+    if torch.is_tensor(s) and s.dtype == torch.float32 and s.device == device:
+        numel = s.numel()
+        if numel == 1:
+            return s, 0
+        if allow_channels and numel == n and s.dim() == 1 and s.stride(0) == 1:
+            return s, 1
     s = torch.as_tensor(s, dtype=torch.float32, device=device) if not torch.is_tensor(s) else s
     if s.device != device:
         if s.numel() != 1:
@@ -291,25 +330,34 @@ def _as_scale(name: str, s: torch.Tensor | float, n: int, device: torch.device, 
     raise QuambaError(f"{name} has {s.numel()} values, expected {expected}")
 
 
+def as_bias(bias: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
+    """bias [N] as the fp32 contiguous tensor the kernels read (as it is when it already is one)."""
+    if bias is None:
+        return None
+    if bias.dim() != 1 or bias.shape[0] != n:
+        raise QuambaError(f"bias has shape {list(bias.shape)}, expected [{n}]")
+    if bias.device != device:
+        raise QuambaError(f"bias is on {bias.device} but the activations are on {device}: move them together")
+    if bias.dtype != torch.float32 or bias.stride(0) != 1:
+        bias = bias.float().contiguous()
+    return bias
+
+
 def int_epilogue_args(x_scale, w_scale, bias, out_scale, n: int, device, x_scale_name: str, w_scale_name: str):
     """The epilogue's tensors as the kernels take them: (xs, ws, sws, bias, os, sos)."""
     xs, _ = _as_scale(x_scale_name, x_scale, n, device, allow_channels=False)
     ws, sws = _as_scale(w_scale_name, w_scale, n, device, allow_channels=True)
-    if bias is not None:
-        if tuple(bias.shape) != (n,):
-            raise QuambaError(f"bias has shape {list(bias.shape)}, expected [{n}]")
-        if bias.device != device:
-            raise QuambaError(f"bias is on {bias.device} but the activations are on {device}: move them together")
-        bias = bias.float().contiguous()
     os_, sos = (None, 0) if out_scale is None else _as_scale("out_scale", out_scale, n, device, allow_channels=True)
-    return xs, ws, sws, bias, os_, sos
+    return xs, ws, sws, as_bias(bias, n, device), os_, sos
 
 
 def new_output(m: int, n: int, device, requant: bool, out_dtype: torch.dtype) -> torch.Tensor:
-    if not requant and out_dtype not in FLOAT_DTYPES:
+    if requant:
+        return torch.empty(m, n, device=device, dtype=torch.int8)
+    if out_dtype not in FLOAT_DTYPES:
         raise QuambaError(f"out_dtype {out_dtype} is not supported: use float16, bfloat16 or float32 "
                           "(or out_scale for an int8 output)")
-    return torch.empty(m, n, device=device, dtype=torch.int8 if requant else out_dtype)
+    return torch.empty(m, n, device=device, dtype=out_dtype)
 
 
 def check_index_range(*tensors: torch.Tensor) -> None:
@@ -319,11 +367,39 @@ def check_index_range(*tensors: torch.Tensor) -> None:
                               "split the batch")
 
 
+def rows_of(x: torch.Tensor, k: int) -> torch.Tensor:
+    """[..., K] -> [M, K] (a view when possible; x itself when already 2-D)."""
+    return x if x.dim() == 2 else x.reshape(math.prod(x.shape[:-1]), k)
+
+
+@functools.lru_cache(maxsize=4096)
+def mma_plan(config: GemmConfig | None, m: int, n: int, k: int, device: torch.device, float_dot: bool = False,
+             group_size: int | None = None, split_k: bool = True):
+    """The tensor-core kernels' launch plan, cached: (config with its split, K slice, grid, EVEN_K, per-tile
+    scales). ``group_size``: packed weights' group size (None for dense int8 / float weights); ``split_k``
+    False: the kernel has no split-K, so the picked config gets one K slice."""
+    if config is None:
+        config, per_tile = pick_config(m, n, k, device, float_dot=float_dot, group_size=group_size,
+                                       packed=group_size is not None)
+        if not split_k:
+            config = replace(config, split_k=1)
+    else:
+        per_tile = group_size is None or group_size % config.block_k == 0
+    if group_size is not None and config.block_k % 2:
+        raise QuambaError(f"block_k must be even to unpack int4 pairs, got {config.block_k}")
+    if group_size is not None and device.type == "cuda" and config.block_k < 32:
+        raise QuambaError(f"block_k {config.block_k} with packed int4 weights computes wrong products on CUDA "
+                          "(Triton 3.6): use block_k >= 32")
+    config, ks = split_plan(config, k)
+    grid = (cdiv(m, config.block_m) * cdiv(n, config.block_n), config.split_k)
+    return config, ks, grid, k % config.block_k == 0 and ks % config.block_k == 0, per_tile
+
+
 def launch_int_reduce(part, y, xs, ws, sws, bias, os_, sos, scale_order: int, cfg: GemmConfig) -> None:
     """Second pass of split-K: sum part [SPLIT, M, N] int32, epilogue into y [M, N]."""
     m, n = y.shape
     bm, bn = min(32, max(16, next_pow2(m))), 128 if y.is_cuda else 32
-    _int_splitk_reduce_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+    _int_splitk_reduce_kernel[(cdiv(m, bm), cdiv(n, bn))](
         part, xs, ws, bias if bias is not None else ws, os_ if os_ is not None else ws, y,
         m, n, cfg.split_k, part.stride(0), part.stride(1), sws, sos, y.stride(0), y.stride(1),
         HAS_BIAS=bias is not None, REQUANT=os_ is not None, SCALE_ORDER=scale_order,
@@ -335,17 +411,16 @@ def int8_gemm_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, con
     """y [M, N] = epilogue(x2 [M, K] int8 @ w8 [N, K] int8): the dense kernel (+ split-K reduction)."""
     m, k = x2.shape
     n = w8.shape[0]
-    cfg, ks = split_plan(config or pick_config(m, n, k, x2.device)[0], k)
-    part = (torch.empty(cfg.split_k, m, n, device=x2.device, dtype=torch.int32) if cfg.split_k > 1 else y)
-    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), cfg.split_k)
-    with device_of(x2):
+    cfg, ks, grid, even_k, _ = mma_plan(config, m, n, k, x2.device)
+    part = torch.empty(cfg.split_k, m, n, device=x2.device, dtype=torch.int32) if cfg.split_k > 1 else y
+    with launch_device(x2):
         _w8a8_gemm_kernel[grid](
             x2, w8, xs, ws, bias if bias is not None else ws, os_ if os_ is not None else ws, y, part,
             m, n, k, ks,
             x2.stride(0), x2.stride(1), w8.stride(0), w8.stride(1), sws, sos, y.stride(0), y.stride(1),
             part.stride(0), part.stride(1) if part.dim() == 3 else 0,
             HAS_BIAS=bias is not None, REQUANT=os_ is not None, SCALE_ORDER=scale_order, SPLIT=cfg.split_k > 1,
-            EVEN_K=k % cfg.block_k == 0 and ks % cfg.block_k == 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            EVEN_K=even_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             enable_fp_fusion=False,
         )
@@ -361,29 +436,39 @@ def _w8a8_gemm_launch(
     bias: torch.Tensor | None = None,
     out_scale: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float16,
-    config: GemmConfig | None = None,
+    config=None,
 ) -> torch.Tensor:
     """Checks and launches the W8A8 GEMM; same contract as ``w8a8_gemm_ref``.
 
     x_q: [..., K] int8; x_scale: one fp32 value; w_q: [N, K] int8; w_scale: [N] or one value; bias: [N] or
     None; out_scale: [N] or one value for an int8 output. Returns [..., N] (int8 or ``out_dtype``).
-    ``config`` overrides the tile choice (tests, benchmarks).
+    ``config``: a ``GemmConfig`` (tensor-core kernel) or ``gemv.GemvConfig`` (CUDA-core GEMV) overrides the
+    choice (tests, benchmarks); by default M <= ``gemv.GEMV_MAX_M["w8a8"]`` rows take the GEMV.
     """
     if x_q.dtype != torch.int8 or w_q.dtype != torch.int8:
         raise QuambaError(f"w8a8_gemm takes int8 x_q and w_q, got {x_q.dtype} and {w_q.dtype}")
     if w_q.dim() != 2 or x_q.dim() == 0 or x_q.shape[-1] != w_q.shape[1]:
         raise QuambaError(f"x_q {list(x_q.shape)} and w_q {list(w_q.shape)} do not fit: expected [..., K] and [N, K]")
-    k, n = w_q.shape[1], w_q.shape[0]
+    n, k = w_q.shape
     if k > MAX_K:
         raise QuambaError(f"K={k} may overflow the int32 accumulator (max {MAX_K}): use w8a8_gemm_ref")
-    check_same_device(("x_q", x_q), ("w_q", w_q))
+    device = x_q.device
+    if w_q.device != device:
+        check_same_device(("x_q", x_q), ("w_q", w_q))
     check_runnable(_w8a8_gemm_kernel, x_q)
-    xs, ws, sws, bias, os_, sos = int_epilogue_args(x_scale, w_scale, bias, out_scale, n, x_q.device,
+    xs, ws, sws, bias, os_, sos = int_epilogue_args(x_scale, w_scale, bias, out_scale, n, device,
                                                     "x_scale", "w_scale")
-    x2 = x_q.reshape(math.prod(x_q.shape[:-1]), k)
-    check_index_range(x2, w_q)
-    y = new_output(x2.shape[0], n, x_q.device, os_ is not None, out_dtype)
-    check_index_range(y)
-    if y.numel():
-        int8_gemm_into(x2, w_q, xs, ws, sws, bias, os_, sos, y, SCALES_W8A8, config)
-    return y.reshape(*x_q.shape[:-1], n)
+    x2 = rows_of(x_q, k)
+    m = x2.shape[0]
+    y = new_output(m, n, device, os_ is not None, out_dtype)
+    check_index_range(x2, w_q, y)
+    if m and n:
+        if gemv.use_gemv("w8a8", m, config):
+            gemv.w8a8_gemv_into(x2, w_q, xs, ws, sws, bias, os_, sos, y, SCALES_W8A8, config)
+        else:
+            int8_gemm_into(x2, w_q, xs, ws, sws, bias, os_, sos, y, SCALES_W8A8, config)
+    return y if x_q.dim() == 2 else y.reshape(*x_q.shape[:-1], n)
+
+
+# gemv's kernels use this file's epilogue, so it imports this module: import it last, once everything is defined
+from . import gemv  # noqa: E402

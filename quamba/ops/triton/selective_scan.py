@@ -1,11 +1,19 @@
 """Triton selective scan (Mamba1's S6): full-sequence prefill and the one-token state update.
 
-Contracts of ``quamba.ops.selective_scan``'s references. The prefill runs one program per
-(batch, block of channels), walks the sequence in order and keeps the [BLOCK_D, N] state in fp32
-registers, so the state never goes to memory until the end:
+Contracts of ``quamba.ops.selective_scan``'s references: the float ops (``selective_scan_ref``,
+``selective_state_update_ref``) and the int8-input ops (``qselective_scan_ref``, ``qselective_state_update_ref``),
+which differ only in how an input is loaded: a float is converted to fp32, an int8 value is multiplied by its fp32
+per-tensor scale in registers (the reference's ``q.float() * scale``), and A may come as A_log (A = -exp(A_log)).
+The prefill runs one program per (batch, block of channels), walks the sequence in order and keeps the
+[BLOCK_D, N] state in fp32 registers, so the state never goes to memory until the end:
     dt = softplus(delta + delta_bias);  h = exp(dt * A) * h + dt * u * B_t;  y = C_t . h + D * u;  y *= silu(z)
-Inputs may be strided (the model passes transposed views); the next step's inputs are loaded one
-step ahead so that their memory latency overlaps the current step's arithmetic.
+The walk takes 4 time steps per iteration (written out): their loads are issued one iteration ahead (memory latency
+overlaps the arithmetic) and their arithmetic, all of it independent of the state but one multiply-add per element,
+interleaves in one basic block (the one-step walk stalled on each step's dependent chain). Inputs may be strided
+(the model passes transposed views).
+
+An int8 state (``Int8State``: q int8 [..., N], scale fp32 [..., 1], scale = abs-max of the row / 127) is read as
+q * scale and written back by ``quantize_state_rows`` in registers: a row of N values is always in one program.
 """
 from __future__ import annotations
 
@@ -16,34 +24,91 @@ import triton.language as tl
 from ...errors import QuambaError
 from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2,
                       silu, softplus, stride_or_zero)
+from .gemm_w8a8 import round_half_even
 
 _MAX_STATE = 256  # the state of a channel block lives in registers
 
 
+# ---------------------------------------------------------------------------------------------- jit helpers
+
 @triton.jit
-def _load_step(u_p, dt_p, z_p, b_p, c_p, t, sul, sdl, szl, sbl, scl, mask_d, mask_n, HAS_Z: tl.constexpr):
-    """Inputs of time step t (which the caller keeps inside the sequence), converted to fp32."""
-    u = tl.load(u_p + t * sul, mask=mask_d, other=0.0).to(tl.float32)
-    dt = tl.load(dt_p + t * sdl, mask=mask_d, other=0.0).to(tl.float32)
+def dequant(v, scale, QUANT: tl.constexpr):
+    """A loaded input as fp32: int8 times its scale (the reference's ``q.float() * scale``), or the float itself."""
+    v = v.to(tl.float32)
+    if QUANT:
+        v = v * scale
+    return v
+
+
+@triton.jit
+def quantize_state_rows(h):
+    """``Int8State.store`` in registers, per row of h [R, N] (padding columns must hold 0):
+    scale = max(abs-max, 1e-12) / 127 and q = clamp(round_half_even(h / scale)) as int8; returns (q, scale [R])."""
+    scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(h), axis=1), 1e-12), 127.0)
+    # clamp then round == round then clamp: the bounds are integers and rounding is monotone
+    v = tl.minimum(tl.maximum(tl.math.div_rn(h, scale[:, None]), -128.0), 127.0)
+    return round_half_even(v).to(tl.int8), scale
+
+
+@triton.jit
+def _load_A2(A_ptr, offs_d, offs_n, sad, san, mask_dn, A_LOG: tl.constexpr):
+    """A * log2(e) as fp32 [BLOCK_D, BLOCK_N] (from A, or from A_log as -exp(A_log)); 0 on padding, so padded
+    state slots (also B = 0 there) stay exactly 0 and add nothing to y."""
+    a = tl.load(A_ptr + offs_d[:, None] * sad + offs_n[None, :] * san, mask=mask_dn, other=0.0).to(tl.float32)
+    if A_LOG:
+        a = tl.where(mask_dn, -tl.exp(a), 0.0)
+    return a * 1.4426950408889634  # log2(e): exp(dt * A) = exp2(dt * A2), A scaled once rather than every step
+
+
+@triton.jit
+def _load_step(u_p, dt_p, z_p, b_p, c_p, t, sul, sdl, szl, sbl, scl, mask_d, mask_n, us, ds, zs, bs, cs,
+               HAS_Z: tl.constexpr, QUANT: tl.constexpr):
+    """Inputs of time step t (which the caller keeps inside the sequence), as fp32."""
+    u = dequant(tl.load(u_p + t * sul, mask=mask_d, other=0), us, QUANT)
+    dt = dequant(tl.load(dt_p + t * sdl, mask=mask_d, other=0), ds, QUANT)
     if HAS_Z:
-        z = tl.load(z_p + t * szl, mask=mask_d, other=0.0).to(tl.float32)
+        z = dequant(tl.load(z_p + t * szl, mask=mask_d, other=0), zs, QUANT)
     else:
         z = u
-    b = tl.load(b_p + t * sbl, mask=mask_n, other=0.0).to(tl.float32)
-    c = tl.load(c_p + t * scl, mask=mask_n, other=0.0).to(tl.float32)
+    b = dequant(tl.load(b_p + t * sbl, mask=mask_n, other=0), bs, QUANT)
+    c = dequant(tl.load(c_p + t * scl, mask=mask_n, other=0), cs, QUANT)
     return u, dt, z, b, c
 
 
 @triton.jit
+def _scan_step(h, A2, u, dt, z, b, c, bias, Dv, y_p, t, syl, seqlen, mask_d,
+               HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """One time step: update the state, store y_t; steps past the sequence get dt = 0 (h unchanged, no store)."""
+    if HAS_BIAS:
+        dt += bias
+    if SOFTPLUS:
+        dt = softplus(dt)
+    inside = (tl.zeros_like(mask_d.to(tl.int32)) + t) < seqlen  # as a vector: t may be a plain int
+    dt = tl.where(inside, dt, 0.0)
+    h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * b[None, :]
+    y = tl.sum(h * c[None, :], axis=1)
+    if HAS_D:
+        y += Dv * u
+    if HAS_Z:
+        y *= silu(z)
+    tl.store(y_p + t * syl, y.to(y_p.dtype.element_ty), mask=mask_d & inside)
+    return h
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+
+@triton.jit(do_not_specialize=["seqlen"])  # seqlen 1 (and every other length) share one compiled kernel
 def _selective_scan_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, y_ptr, final_ptr,
+    us_ptr, ds_ptr, bs_ptr, cs_ptr, zs_ptr, init_scale_ptr, final_scale_ptr,
     dim, dstate, seqlen,
     sub, sud, sul, sdb, sdd, sdl, sad, san, sbb, sbn, sbl, scb, scn, scl,
-    szb, szd, szl, sib, sid, sin, syb, syd, syl, sfb, sfd, sfn,
+    szb, szd, szl, sib, sid, sin, syb, syd, syl, sfb, sfd, sfn, sisb, sisd, sfsb, sfsd,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_INIT: tl.constexpr, WRITE_FINAL: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_INIT: tl.constexpr, WRITE_FINAL: tl.constexpr, QUANT: tl.constexpr, A_LOG: tl.constexpr,
+    INIT_INT8: tl.constexpr, FINAL_INT8: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Grid (B, cdiv(D, BLOCK_D)); the whole sequence in one program."""
+    """Grid (B, cdiv(D, BLOCK_D)); the whole sequence in one program, 4 steps per iteration."""
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
@@ -51,15 +116,23 @@ def _selective_scan_kernel(
     mask_n = offs_n < dstate
     mask_dn = mask_d[:, None] & mask_n[None, :]
 
-    # Padded state slots see A = 0 and B = 0, so they stay exactly 0 and add nothing to y.
-    A = tl.load(A_ptr + offs_d[:, None] * sad + offs_n[None, :] * san, mask=mask_dn, other=0.0).to(tl.float32)
+    A2 = _load_A2(A_ptr, offs_d, offs_n, sad, san, mask_dn, A_LOG)
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = bias
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    us, ds, zs, bs, cs = 1.0, 1.0, 1.0, 1.0, 1.0
+    if QUANT:
+        us, ds, bs, cs = tl.load(us_ptr), tl.load(ds_ptr), tl.load(bs_ptr), tl.load(cs_ptr)
+        if HAS_Z:
+            zs = tl.load(zs_ptr)
     if HAS_INIT:
         h = tl.load(init_ptr + pid_b * sib + offs_d[:, None] * sid + offs_n[None, :] * sin, mask=mask_dn,
-                    other=0.0).to(tl.float32)
+                    other=0).to(tl.float32)
+        if INIT_INT8:
+            h = h * tl.load(init_scale_ptr + pid_b * sisb + offs_d * sisd, mask=mask_d, other=0.0)[:, None]
     else:
         h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
 
@@ -70,39 +143,61 @@ def _selective_scan_kernel(
     c_p = C_ptr + pid_b * scb + offs_n * scn
     y_p = y_ptr + pid_b * syb + offs_d * syd
 
-    # seqlen >= 1 here; the look-ahead at the last step re-reads that step rather than running off the end.
-    u_n, dt_n, z_n, b_n, c_n = _load_step(u_p, dt_p, z_p, b_p, c_p, 0, sul, sdl, szl, sbl, scl, mask_d, mask_n,
-                                          HAS_Z)
-    for t in range(seqlen):
-        u, dt, z, b, c = u_n, dt_n, z_n, b_n, c_n
-        t_next = tl.minimum(t + 1, seqlen - 1)
-        u_n, dt_n, z_n, b_n, c_n = _load_step(u_p, dt_p, z_p, b_p, c_p, t_next, sul, sdl, szl, sbl, scl, mask_d,
-                                              mask_n, HAS_Z)
-        if HAS_BIAS:
-            dt += bias
-        if SOFTPLUS:
-            dt = softplus(dt)
-        h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * b[None, :]
-        y = tl.sum(h * c[None, :], axis=1)
-        if HAS_D:
-            y += Dv * u
-        if HAS_Z:
-            y *= silu(z)
-        tl.store(y_p + t * syl, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+    # seqlen >= 1 here. Look-ahead loads past the end re-read the last step (in bounds); _scan_step ignores them.
+    last = seqlen - 1
+    u0, d0, z0, b0, c0 = _load_step(u_p, dt_p, z_p, b_p, c_p, 0, sul, sdl, szl, sbl, scl, mask_d, mask_n,
+                                    us, ds, zs, bs, cs, HAS_Z, QUANT)
+    u1, d1, z1, b1, c1 = _load_step(u_p, dt_p, z_p, b_p, c_p, tl.minimum(last, 1), sul, sdl, szl, sbl, scl,
+                                    mask_d, mask_n, us, ds, zs, bs, cs, HAS_Z, QUANT)
+    u2, d2, z2, b2, c2 = _load_step(u_p, dt_p, z_p, b_p, c_p, tl.minimum(last, 2), sul, sdl, szl, sbl, scl,
+                                    mask_d, mask_n, us, ds, zs, bs, cs, HAS_Z, QUANT)
+    u3, d3, z3, b3, c3 = _load_step(u_p, dt_p, z_p, b_p, c_p, tl.minimum(last, 3), sul, sdl, szl, sbl, scl,
+                                    mask_d, mask_n, us, ds, zs, bs, cs, HAS_Z, QUANT)
+    for t in range(0, seqlen, 4):
+        # This iteration's steps t .. t+3, then the next iteration's loads, then the arithmetic.
+        xu0, xd0, xz0, xb0, xc0 = u0, d0, z0, b0, c0
+        xu1, xd1, xz1, xb1, xc1 = u1, d1, z1, b1, c1
+        xu2, xd2, xz2, xb2, xc2 = u2, d2, z2, b2, c2
+        xu3, xd3, xz3, xb3, xc3 = u3, d3, z3, b3, c3
+        u0, d0, z0, b0, c0 = _load_step(u_p, dt_p, z_p, b_p, c_p, tl.minimum(t + 4, last), sul, sdl, szl, sbl,
+                                        scl, mask_d, mask_n, us, ds, zs, bs, cs, HAS_Z, QUANT)
+        u1, d1, z1, b1, c1 = _load_step(u_p, dt_p, z_p, b_p, c_p, tl.minimum(t + 5, last), sul, sdl, szl, sbl,
+                                        scl, mask_d, mask_n, us, ds, zs, bs, cs, HAS_Z, QUANT)
+        u2, d2, z2, b2, c2 = _load_step(u_p, dt_p, z_p, b_p, c_p, tl.minimum(t + 6, last), sul, sdl, szl, sbl,
+                                        scl, mask_d, mask_n, us, ds, zs, bs, cs, HAS_Z, QUANT)
+        u3, d3, z3, b3, c3 = _load_step(u_p, dt_p, z_p, b_p, c_p, tl.minimum(t + 7, last), sul, sdl, szl, sbl,
+                                        scl, mask_d, mask_n, us, ds, zs, bs, cs, HAS_Z, QUANT)
+        h = _scan_step(h, A2, xu0, xd0, xz0, xb0, xc0, bias, Dv, y_p, t, syl, seqlen, mask_d,
+                       HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS)
+        h = _scan_step(h, A2, xu1, xd1, xz1, xb1, xc1, bias, Dv, y_p, t + 1, syl, seqlen, mask_d,
+                       HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS)
+        h = _scan_step(h, A2, xu2, xd2, xz2, xb2, xc2, bias, Dv, y_p, t + 2, syl, seqlen, mask_d,
+                       HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS)
+        h = _scan_step(h, A2, xu3, xd3, xz3, xb3, xc3, bias, Dv, y_p, t + 3, syl, seqlen, mask_d,
+                       HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS)
 
     if WRITE_FINAL:
-        tl.store(final_ptr + pid_b * sfb + offs_d[:, None] * sfd + offs_n[None, :] * sfn, h, mask=mask_dn)
+        f_ptrs = final_ptr + pid_b * sfb + offs_d[:, None] * sfd + offs_n[None, :] * sfn
+        if FINAL_INT8:
+            q, scale = quantize_state_rows(h)
+            tl.store(f_ptrs, q, mask=mask_dn)
+            tl.store(final_scale_ptr + pid_b * sfsb + offs_d * sfsd, scale, mask=mask_d)
+        else:
+            tl.store(f_ptrs, h, mask=mask_dn)
 
 
 @triton.jit
 def _selective_state_update_kernel(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
+    xs_ptr, ds_ptr, bs_ptr, cs_ptr, zs_ptr, sscale_ptr,
     dim, dstate,
-    ssb, ssd, ssn, sxb, sxd, stb, std, sad, san, sbb, sbn, scb, scn, szb, szd, syb, syd,
+    ssb, ssd, ssn, sxb, sxd, stb, std, sad, san, sbb, sbn, scb, scn, szb, szd, syb, syd, sqb, sqd,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    QUANT: tl.constexpr, A_LOG: tl.constexpr, STATE_INT8: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """One step for a [BLOCK_D, N] slice of the state; grid (B, cdiv(D, BLOCK_D))."""
+    """One step for a [BLOCK_D, N] slice of the state (fp32, or int8 rows with their scales, updated in place);
+    grid (B, cdiv(D, BLOCK_D))."""
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
@@ -110,134 +205,232 @@ def _selective_state_update_kernel(
     mask_n = offs_n < dstate
     mask_dn = mask_d[:, None] & mask_n[None, :]
 
+    xs, ds, zs, bs, cs = 1.0, 1.0, 1.0, 1.0, 1.0
+    if QUANT:
+        xs, ds, bs, cs = tl.load(xs_ptr), tl.load(ds_ptr), tl.load(bs_ptr), tl.load(cs_ptr)
+        if HAS_Z:
+            zs = tl.load(zs_ptr)
     s_ptrs = state_ptr + pid_b * ssb + offs_d[:, None] * ssd + offs_n[None, :] * ssn
-    h = tl.load(s_ptrs, mask=mask_dn, other=0.0).to(tl.float32)
-    x = tl.load(x_ptr + pid_b * sxb + offs_d * sxd, mask=mask_d, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + pid_b * stb + offs_d * std, mask=mask_d, other=0.0).to(tl.float32)
+    h = tl.load(s_ptrs, mask=mask_dn, other=0).to(tl.float32)
+    q_ptrs = sscale_ptr + pid_b * sqb + offs_d * sqd
+    if STATE_INT8:
+        h = h * tl.load(q_ptrs, mask=mask_d, other=0.0)[:, None]
+    x = dequant(tl.load(x_ptr + pid_b * sxb + offs_d * sxd, mask=mask_d, other=0), xs, QUANT)
+    dt = dequant(tl.load(dt_ptr + pid_b * stb + offs_d * std, mask=mask_d, other=0), ds, QUANT)
     if HAS_BIAS:
         dt += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if SOFTPLUS:
         dt = softplus(dt)
-    A = tl.load(A_ptr + offs_d[:, None] * sad + offs_n[None, :] * san, mask=mask_dn, other=0.0).to(tl.float32)
-    b = tl.load(B_ptr + pid_b * sbb + offs_n * sbn, mask=mask_n, other=0.0).to(tl.float32)
-    c = tl.load(C_ptr + pid_b * scb + offs_n * scn, mask=mask_n, other=0.0).to(tl.float32)
+    A2 = _load_A2(A_ptr, offs_d, offs_n, sad, san, mask_dn, A_LOG)
+    b = dequant(tl.load(B_ptr + pid_b * sbb + offs_n * sbn, mask=mask_n, other=0), bs, QUANT)
+    c = dequant(tl.load(C_ptr + pid_b * scb + offs_n * scn, mask=mask_n, other=0), cs, QUANT)
 
-    h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * b[None, :]
-    tl.store(s_ptrs, h.to(state_ptr.dtype.element_ty), mask=mask_dn)
-    y = tl.sum(h * c[None, :], axis=1)  # from the fp32 state, as the reference does
+    h = tl.exp2(dt[:, None] * A2) * h + (dt * x)[:, None] * b[None, :]
+    if STATE_INT8:
+        q, scale = quantize_state_rows(h)
+        tl.store(s_ptrs, q, mask=mask_dn)
+        tl.store(q_ptrs, scale, mask=mask_d)
+    else:
+        tl.store(s_ptrs, h.to(state_ptr.dtype.element_ty), mask=mask_dn)
+    y = tl.sum(h * c[None, :], axis=1)  # from the fp32 state (before rounding to int8), as the reference does
     if HAS_D:
         y += x * tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_Z:
-        y *= silu(tl.load(z_ptr + pid_b * szb + offs_d * szd, mask=mask_d, other=0.0).to(tl.float32))
+        y *= silu(dequant(tl.load(z_ptr + pid_b * szb + offs_d * szd, mask=mask_d, other=0), zs, QUANT))
     tl.store(y_ptr + pid_b * syb + offs_d * syd, y.to(y_ptr.dtype.element_ty), mask=mask_d)
 
 
-def _check_common(dim: int, A, D, bias, named) -> int:
+# ---------------------------------------------------------------------------------------------- checks
+
+def _check_params(dim: int, A, D, bias) -> int:
     if A.dim() != 2 or A.shape[0] != dim:
         raise QuambaError(f"A has shape {list(A.shape)}, expected [{dim}, N]")
     dstate = A.shape[1]
     if dstate > _MAX_STATE:
-        raise QuambaError(f"d_state {dstate} exceeds the Triton scan's {_MAX_STATE}: use selective_scan_ref")
+        raise QuambaError(f"d_state {dstate} exceeds the Triton scan's {_MAX_STATE}: use the *_ref op")
     check_shape("D", D, (dim,))
     check_shape("delta_bias", bias, (dim,))
-    for name, t in named:
-        check_float(name, t)
-    check_same_device(*named)
     return dstate
+
+
+def _check_quant_inputs(named, scales) -> None:
+    """int8 inputs with fp32 per-tensor scales (one element each, read on the device)."""
+    for (name, t), s in zip(named, scales):
+        if t is None:
+            continue
+        if t.dtype != torch.int8:
+            raise QuambaError(f"{name} has dtype {t.dtype}: the quantized scan takes int8 inputs (quantize them first)")
+        if s is None or s.numel() != 1 or s.dtype != torch.float32:
+            raise QuambaError(f"{name}'s scale must be a one-element float32 tensor, got "
+                              f"{None if s is None else (list(s.shape), s.dtype)}")
+
+
+def _state_parts(state, shape, what: str):
+    """A state argument as (tensor, scale or None): fp32 [.., N], or a (q int8, scale fp32 [.., 1]) pair."""
+    if state is None:
+        return None, None
+    if isinstance(state, tuple):
+        q, scale = state
+        check_shape(f"{what} q", q, shape)
+        check_shape(f"{what} scale", scale, (*shape[:-1], 1))
+        if q.dtype != torch.int8 or scale.dtype != torch.float32:
+            raise QuambaError(f"an int8 {what} is (q int8, scale float32), got ({q.dtype}, {scale.dtype})")
+        return q, scale
+    check_shape(what, state, shape)
+    check_float(what, state)
+    return state, None
 
 
 def _scan_tiles(dim: int, dstate: int, on_gpu: bool) -> tuple[int, int]:
     """(BLOCK_D, num_warps). Small programs keep many in flight (batch 1 has only D / BLOCK_D of them):
     on an H100 at d_inner 5120, N 16, 1024 tokens (fp16), 128-element programs on one warp ran in 467 us,
-    the first heuristic's 512 elements on two warps in 868 us (block_d 4..64 x 1/2/4 warps swept).
-    The interpreter prefers fewer, larger programs."""
-    block = max(1, min(next_pow2(dim), (128 if on_gpu else 256) // next_pow2(dstate), 64))
+    the first heuristic's 512 elements on two warps in 868 us (block_d 4..64 x 1/2/4 warps swept; one step per
+    iteration then, not yet re-swept for the 4-step walk). The interpreter prefers fewer, larger programs."""
+    block = max(1, min(next_pow2(dim), (128 if on_gpu else 1024) // next_pow2(dstate), 64))
     size = block * next_pow2(dstate)
     return block, 1 if size <= 128 else 2 if size <= 512 else 4
 
 
+# ---------------------------------------------------------------------------------------------- launchers
+
 def _selective_scan_launch(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None,
-    return_final_state=False, *, block_d: int | None = None, num_warps: int | None = None,
+    return_final_state=False, *, scales=None, A_is_log=False, final_state_int8=False, out_dtype=None,
+    block_d: int | None = None, num_warps: int | None = None,
 ):
-    """Checks and launches ``_selective_scan_kernel``; same contract as ``selective_scan_ref``
-    (``block_d`` / ``num_warps`` override the launch heuristic, for tuning).
+    """Checks and launches ``_selective_scan_kernel``; same contract as ``selective_scan_ref``, or with
+    ``scales`` = (u, delta, B, C, z scales) that of ``qselective_scan_ref`` (int8 u, delta, B, C, z; A given as
+    A_log when ``A_is_log``; initial_state fp32 or a (q, scale) pair; final state int8 (q, scale) when
+    ``final_state_int8``; y in ``out_dtype``). ``block_d`` / ``num_warps`` override the launch heuristic (tuning).
 
-    y is laid out [B, L, D] in memory (the [B, D, L] view is returned) when u's channels are
-    contiguous, as in the model, so that out_proj reads it without a copy.
+    y is laid out [B, L, D] in memory (the [B, D, L] view is returned) for int8 inputs, and for float inputs when
+    u's channels are contiguous, as in the model, so that out_proj reads it without a copy.
     """
     if u.dim() != 3:
         raise QuambaError(f"u has shape {list(u.shape)}, expected [B, D, L]")
     batch, dim, seqlen = u.shape
-    named = [("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
-             ("delta_bias", delta_bias), ("initial_state", initial_state)]
-    dstate = _check_common(dim, A, D, delta_bias, named)
+    quant = scales is not None
+    dstate = _check_params(dim, A, D, delta_bias)
     check_shape("delta", delta, (batch, dim, seqlen))
     check_shape("z", z, (batch, dim, seqlen))
     check_shape("B", B, (batch, dstate, seqlen))
     check_shape("C", C, (batch, dstate, seqlen))
-    check_shape("initial_state", initial_state, (batch, dim, dstate))
+    init, init_scale = _state_parts(initial_state, (batch, dim, dstate), "initial_state")
+    inputs = [("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)]
+    params = [("A", A), ("D", D), ("delta_bias", delta_bias)]
+    if quant:
+        _check_quant_inputs(inputs, scales)
+    for name, t in params + ([] if quant else inputs):
+        check_float(name, t)
+    check_same_device(*inputs, *params, ("initial_state", init), ("initial_state scale", init_scale),
+                      *(("scale", s) for s in (scales or ())))
     check_runnable(_selective_scan_kernel, u)
 
-    if u.stride(1) == 1 and dim > 1:
-        y = torch.empty(batch, seqlen, dim, device=u.device, dtype=u.dtype).transpose(1, 2)
+    out_dtype = out_dtype or u.dtype
+    if quant or (u.stride(1) == 1 and dim > 1):
+        y = torch.empty(batch, seqlen, dim, device=u.device, dtype=out_dtype).transpose(1, 2)
     else:
-        y = torch.empty(batch, dim, seqlen, device=u.device, dtype=u.dtype)
-    final = torch.empty(batch, dim, dstate, device=u.device, dtype=torch.float32) if return_final_state else None
+        y = torch.empty(batch, dim, seqlen, device=u.device, dtype=out_dtype)
+    final = final_scale = None
+    if return_final_state:
+        final = torch.empty(batch, dim, dstate, device=u.device,
+                            dtype=torch.int8 if final_state_int8 else torch.float32)
+        if final_state_int8:
+            final_scale = torch.empty(batch, dim, 1, device=u.device, dtype=torch.float32)
     if batch * dim * seqlen == 0:  # nothing to scan: the state is the initial one
         if final is not None:
-            final.copy_(initial_state if initial_state is not None else torch.zeros_like(final))
-        return (y, final) if return_final_state else y
+            _copy_initial(final, final_scale, init, init_scale)
+        return _result(y, final, final_scale, return_final_state)
     default_block, default_warps = _scan_tiles(dim, dstate, u.is_cuda)
     block_d, num_warps = block_d or default_block, num_warps or default_warps
-    block_n = next_pow2(dstate)
     zz = z if z is not None else u
-    init = initial_state
+    us, ds, bs, cs, zs = scales if quant else (A,) * 5
     with device_of(u):
         _selective_scan_kernel[(batch, cdiv(dim, block_d))](
             u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A,
             init if init is not None else A, y, final if final is not None else y,
+            us, ds, bs, cs, zs if zs is not None else us,
+            init_scale if init_scale is not None else A, final_scale if final_scale is not None else A,
             dim, dstate, seqlen,
             *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(),
             stride_or_zero(init, 0), stride_or_zero(init, 1), stride_or_zero(init, 2), *y.stride(),
             stride_or_zero(final, 0), stride_or_zero(final, 1), stride_or_zero(final, 2),
+            stride_or_zero(init_scale, 0), stride_or_zero(init_scale, 1),
+            stride_or_zero(final_scale, 0), stride_or_zero(final_scale, 1),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, WRITE_FINAL=final is not None,
-            BLOCK_D=block_d, BLOCK_N=block_n, num_warps=num_warps,
+            QUANT=quant, A_LOG=bool(A_is_log), INIT_INT8=init_scale is not None, FINAL_INT8=final_scale is not None,
+            BLOCK_D=block_d, BLOCK_N=next_pow2(dstate), num_warps=num_warps,
         )
-    return (y, final) if return_final_state else y
+    return _result(y, final, final_scale, return_final_state)
+
+
+def _result(y, final, final_scale, return_final_state):
+    if not return_final_state:
+        return y
+    return y, (final if final_scale is None else (final, final_scale))
+
+
+def _copy_initial(final, final_scale, init, init_scale):
+    """Empty sequence: the final state is the initial one (zeros without one), in the final state's format."""
+    if init is None:
+        final.zero_()
+        if final_scale is not None:
+            final_scale.fill_(1.0)
+        return
+    h = init.float() * init_scale if init_scale is not None else init
+    if final_scale is None:
+        final.copy_(h)
+    else:
+        from ..quant import quantize_ref
+
+        final_scale.copy_(h.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 127)
+        final.copy_(quantize_ref(h, final_scale))
 
 
 def _selective_state_update_launch(
-    state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+    state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, *, scales=None, A_is_log=False,
+    out_dtype=None,
 ) -> torch.Tensor:
-    """Checks and launches ``_selective_state_update_kernel``; same contract as ``selective_state_update_ref``."""
+    """Checks and launches ``_selective_state_update_kernel``; same contract as ``selective_state_update_ref``,
+    or with ``scales`` = (x, dt, B, C, z scales) that of ``qselective_state_update_ref`` (``state`` fp32 or a
+    (q, scale) int8 pair, updated in place)."""
     if x.dim() != 2:
         raise QuambaError(f"x has shape {list(x.shape)}, expected [B, D]")
     batch, dim = x.shape
-    named = [("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
-             ("dt_bias", dt_bias)]
-    dstate = _check_common(dim, A, D, dt_bias, named)
-    check_shape("state", state, (batch, dim, dstate))
+    quant = scales is not None
+    dstate = _check_params(dim, A, D, dt_bias)
+    st, st_scale = _state_parts(state, (batch, dim, dstate), "state")
     check_shape("dt", dt, (batch, dim))
     check_shape("z", z, (batch, dim))
     check_shape("B", B, (batch, dstate))
     check_shape("C", C, (batch, dstate))
+    inputs = [("x", x), ("dt", dt), ("B", B), ("C", C), ("z", z)]
+    params = [("A", A), ("D", D), ("dt_bias", dt_bias)]
+    if quant:
+        _check_quant_inputs(inputs, scales)
+    for name, t in params + ([] if quant else inputs):
+        check_float(name, t)
+    check_same_device(*inputs, ("state", st), ("state scale", st_scale), *params,
+                      *(("scale", s) for s in (scales or ())))
     check_runnable(_selective_state_update_kernel, x)
 
-    y = torch.empty(batch, dim, device=x.device, dtype=x.dtype)
+    y = torch.empty(batch, dim, device=x.device, dtype=out_dtype or x.dtype)
     if batch * dim == 0:
         return y
     block_n = next_pow2(dstate)
     block_d = max(1, min(next_pow2(dim), 2048 // block_n, 64 if x.is_cuda else 16))
     zz = z if z is not None else x
+    xs, ds, bs, cs, zs = scales if quant else (A,) * 5
     with device_of(x):
         _selective_state_update_kernel[(batch, cdiv(dim, block_d))](
-            state, x, dt, A, B, C, D if D is not None else A, zz, dt_bias if dt_bias is not None else A, y,
+            st, x, dt, A, B, C, D if D is not None else A, zz, dt_bias if dt_bias is not None else A, y,
+            xs, ds, bs, cs, zs if zs is not None else xs, st_scale if st_scale is not None else A,
             dim, dstate,
-            *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(),
-            *y.stride(),
+            *st.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(),
+            *y.stride(), stride_or_zero(st_scale, 0), stride_or_zero(st_scale, 1),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
+            QUANT=quant, A_LOG=bool(A_is_log), STATE_INT8=st_scale is not None,
             BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4,
         )
     return y

@@ -1,0 +1,178 @@
+"""Triton Hadamard transform + int8 quantization: the kernel of ``quamba.ops.hadamard.hadamard_quant``.
+
+Contract of ``hadamard_quant_ref``: q = quantize(y @ H_n^T), H_n = (H_m (x) H_P) / sqrt(n), n = m * P,
+m in {1, 12, 20, 28}, P = 2^k. One program transforms a row in registers, as an [MP, P] tile (the row
+viewed as [m, P], m the slow index, MP = m padded to a power of two; short rows go several to a
+program, as an [ROWS, MP, P] tile):
+  1. H_m: the tile accumulates column j of H_m times input sub-row j, loaded once from memory, for
+     j < m (rank-1 updates; the padded rows stay zero). H_m's +-1 entries are generated in registers
+     from the Paley construction (no table in memory, nothing to upload, CUDA-graph safe).
+  2. H_P: log2(P) butterfly stages of constant geometry: view [MP, P/2, 2], (a, b) -> (a + b, a - b),
+     and put the pair index on top ([MP, 2, P/2]). Stage s combines the pairs of the original index's
+     bit s, exactly the reference's butterflies in the reference's order.
+  3. times 1/sqrt(n) (fp32), / out_scale (div_rn), clamp, round half to even, int8 store.
+For n = 2^k (no H_m) every operation is the reference's, so the output is bit-identical to it. With
+m > 1 the H_m sums run before the butterflies and in another order than the reference's einsum, so
+fp32 rounding differs by a few ulps: an int8 output may differ by one step where the value lies within
+a few ulps of a rounding tie (measured in tests/ops/test_triton_hadamard.py).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ...errors import QuambaError
+from ._common import cdiv, check_float, check_runnable, check_same_device, device_of, next_pow2
+from .gemm_w8a8 import round_half_even
+
+_MAX_N = 16384  # one program holds an [MP, P] fp32 tile in registers
+# Base order m -> the prime q of its Paley construction (I: m = q + 1, II: m = 2 (q + 1)).
+_PALEY_PRIME = {12: 11, 20: 19, 28: 13}
+
+
+@triton.jit
+def _chi(a, QR: tl.constexpr):
+    """Quadratic character mod q as +-1 for 0 < a < q: bit a of QR is set for the nonzero squares."""
+    return tl.where(((QR >> a) & 1) == 1, 1.0, -1.0)
+
+
+@triton.jit
+def _base_column(i, j: tl.constexpr, M: tl.constexpr, Q: tl.constexpr, QR: tl.constexpr):
+    """Column j of the unnormalised base matrix H_m as fp32 over rows i ([MP] int32), 0 for rows >= m.
+    The constructions of quamba.quantization.hadamard: Paley I, H = I + S with the skew conference matrix
+    S = [[0, 1^T], [-1, Jacobsthal]]; Paley II (m = 28), H = C (x) [[1, 1], [1, -1]] + I (x) [[1, -1], [-1, -1]]
+    with C = [[0, 1^T], [1, Jacobsthal]]; Jacobsthal[a, b] = chi(b - a mod q)."""
+    if M == 28:
+        ci = i // 2
+        ai = i % 2
+        cj: tl.constexpr = j // 2
+        aj: tl.constexpr = j % 2
+        # (+ 2q keeps the operand of % non-negative for every padded row)
+        c = tl.where(ci == cj, 0.0, _chi((cj - ci + 2 * Q) % Q, QR))
+        if cj == 0:
+            c = tl.where(ci == 0, 0.0, 1.0)
+        else:
+            c = tl.where(ci == 0, 1.0, c)
+        if aj == 1:
+            a = tl.where(ai == 1, -1.0, 1.0)
+            b = -1.0
+        else:
+            a = 1.0
+            b = tl.where(ai == 0, 1.0, -1.0)
+        v = c * a + tl.where(ci == cj, b, 0.0)
+    else:
+        v = tl.where(i == j, 1.0, _chi((j - i + 2 * Q) % Q, QR))
+        if j == 0:
+            v = tl.where(i == 0, 1.0, -1.0)
+        else:
+            v = tl.where(i == 0, 1.0, v)
+    return tl.where(i < M, v, 0.0)
+
+
+@triton.jit
+def _hadamard_quant_kernel(
+    x_ptr, os_ptr, y_ptr,
+    num_rows, rows_per_batch, inv_sqrt_n,
+    sxb, sxr, sxc,
+    M: tl.constexpr, MP: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, Q: tl.constexpr,
+    QR: tl.constexpr, ROWS: tl.constexpr,
+):
+    """ROWS rows of x, viewed as [batches, rows_per_batch, n] (any strides), as an [ROWS, MP, P] tile ->
+    the int8 rows of y ([num_rows, n], contiguous). Grid (cdiv(num_rows, ROWS),)."""
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_mask = rows < num_rows
+    x_rows = x_ptr + (rows // rows_per_batch) * sxb + (rows % rows_per_batch) * sxr  # [ROWS] pointers
+    offs_i = tl.arange(0, MP)
+    offs_p = tl.arange(0, P)
+    if M == 1:
+        t = tl.load(x_rows[:, None] + offs_p[None, :] * sxc, mask=row_mask[:, None], other=0.0)
+        t = tl.reshape(t.to(tl.float32), [ROWS, MP, P])
+    else:
+        t = tl.zeros([ROWS, MP, P], dtype=tl.float32)
+        for j in tl.static_range(M):
+            xj = tl.load(x_rows[:, None] + (j * P + offs_p)[None, :] * sxc, mask=row_mask[:, None], other=0.0)
+            t += _base_column(offs_i, j, M, Q, QR)[None, :, None] * xj.to(tl.float32)[:, None, :]
+    for _ in tl.static_range(LOG_P):
+        a, b = tl.split(tl.reshape(t, [ROWS, MP, P // 2, 2]))
+        t = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), [ROWS, MP, P])
+    t = t * inv_sqrt_n
+    # clamp then round == round then clamp: the bounds are integers and rounding is monotone
+    v = tl.minimum(tl.maximum(tl.math.div_rn(t, tl.load(os_ptr)), -128.0), 127.0)
+    y_ptrs = y_ptr + rows[:, None, None] * (M * P) + offs_i[None, :, None] * P + offs_p[None, None, :]
+    tl.store(y_ptrs, round_half_even(v).to(tl.int8), mask=row_mask[:, None, None] & (offs_i < M)[None, :, None])
+
+
+def _rows_per_program(num_rows: int, tile: int, on_gpu: bool) -> int:
+    """A power of two: one row per program for the long rows of the models (one row already fills the
+    registers of 8-16 warps), several for short rows (fewer, fuller programs; and the interpreter pays
+    per program)."""
+    budget = 1024 if on_gpu else 16384
+    rows = max(1, budget // tile)
+    return min(1 << (rows.bit_length() - 1), next_pow2(num_rows), 64)
+
+
+@functools.lru_cache(maxsize=None)
+def _plan(n: int) -> tuple[int, int, int, int] | None:
+    """n -> (m, P, q, squares bitmask) for n = m * P, or None when n is not a supported order."""
+    for m in (1, 12, 20, 28):
+        p = n // m
+        if n % m == 0 and p >= 1 and p & (p - 1) == 0:
+            q = _PALEY_PRIME.get(m, 1)
+            squares = {(a * a) % q for a in range(1, q)}
+            return m, p, q, sum(1 << s for s in squares)
+    return None
+
+
+def _as_3d(x: torch.Tensor) -> torch.Tensor:
+    """[..., n] -> [batches, rows, n] (a view whenever the leading dims allow one)."""
+    if x.dim() == 3:
+        return x
+    if x.dim() < 3:
+        return x.reshape((1,) * (3 - x.dim()) + tuple(x.shape))
+    lead = x.shape[-2]
+    try:
+        return x.view(-1, lead, x.shape[-1])
+    except RuntimeError:  # leading dims that cannot merge: one copy
+        return x.reshape(-1, lead, x.shape[-1])
+
+
+def _hadamard_quant_launch(y: torch.Tensor, out_scale: torch.Tensor) -> torch.Tensor:
+    """Checks and launches ``_hadamard_quant_kernel``; same contract as ``hadamard_quant_ref``. y may be
+    any strided view (the mixers pass transposed / sliced ones); the output is a new contiguous int8."""
+    if y.dim() == 0:
+        raise QuambaError("hadamard_quant takes y of shape [..., n], got a scalar")
+    n = y.shape[-1]
+    plan = _plan(n)
+    if plan is None:
+        raise QuambaError(f"no Hadamard matrix of order {n}: supported orders are 2^k, 12*2^k, 20*2^k, 28*2^k "
+                          "or 40*2^k (k >= 0)")
+    m, p, q, qr = plan
+    mp = next_pow2(m)
+    if mp * p > _MAX_N:
+        raise QuambaError(f"Hadamard rows of {n} exceed the Triton kernel's {_MAX_N}: use hadamard_quant_ref")
+    check_float("y", y)
+    if out_scale.numel() != 1 or out_scale.dtype != torch.float32:
+        raise QuambaError(f"hadamard out_scale is {out_scale.dtype} of shape {list(out_scale.shape)}: expected one "
+                          "float32 per-tensor scale")
+    check_same_device(("y", y), ("out_scale", out_scale))
+    check_runnable(_hadamard_quant_kernel, y)
+    out = torch.empty(y.shape, device=y.device, dtype=torch.int8)
+    x3 = _as_3d(y)
+    num_rows = x3.shape[0] * x3.shape[1]
+    if num_rows == 0:
+        return out
+    tile = mp * p
+    rows = _rows_per_program(num_rows, tile, y.is_cuda)
+    with device_of(y):
+        _hadamard_quant_kernel[(cdiv(num_rows, rows),)](
+            x3, out_scale, out,
+            num_rows, x3.shape[1], 1.0 / math.sqrt(n),
+            *x3.stride(),
+            M=m, MP=mp, P=p, LOG_P=p.bit_length() - 1, Q=q, QR=qr, ROWS=rows,
+            num_warps=min(32, max(4, rows * tile // 512)),  # <= 16 fp32 per thread: no register spills
+        )
+    return out

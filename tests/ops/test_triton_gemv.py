@@ -1,0 +1,309 @@
+"""The decode GEMV kernels (quamba/ops/triton/gemv.py) against the references, through the launchers.
+
+Shapes are not multiples of any block (N = 37; K = 384 is a multiple of every group size tested, 48 included,
+but not of every block_k), M = 1, 3, 16, every group size the formats allow (128, 64, -1 = per row, 48: no
+power-of-two block of 32 or more fits it). Outputs and split-K workspaces start poisoned (NaN / a sentinel).
+W8A8 / W4A8: bit-identical to the references, int8 and float outputs, integer and fp32 ("float_math") products.
+W4A16 bound: q * s and x are exact in fp32 and only the fp32 summation order differs from the reference, so
+every output is within one rounding step of the exactly computed result:
+|y - y_exact| <= eps(dtype) * |y_exact| + 1e-6 (y_exact: the reference's fp32 weights, sums in float64), and the
+norm-wise relative error vs w4a16_gemm_ref is below 1e-5 (fp32) / 1e-3 (fp16) / 8e-3 (bf16).
+"""
+import functools
+
+import pytest
+import torch
+
+from quamba.errors import QuambaError
+from quamba.ops.quant import quantize_ref, w8a8_gemm, w8a8_gemm_ref
+from quamba.ops.w4_gemm import w4a8_gemm, w4a8_gemm_ref, w4a16_gemm, w4a16_gemm_ref
+from quamba.quantization.weight_formats import pack_int4, quantize_int4_groupwise, quantize_w4a8
+from tests.conftest import rel_err
+from tests.ops.triton_harness import DEVICE, ON_GPU, requires_triton
+
+pytestmark = [requires_triton, pytest.mark.usefixtures("triton_kernels")]
+
+N, K = 37, 384
+MS = [1, 3, 16]
+GROUPS = [128, 64, -1, 48]
+W4A16_DTYPES = [(torch.float32, 1e-5), (torch.float16, 1e-3), (torch.bfloat16, 8e-3)]
+
+
+@pytest.fixture(scope="module")
+def gv(triton_kernels):
+    """(gemv, gemm_w8a8, gemm_w4) with kernels runnable on DEVICE."""
+    from quamba.ops.triton import gemm_w4, gemm_w8a8, gemv
+
+    return gemv, gemm_w8a8, gemm_w4
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every torch.empty made during the test starts as NaN (floats) or 77 (integers): outputs and split-K
+    workspaces must be written wherever they are read."""
+    empty = torch.empty
+
+    def poisoned_empty(*a, **kw):
+        t = empty(*a, **kw)
+        return t.fill_(float("nan") if t.is_floating_point() else 77)
+
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
+
+
+def _q(*shape):
+    return torch.randint(-128, 128, shape, dtype=torch.int8, device=DEVICE)
+
+
+def _default(gv, fmt, m, g=None):
+    """The GEMV's own config for this call (what the launchers use for M <= GEMV_MAX_M), forced at any M."""
+    return gv[0].config_for(fmt, m, N, K, None if g is None else (K if g == -1 else g), torch.device(DEVICE))
+
+
+def _small(gv, block_m=4, block_n=32, block_k=64, split=3, float_math=False):
+    """An explicit small config with split-K (3 K slices of 128 for K = 384 and block_k 64)."""
+    return gv[0].GemvConfig(block_m=block_m, block_n=block_n, block_k=block_k, split=split, num_warps=1,
+                            num_stages=1, float_math=float_math)
+
+
+@functools.lru_cache(maxsize=None)
+def _w4a8_weights(g):
+    q, gs, cs = quantize_w4a8(torch.randn(N, K, generator=torch.Generator().manual_seed(1)) * 0.05, g)
+    return pack_int4(q).to(DEVICE), gs.to(DEVICE), cs.to(DEVICE)
+
+
+@functools.lru_cache(maxsize=None)
+def _w4a16_weights(g):
+    q, s = quantize_int4_groupwise(torch.randn(N, K, generator=torch.Generator().manual_seed(2)) * 0.05, g)
+    return pack_int4(q).to(DEVICE), s.to(DEVICE), q.to(DEVICE)
+
+
+# ------------------------------------------------------------------------------------------------ W8A8
+
+def _w8a8_args(m, with_bias, output):
+    x_q, w_q = _q(m, K), _q(N, K)
+    x_scale, w_scale = torch.tensor(0.0123, device=DEVICE), torch.rand(N, device=DEVICE) * 1e-3 + 5e-4
+    bias = torch.randn(N, device=DEVICE) if with_bias else None
+    out_scale = None
+    if output == "int8":  # spread so that some outputs clamp and most do not
+        y = w8a8_gemm_ref(x_q, x_scale, w_q, w_scale, bias, out_dtype=torch.float32)
+        out_scale = y.abs().amax() / 200 * (torch.rand(N, device=DEVICE) + 0.5)
+    return x_q, x_scale, w_q, w_scale, bias, out_scale, torch.float16
+
+
+@pytest.mark.parametrize("m", MS)
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("output", ["float16", "int8"])
+def test_w8a8_gemv_bit_exact(gv, poisoned, m, with_bias, output):
+    args = _w8a8_args(m, with_bias, output)
+    ref = w8a8_gemm_ref(*args)
+    block_m = {1: 1, 3: 2, 16: 8}[m]  # M = 3, 16: several row blocks; integer products (the GPU default)
+    y = gv[1]._w8a8_gemm_launch(*args, config=gv[0].GemvConfig(block_m=block_m, block_n=16, block_k=128,
+                                                                 num_warps=1))
+    assert y.dtype == ref.dtype and y.shape == (m, N) and torch.equal(y, ref)
+    assert torch.equal(w8a8_gemm(*args), ref)  # the launcher's own choice: the GEMV at these M
+    if output == "int8" and m == 16:  # the data reach both clamped and unclamped outputs
+        assert (y.abs() >= 127).any() and (y.abs() < 100).any()
+
+
+@pytest.mark.parametrize("float_math", [False, True])
+@pytest.mark.parametrize("block_k", [32, 256])  # 256: K = 384 ends in a half step (masked)
+def test_w8a8_gemv_split_and_math(gv, poisoned, float_math, block_k):
+    args = _w8a8_args(3, True, "int8")
+    cfg = _small(gv, block_m=2, block_k=block_k, split=3 if block_k == 32 else 2, float_math=float_math)
+    assert torch.equal(gv[1]._w8a8_gemm_launch(*args, config=cfg), w8a8_gemm_ref(*args))
+
+
+# ------------------------------------------------------------------------------------------------ W4A8
+
+def _w4a8_case(m, g, with_bias, output):
+    packed, gs, cs = _w4a8_weights(g)
+    x_q, x_scale = _q(m, K), torch.tensor(0.021, device=DEVICE)
+    bias = torch.randn(N, device=DEVICE) if with_bias else None
+    y32 = w4a8_gemm_ref(x_q, x_scale, packed, gs, cs, g, bias, torch.float32)
+    if output == "int8":
+        out_scale = y32.abs().amax(0) / 100 + 1e-3  # a little clamping
+        return (x_q, x_scale, packed, gs, cs, g, bias, torch.float32, out_scale), quantize_ref(y32, out_scale)
+    ref = w4a8_gemm_ref(x_q, x_scale, packed, gs, cs, g, bias, torch.float16)
+    return (x_q, x_scale, packed, gs, cs, g, bias, torch.float16, None), ref
+
+
+@pytest.mark.parametrize("m", MS)
+@pytest.mark.parametrize("g", GROUPS)
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("output", ["float16", "int8"])
+def test_w4a8_gemv_bit_exact(gv, poisoned, m, g, with_bias, output):
+    args, ref = _w4a8_case(m, g, with_bias, output)
+    y = gv[2]._w4a8_gemm_launch(*args, config=_default(gv, "w4a8", m, g))
+    assert y.dtype == ref.dtype and y.shape == (m, N) and torch.equal(y, ref)
+    if m == 1:  # the launcher's own choice is the GEMV
+        assert torch.equal(w4a8_gemm(*args[:-1], out_scale=args[-1]), ref)
+
+
+@pytest.mark.parametrize("g", GROUPS)
+@pytest.mark.parametrize("float_math", [False, True])
+def test_w4a8_gemv_split_and_math(gv, poisoned, g, float_math):
+    """Split-K over 3 slices, both multiply paths; block_k 64 does not divide 48 (a scale gathered per element)."""
+    args, ref = _w4a8_case(3, g, True, "int8")
+    y = gv[2]._w4a8_gemm_launch(*args, config=_small(gv, float_math=float_math))
+    assert torch.equal(y, ref)
+
+
+def test_w4_gemv_small_steps_inside_groups_of_48(gv, poisoned):
+    """block_k 16 divides 48: one scale per row and step (the default on a GPU for this group size), split-K."""
+    cfg = _small(gv, block_m=1, block_k=16, split=2)
+    args, ref = _w4a8_case(1, 48, True, "float16")
+    assert torch.equal(gv[2]._w4a8_gemm_launch(*args, config=cfg), ref)
+    packed, s, q = _w4a16_weights(48)
+    x = torch.randn(1, K, device=DEVICE).half()
+    _check_w4a16(gv[2]._w4a16_gemm_launch(x, packed, s, 48, None, config=cfg), x, q, s, 48, None, 1e-3)
+
+
+@pytest.mark.parametrize("g", [48, -1])
+def test_w4_gemv_ragged_last_step(gv, poisoned, g):
+    """K = 96 with block_k 64: the second (split) step is half outside K (masked), scales gathered (48) or one
+    per row (-1)."""
+    k, cfg = 96, _small(gv, block_m=1, block_k=64, split=2)
+    q, gs, cs = quantize_w4a8(torch.randn(N, k) * 0.05, g)
+    packed, gs, cs = pack_int4(q).to(DEVICE), gs.to(DEVICE), cs.to(DEVICE)
+    x_q = _q(1, k)
+    ref = w4a8_gemm_ref(x_q, 0.03, packed, gs, cs, g, None, torch.float16)
+    assert torch.equal(gv[2]._w4a8_gemm_launch(x_q, 0.03, packed, gs, cs, g, config=cfg), ref)
+    q, s = quantize_int4_groupwise(torch.randn(N, k) * 0.05, g)
+    x = torch.randn(1, k, device=DEVICE).half()
+    y = gv[2]._w4a16_gemm_launch(x, pack_int4(q).to(DEVICE), s.to(DEVICE), g, None, config=cfg)
+    assert rel_err(y, w4a16_gemm_ref(x, pack_int4(q).to(DEVICE), s.to(DEVICE), g)) < 1e-3
+
+
+# ------------------------------------------------------------------------------------------------ W4A16
+
+def _check_w4a16(y, x, q, s, g, bias, bound):
+    """The bound of the module docstring: one output rounding step from the exactly summed fp32-weight result."""
+    packed = pack_int4(q)
+    ref = w4a16_gemm_ref(x, packed, s, g, bias)
+    assert y.dtype == x.dtype and y.shape == ref.shape
+    assert not torch.isnan(y).any() and rel_err(y, ref) < bound
+    gsz = K if g == -1 else g
+    w = q.float() * s.float().repeat_interleave(gsz, dim=1)  # exact in fp32
+    exact = x.reshape(-1, K).double() @ w.double().T + (bias.double() if bias is not None else 0)
+    step = torch.finfo(x.dtype).eps * exact.abs() + 1e-6
+    assert ((y.reshape(exact.shape).double() - exact).abs() <= step).all()
+
+
+@pytest.mark.parametrize("m", MS)
+@pytest.mark.parametrize("g", GROUPS)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_w4a16_gemv_matches_reference(gv, poisoned, m, g, with_bias):
+    packed, s, q = _w4a16_weights(g)
+    x = torch.randn(m, K, device=DEVICE).half()
+    bias = torch.randn(N, device=DEVICE) if with_bias else None
+    y = gv[2]._w4a16_gemm_launch(x, packed, s, g, bias, config=_default(gv, "w4a16", m, g))
+    _check_w4a16(y, x, q, s, g, bias, 1e-3)
+    if m == 1:  # the launcher's own choice is the GEMV
+        assert torch.equal(w4a16_gemm(x, packed, s, g, bias), y)
+
+
+@pytest.mark.parametrize("dtype,bound", W4A16_DTYPES, ids=["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("g", [128, 48])
+def test_w4a16_gemv_split_and_dtypes(gv, poisoned, dtype, bound, g):
+    """Split-K (3 slices, summed in slice order by the last one to finish), x dtypes, batch dims."""
+    packed, s, q = _w4a16_weights(g)
+    x, bias = torch.randn(2, 3, K, device=DEVICE).to(dtype), torch.randn(N, device=DEVICE)
+    cfg = _small(gv, block_m=2)
+    y = gv[2]._w4a16_gemm_launch(x, packed, s, g, bias, config=cfg)
+    assert y.shape == (2, 3, N)
+    _check_w4a16(y, x, q, s, g, bias, bound)
+    if dtype == torch.float16:  # deterministic: the partials are added in slice order, whoever finishes last
+        assert torch.equal(y, gv[2]._w4a16_gemm_launch(x, packed, s, g, bias, config=cfg))
+
+
+# ------------------------------------------------------------------------------------------------ plumbing
+
+def test_strided_activations_and_counters_reset(gv, poisoned):
+    """x as a column slice of a wider tensor (row stride != K); after split launches every counter is back at 0."""
+    wide = _q(5, 2 * K)
+    x_q = wide[:, K:]
+    args = (x_q, torch.tensor(0.01, device=DEVICE), _q(N, K), torch.rand(N, device=DEVICE) * 1e-3)
+    y = gv[1]._w8a8_gemm_launch(*args, config=_small(gv, block_m=2, block_k=32, split=4))
+    assert torch.equal(y, w8a8_gemm_ref(x_q.contiguous(), *args[1:]))
+    counters = gv[0]._COUNTERS[x_q.get_device()]
+    assert counters.dtype == torch.int32 and not counters.any()
+
+
+def test_launchers_dispatch_by_rows(gv, poisoned, monkeypatch):
+    """M <= GEMV_MAX_M takes the GEMV, larger M the tensor-core kernel; an explicit config type picks the path."""
+    calls = []
+    for name in ("w8a8_gemv_into", "w4a8_gemv_into", "w4a16_gemv_into"):
+        real = getattr(gv[0], name)
+        monkeypatch.setattr(gv[0], name, lambda *a, _r=real, _n=name, **kw: calls.append(_n) or _r(*a, **kw))
+    x_q, s = _q(2, K), torch.ones((), device=DEVICE)
+    w_q = _q(N, K)
+    limit = gv[0].GEMV_MAX_M["w8a8"]
+    w8a8_gemm(_q(limit, K), s, w_q, s)
+    w8a8_gemm(_q(limit + 1, K), s, w_q, s)
+    gv[1]._w8a8_gemm_launch(x_q, s, w_q, s, config=gv[1].GemmConfig(block_m=16, block_n=16, block_k=64))
+    gv[1]._w8a8_gemm_launch(_q(40, K), s, w_q, s, config=_small(gv))
+    packed, gs, cs = _w4a8_weights(128)
+    w4a8_gemm(x_q, s, packed, gs, cs, 128)
+    packed, sc, _ = _w4a16_weights(128)
+    w4a16_gemm(torch.randn(2, K, device=DEVICE).half(), packed, sc, 128)
+    assert calls == ["w8a8_gemv_into", "w8a8_gemv_into", "w4a8_gemv_into", "w4a16_gemv_into"]
+
+
+def test_config_validation(gv):
+    with pytest.raises(QuambaError, match="power of two"):
+        gv[0].GemvConfig(block_n=24)
+    with pytest.raises(QuambaError, match="float_math"):
+        args = _w8a8_args(1, False, "float16")
+        gv[1]._w8a8_gemm_launch(*args, config=gv[0].GemvConfig(block_k=2048, float_math=True))
+
+
+def test_default_configs_for_decode_shapes(gv, monkeypatch):
+    """The heuristic on a 132-SM GPU for the model shapes: W4 steps inside one scale group, split-K just enough for
+    ~24 KiB of weight loads in flight per SM (or capped), and valid sweep candidates."""
+    gemv = gv[0]
+    monkeypatch.setattr(gemv, "_sm_count", lambda index: 132)
+    gemv.default_config.cache_clear()
+    shapes = [(8192, 2048), (2048, 4096), (10240, 2560), (2560, 5120), (192, 5120), (5120, 160), (10576, 2560),
+              (18560, 4096), (4096, 8192), (50280, 2560)]
+    try:
+        for fmt in ("w8a8", "w4a8", "w4a16"):
+            for n, k in shapes:
+                g = None if fmt == "w8a8" else (128 if k % 128 == 0 else k)
+                for m in (1, 16):
+                    cfg = gemv.default_config(fmt, m, n, k, g, 0)
+                    assert cfg.block_m == m and (g is None or g % cfg.block_k == 0)
+                    # about 24 KiB of weights in flight per SM (one step of every program), or split at its cap
+                    row_bytes = cfg.block_k // (1 if fmt == "w8a8" else 2)
+                    in_flight = -(-n // cfg.block_n) * cfg.block_n * row_bytes * cfg.split / 132
+                    cap = max(1, min(8, -(-k // cfg.block_k) // 2))
+                    assert in_flight >= 24 * 1024 or cfg.split == cap
+                    assert cfg.split == 1 or in_flight / cfg.split * (cfg.split - 1) < 24 * 1024
+                    cands = gemv.candidate_configs(fmt, m, n, k, g, 0)
+                    assert cands[0] == cfg and len(set(cands)) == len(cands) > 10
+                    assert all(g is None or g % c.block_k == 0 for c in cands)
+    finally:
+        gemv.default_config.cache_clear()
+
+
+@pytest.mark.skipif(not ON_GPU, reason="CUDA graphs and the tuned configs need a GPU")
+def test_cuda_decode_shapes_and_graph_capture(gv):
+    """Default configs on a model-sized shape (bit-exact), and a split-K GEMV captured in a CUDA graph: the replay
+    recomputes from the (static) inputs and leaves the counters at zero."""
+    n, k, g = 2560, 5120, 128
+    x_q = _q(1, k)
+    q, gs, cs = quantize_w4a8(torch.randn(n, k) * 0.05, g)
+    packed, gs, cs = pack_int4(q).cuda(), gs.cuda(), cs.cuda()
+    ref = w4a8_gemm_ref(x_q, 0.02, packed, gs, cs, g, None, torch.float16)
+    assert torch.equal(w4a8_gemm(x_q, 0.02, packed, gs, cs, g), ref)
+    cfg = gv[0].GemvConfig(block_n=16, block_k=128, split=4, float_math=True)
+    x_scale = torch.tensor(0.02, device=DEVICE)  # as the modules pass it: a device tensor (no copy while capturing)
+    call = lambda: gv[2]._w4a8_gemm_launch(x_q, x_scale, packed, gs, cs, g, config=cfg)  # noqa: E731
+    call()  # warm-up: compiles, allocates the counters
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = call()
+    x_q.copy_(_q(1, k))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, w4a8_gemm_ref(x_q, 0.02, packed, gs, cs, g, None, torch.float16))
+    assert not gv[0]._COUNTERS[x_q.get_device()].any()
