@@ -10,7 +10,8 @@ Ops (each timed through the module or op the models call, so the figures include
     gated norm Mamba2 gated RMSNorm (fp16 z)            vs  QGatedRMSNorm (int8 z)
     hadamard   (no fp16 counterpart: the fp16 model has none) QHadamard: Hadamard transform + int8 quantization
     embedding  nn.Embedding (fp16)                      vs  QEmbedding (int8 rows, int4 rows)
-    gemm       benchmarks/kernels_gemm.py's rows (cuBLAS fp16 vs W8A8 / W4A8 / W4A16), run with --gemm
+    gemm       cuBLAS fp16 vs W8A8 / W4A8 / W4A16 (decode GEMV and tensor-core kernels): --gemm runs
+               benchmarks/kernels_gemm.py in the same process, which writes kernels_gemm_<gpu>.{json,md}
 
 Timing (benchmarks/common.py): device time of a CUDA graph of the call, replayed after an L2 flush, median of --reps;
 the host time of an eager call beside it. Floor: bytes the op must move (inputs read once, outputs and state written
@@ -342,11 +343,6 @@ def run(args) -> dict:
         with torch.inference_mode():
             result["scan_sweep"] = scan_sweep(timer, dev, 24 if args.smoke else args.prompt_len,
                                               (SMOKE_SHAPES if args.smoke else SHAPES)[0])
-    if args.gemm:
-        import kernels_gemm
-
-        gemm = kernels_gemm.run(kernels_gemm.parse_args(["--smoke"] if args.smoke else []))
-        result["gemm"] = gemm
     return result
 
 
@@ -367,12 +363,7 @@ def markdown(result: dict) -> str:
         floor = max(r["memory_floor_us"], r["compute_floor_us"])
         lines.append(f"| {r['model']} | {r['phase']} | {r['batch']} | {r['op']} | {r['variant']} | {r['time_us']:.1f} | "
                      f"{floor:.1f} | {r['efficiency']:.0%} | {vs} | {r['host_us']:.0f} | {chk} |")
-    text = "\n".join(lines) + "\n"
-    if "gemm" in result:
-        import kernels_gemm
-
-        text += "\n" + kernels_gemm.markdown(result["gemm"])
-    return text
+    return "\n".join(lines) + "\n\nGEMMs (cuBLAS fp16 vs W8A8 / W4A8 / W4A16): kernels_gemm_<gpu>.md beside this file.\n"
 
 
 def main(argv=None):
@@ -390,6 +381,10 @@ def main(argv=None):
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(result))
     print(f"wrote {stem}.json and {stem}.md")
+    if args.gemm:
+        import kernels_gemm
+
+        kernels_gemm.main(["--out", str(args.out)] + (["--smoke"] if args.smoke else ["--ms", "1,16,1024,4096"]))
 
 
 if __name__ == "__main__":
