@@ -360,7 +360,7 @@ def main(argv=None) -> dict:
               "torch_version": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", info["name"]).strip("-").lower()
-    models = "" if args.models == MODELS else "+".join(args.models) + "_"  # one file per model set: runs can be split
+    models = "" if args.models == MODELS else "-".join(args.models) + "_"  # one file per model set: runs can be split
     stem = args.out_dir / f"e2e_{models}{gpu}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     stem.with_suffix(".md").write_text(markdown(report))
