@@ -100,7 +100,10 @@ class NegExpA:
     def __call__(self, A_log: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and A_log.requires_grad:  # training: autograd must see the op every time
             return -torch.exp(A_log.float())
-        key = (A_log.data_ptr(), A_log._version, A_log.dtype, A_log.device)
+        # tensors made under inference_mode keep no version counter: keyed on their storage alone (they can only be
+        # changed in place inside inference_mode, which model code does not do)
+        version = None if A_log.is_inference() else A_log._version
+        key = (A_log.data_ptr(), version, A_log.dtype, A_log.device)
         if key != self.key:
             self.key, self.value = key, -torch.exp(A_log.float())
         return self.value

@@ -35,3 +35,19 @@ def test_prefill_then_decode_equals_full_forward(arch, over):
         cache = model.allocate_cache(2)
         parts = [model(ids[:, :11], cache).logits, model(ids[:, 11:12], cache).logits, model(ids[:, 12:], cache).logits]
     assert rel_err(torch.cat(parts, dim=1), full) <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
+def test_decode_on_a_model_built_under_inference_mode(arch):
+    """Parameters made under torch.inference_mode() keep no version counter; the cached A = -exp(A_log) must cope,
+    and follow a change of A_log made there."""
+    with torch.inference_mode():
+        model = build_random_model(tiny_config(arch), seed=0)
+        ids = torch.randint(0, model.config.vocab_size, (1, 5))
+        a = model.generate(ids, 4, temperature=0)
+        for layer in model.backbone.layers:
+            layer.mixer.A_log = torch.nn.Parameter(layer.mixer.A_log + 1.0, requires_grad=False)
+        b = model.generate(ids, 4, temperature=0)
+        mixer = model.backbone.layers[0].mixer
+        assert torch.equal(mixer._neg_exp_A(mixer.A_log), -torch.exp(mixer.A_log.float()))  # the new A_log's A
+    assert a.shape == b.shape == (1, 9)
