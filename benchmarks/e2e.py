@@ -337,6 +337,17 @@ def parse_args(argv=None):
     return args
 
 
+def write_report(rows: list[dict], args, info: dict, bandwidth: float, stem: str) -> dict:
+    add_ratios(rows, bandwidth)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    report = {"device": info, "dtype": args.dtype, "bandwidth_bytes_per_s": bandwidth, "random_weights": True,
+              "settings": settings, "rows": rows, "quamba_version": quamba.__version__,
+              "torch_version": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    Path(stem + ".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    Path(stem + ".md").write_text(markdown(report))
+    return report
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -349,22 +360,16 @@ def main(argv=None) -> dict:
     bandwidth = copy_bandwidth(device, nbytes=2**30 if device.type == "cuda" else 2**26)
     print(f"{info['name']}: copy bandwidth {bandwidth / 1e9:.0f} GB/s", file=sys.stderr)
     rows = []
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", info["name"]).strip("-").lower()
+    models = "" if args.models == MODELS else "-".join(args.models) + "_"  # one file per model set: runs can be split
+    stem = str(args.out_dir / f"e2e_{models}{gpu}")  # a str: model names hold dots, which Path.with_suffix would cut
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.models:
         for variant in args.variants:
             print(f"{name} {variant} ...", file=sys.stderr)
             rows.append(run_one(name, variant, args, device, dtype))
-    add_ratios(rows, bandwidth)
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    report = {"device": info, "dtype": args.dtype, "bandwidth_bytes_per_s": bandwidth, "random_weights": True,
-              "settings": settings, "rows": rows, "quamba_version": quamba.__version__,
-              "torch_version": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    gpu = re.sub(r"[^A-Za-z0-9]+", "-", info["name"]).strip("-").lower()
-    models = "" if args.models == MODELS else "-".join(args.models) + "_"  # one file per model set: runs can be split
-    stem = args.out_dir / f"e2e_{models}{gpu}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
-    png = plot(report, stem.with_suffix(".png"))
+            report = write_report(rows, args, info, bandwidth, stem)  # after every variant: a cut-off run keeps its rows
+    png = plot(report, Path(stem + ".png"))
     print_summary(report)
     print(f"\nwritten: {stem}.json, {stem}.md" + (f", {png}" if png else ""))
     return report
