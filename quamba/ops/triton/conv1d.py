@@ -27,6 +27,42 @@ _MAX_WIDTH = 4  # d_conv of every Mamba checkpoint is 4; the kernels unroll the 
 
 
 @triton.jit
+def _conv_taps(acc, x_base, init_base, w_ptr, offs_d, offs_l, mask_d, mask_l, sxd, sxl, swd, swk, sid, sik,
+               K: tl.constexpr, HAS_INIT: tl.constexpr):
+    """acc [BLOCK_D, BLOCK_L] + the K taps, multiplied in acc's dtype (fp32, or int32: exact for int8 inputs).
+
+    Tap k reads input position t + k - (K - 1); negative positions are the history, which the initial state holds
+    at index K + position (its slot 0 is the one that just fell out)."""
+    for k in tl.static_range(K):
+        pos = offs_l + (k - (K - 1))
+        w = tl.load(w_ptr + offs_d * swd + k * swk, mask=mask_d, other=0).to(acc.dtype)
+        in_x = mask_d[:, None] & (mask_l & (pos >= 0))[None, :]
+        xv = tl.load(x_base + offs_d[:, None] * sxd + pos[None, :] * sxl, mask=in_x, other=0).to(acc.dtype)
+        if HAS_INIT:
+            in_h = mask_d[:, None] & (pos < 0)[None, :]
+            xv += tl.load(init_base + offs_d[:, None] * sid + (pos + K)[None, :] * sik, mask=in_h,
+                          other=0).to(acc.dtype)
+        acc += w[:, None] * xv
+    return acc
+
+
+@triton.jit
+def _store_final_state(x_base, init_base, final_base, offs_d, mask_d, seqlen, sxd, sxl, sid, sik, sfd, sfk,
+                       K: tl.constexpr, KP: tl.constexpr, HAS_INIT: tl.constexpr):
+    """The new state: the last K positions of history ++ x (positions L-K .. L-1), copied without rounding (the
+    two loads cover disjoint positions)."""
+    offs_k = tl.arange(0, KP)
+    last_pos = seqlen - K + offs_k
+    from_x = mask_d[:, None] & ((last_pos >= 0) & (offs_k < K))[None, :]
+    last = tl.load(x_base + offs_d[:, None] * sxd + last_pos[None, :] * sxl, mask=from_x, other=0)
+    if HAS_INIT:
+        from_h = mask_d[:, None] & ((last_pos < 0) & (offs_k < K))[None, :]
+        last += tl.load(init_base + offs_d[:, None] * sid + (last_pos + K)[None, :] * sik, mask=from_h, other=0)
+    f_ptrs = final_base + offs_d[:, None] * sfd + offs_k[None, :] * sfk
+    tl.store(f_ptrs, last.to(final_base.dtype.element_ty), mask=mask_d[:, None] & (offs_k < K)[None, :])
+
+
+@triton.jit
 def _causal_conv1d_kernel(
     x_ptr, w_ptr, bias_ptr, init_ptr, y_ptr, final_ptr,
     dim, seqlen,
@@ -45,19 +81,8 @@ def _causal_conv1d_kernel(
     x_base = x_ptr + pid_b * sxb
     init_base = init_ptr + pid_b * sib
 
-    acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
-    for k in tl.static_range(K):
-        # Tap k reads input position t + k - (K - 1); negative positions are the history, which
-        # initial_state holds at index K + position (its slot 0 is the one that just fell out).
-        pos = offs_l + (k - (K - 1))
-        w = tl.load(w_ptr + offs_d * swd + k * swk, mask=mask_d, other=0.0).to(tl.float32)
-        in_x = mask_d[:, None] & (mask_l & (pos >= 0))[None, :]
-        xv = tl.load(x_base + offs_d[:, None] * sxd + pos[None, :] * sxl, mask=in_x, other=0.0).to(tl.float32)
-        if HAS_INIT:
-            in_h = mask_d[:, None] & (pos < 0)[None, :]
-            xv += tl.load(init_base + offs_d[:, None] * sid + (pos + K)[None, :] * sik, mask=in_h,
-                          other=0.0).to(tl.float32)
-        acc += w[:, None] * xv
+    acc = _conv_taps(tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32), x_base, init_base, w_ptr, offs_d, offs_l,
+                     mask_d, mask_l, sxd, sxl, swd, swk, sid, sik, K, HAS_INIT)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
     if SILU:
@@ -67,19 +92,8 @@ def _causal_conv1d_kernel(
 
     if WRITE_FINAL:
         if pid_l == 0:
-            # The new state: the last K positions of history + x, i.e. positions L-K .. L-1.
-            # (New names: a runtime `if` may not give the loop's `pos` / masks another shape.)
-            offs_k = tl.arange(0, KP)
-            last_pos = seqlen - K + offs_k
-            from_x = mask_d[:, None] & ((last_pos >= 0) & (offs_k < K))[None, :]
-            last = tl.load(x_base + offs_d[:, None] * sxd + last_pos[None, :] * sxl, mask=from_x,
-                           other=0.0).to(tl.float32)
-            if HAS_INIT:
-                from_h = mask_d[:, None] & ((last_pos < 0) & (offs_k < K))[None, :]
-                last += tl.load(init_base + offs_d[:, None] * sid + (last_pos + K)[None, :] * sik, mask=from_h,
-                                other=0.0).to(tl.float32)
-            f_ptrs = final_ptr + pid_b * sfb + offs_d[:, None] * sfd + offs_k[None, :] * sfk
-            tl.store(f_ptrs, last.to(final_ptr.dtype.element_ty), mask=mask_d[:, None] & (offs_k < K)[None, :])
+            _store_final_state(x_base, init_base, final_ptr + pid_b * sfb, offs_d, mask_d, seqlen, sxd, sxl, sid, sik,
+                               sfd, sfk, K, KP, HAS_INIT)
 
 
 @triton.jit
@@ -251,18 +265,8 @@ def _qcausal_conv1d_kernel(
     x_base = x_ptr + pid_b * sxb
     init_base = init_ptr + pid_b * sib
 
-    acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.int32)
-    for k in tl.static_range(K):
-        # Tap k reads position t + k - (K - 1); negative positions are the history (state slot K + position).
-        pos = offs_l + (k - (K - 1))
-        w = tl.load(w_ptr + offs_d * swd + k * swk, mask=mask_d, other=0).to(tl.int32)
-        in_x = mask_d[:, None] & (mask_l & (pos >= 0))[None, :]
-        xv = tl.load(x_base + offs_d[:, None] * sxd + pos[None, :] * sxl, mask=in_x, other=0).to(tl.int32)
-        if HAS_INIT:
-            in_h = mask_d[:, None] & (pos < 0)[None, :]
-            xv += tl.load(init_base + offs_d[:, None] * sid + (pos + K)[None, :] * sik, mask=in_h,
-                          other=0).to(tl.int32)
-        acc += w[:, None] * xv
+    acc = _conv_taps(tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.int32), x_base, init_base, w_ptr, offs_d, offs_l,
+                     mask_d, mask_l, sxd, sxl, swd, swk, sid, sik, K, HAS_INIT)
     scale = tl.load(ws_ptr) * tl.load(is_ptr + offs_d * sis, mask=mask_d, other=1.0)
     out_scale = tl.load(os_ptr + offs_d * sos, mask=mask_d, other=1.0)
     bias = scale  # placeholder, unused without HAS_BIAS
@@ -274,17 +278,8 @@ def _qcausal_conv1d_kernel(
 
     if WRITE_FINAL:
         if pid_l == 0:
-            # The new state: positions L-K .. L-1 of history ++ x (copied, not rounded).
-            offs_k = tl.arange(0, KP)
-            last_pos = seqlen - K + offs_k
-            from_x = mask_d[:, None] & ((last_pos >= 0) & (offs_k < K))[None, :]
-            last = tl.load(x_base + offs_d[:, None] * sxd + last_pos[None, :] * sxl, mask=from_x, other=0)
-            if HAS_INIT:
-                from_h = mask_d[:, None] & ((last_pos < 0) & (offs_k < K))[None, :]
-                last += tl.load(init_base + offs_d[:, None] * sid + (last_pos + K)[None, :] * sik, mask=from_h,
-                                other=0)
-            f_ptrs = final_ptr + pid_b * sfb + offs_d[:, None] * sfd + offs_k[None, :] * sfk
-            tl.store(f_ptrs, last, mask=mask_d[:, None] & (offs_k < K)[None, :])
+            _store_final_state(x_base, init_base, final_ptr + pid_b * sfb, offs_d, mask_d, seqlen, sxd, sxl, sid, sik,
+                               sfd, sfk, K, KP, HAS_INIT)
 
 
 @triton.jit
