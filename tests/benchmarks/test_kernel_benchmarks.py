@@ -1,0 +1,33 @@
+"""The kernel benchmarks run end to end on the CPU (--smoke: tiny shapes through Triton's interpreter): every row is
+timed and checked against the reference path, and the results files are written. Their timings mean nothing here."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                reason="the benchmarks run the Triton kernels (pip install 'quamba[dev]')")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_kernels_benchmark_smoke(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "QUAMBA_FORCE_REFERENCE"}
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--smoke", "--out", str(tmp_path)],
+                   check=True, env=env, capture_output=True, cwd=ROOT)
+    result = json.loads(next(tmp_path.glob("kernels_*.json")).read_text())
+    rows = result["rows"]
+    ops = {r["op"] for r in rows}
+    assert {"add + rmsnorm", "conv1d", "conv1d update", "selective scan", "selective state update",
+            "ssd chunked scan", "ssd state update", "gated rmsnorm", "hadamard + quantize", "embedding"} <= ops
+    assert {r["variant"] for r in rows} >= {"fp16", "int8", "int4"}
+    for r in rows:  # every kernel agreed with its reference path
+        if "int8_max_diff" in r:
+            assert r["int8_max_diff"] <= 1 and r["int8_off_share"] <= 2e-3, r
+        else:
+            assert r["rel_err"] < 5e-3, r
+        assert r["time_us"] > 0 and r["bytes"] >= 0
+    assert next(tmp_path.glob("kernels_*.md")).read_text().startswith("# Kernels on ")
