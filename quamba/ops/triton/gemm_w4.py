@@ -229,7 +229,7 @@ def _w4a16_gemm_launch(
     check_index_range(x2, w_packed, y)
     if m and n:
         dense = _dense_path(m, dense_min_m, config)
-        if not dense and gemv.use_gemv("w4a16", m, config):
+        if not dense and gemv.use_gemv("w4a16", m, config, k, w_packed, g):
             gemv.w4a16_gemv_into(x2, w_packed, scales, g, bias, y, config)
         else:
             _w4a16_mma(x2, w_packed, scales, g, bias, y, config, dense)
@@ -302,7 +302,7 @@ def _w4a8_gemm_launch(
         if dense:
             w8 = _int4_dequant_launch(w_packed, group_scales, g, torch.int8)
             int8_gemm_into(x2, w8, xs, cs, 1, bias, os_, sos, y, SCALES_W4A8, config)
-        elif gemv.use_gemv("w4a8", m, config):
+        elif gemv.use_gemv("w4a8", m, config, k, w_packed, g):
             gemv.w4a8_gemv_into(x2, w_packed, group_scales, g, xs, cs, bias, os_, sos, y, config)
         else:
             _w4a8_mma(x2, w_packed, group_scales, g, xs, cs, bias, os_, sos, y, config)

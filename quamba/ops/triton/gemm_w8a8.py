@@ -463,7 +463,7 @@ def _w8a8_gemm_launch(
     y = new_output(m, n, device, os_ is not None, out_dtype)
     check_index_range(x2, w_q, y)
     if m and n:
-        if gemv.use_gemv("w8a8", m, config):
+        if gemv.use_gemv("w8a8", m, config, k, w_q):
             gemv.w8a8_gemv_into(x2, w_q, xs, ws, sws, bias, os_, sos, y, SCALES_W8A8, config)
         else:
             int8_gemm_into(x2, w_q, xs, ws, sws, bias, os_, sos, y, SCALES_W8A8, config)

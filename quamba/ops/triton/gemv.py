@@ -1,27 +1,39 @@
 """Memory-bound GEMV kernels for decode (few rows of x): W8A8, W4A8 and W4A16 on the CUDA cores.
 
 At decode sizes a quantized linear is a stream of its weights: [N, K] int8 (W8A8) or packed uint8 [N, K // 2]
-(W4, the low nibble holding the even k). Each program owns BLOCK_N output channels (and BLOCK_M rows of x) and
-walks K in steps of BLOCK_K: it loads a [BLOCK_N, BLOCK_K] weight tile with wide loads along K, unpacks the
-nibbles in registers, multiplies by the x chunk (tiny, re-read from L1 / L2) and reduces over K with ``tl.sum``.
-No ``tl.dot``: at M = 1 a tensor-core MMA wastes 15 of its 16 rows and needs the unpacked tile rearranged
-through shared memory into its operand layout. For M > 1 the same unpacked tile meets each row of x in turn
-(unrolled over BLOCK_M), so the weights are read and unpacked once per row block; but the FMAs grow with M,
-so the launchers take this path only for M <= ``GEMV_MAX_M`` and hand larger M to the tensor-core kernels
-(``benchmarks/kernels_gemm.py`` times both sides of the crossover, ``--sweep`` every candidate config).
+(W4, the low nibble holding the even k, 4-bit two's complement). The kernels read the weights as 32-bit words
+(4 int8 or 8 int4 values along K) and spend as few instructions per weight as they can, since at these sizes an
+SM issues about one instruction per weight byte it receives:
+  W8A8  one ``dp4a`` per word (4 int8 x int8 products summed into int32): 1 / 4 instruction per weight.
+  W4A8  a word's nibbles become two words of bytes q + 8 (even k, odd k: a mask, a shift, a mask), each meets
+        x's even / odd bytes in a ``dp4a``; the + 8 is taken back by starting the sum at -8 * sum(x) (a
+        ``dp4a`` of x with -8 bytes, once per x word): 5 instructions per 8 weights.
+  W4A16 nibble i, shifted to mantissa bits 19..22 and OR-ed into the exponent of 1.0, is the fp32 value
+        f = 1 + (q + 8) / 16 exactly (a shift and a bitwise op); q / 16 = f - 1.5, so a word contributes
+        -1.5 * sum(x) + sum(x_i * f_i) (fp32 multiply-adds) and the group scale is taken times 16:
+        3 instructions per weight, and no int -> float conversion.
+The step's x words (W4A8: split into even and odd bytes with ``prmt``; W4A16: converted to fp32) are prepared
+once per thread and shared by every weight row the thread holds.
+
+Each program owns BLOCK_N output channels and BLOCK_M rows of x and walks K in steps of BLOCK_K (BLOCK_W
+words). The sums stay in a [BLOCK_M, BLOCK_N, BLOCK_W] register accumulator, one per word lane, and are reduced
+over the words once, after the loop: no cross-thread reduction per step. A W4 group scale multiplies each
+word's sum as it is accumulated (per row and step when a step lies in one group, per word otherwise, once at
+the end when a row has one group).
 
 Exactness: the references' contracts hold as in gemm_w8a8 / gemm_w4.
   W8A8 / W4A8: exact integer sums, then gemm_w8a8's fp32 epilogue (``int_epilogue``: the reference's order,
-  ``div_rn``, ties-to-even requantization), so outputs are bit-identical to the references. The integer sums
-  run on the integer units (int32 products), or with ``float_math`` as fp32 products of small integers whose
-  per-step sums stay below 2^24 (|x * w| <= 2^14 and BLOCK_K <= 1024 terms), hence exact, converted to int32
-  once per step (an option for the sweep: the integer kernels are compiled without multiply-add fusion, which
-  their epilogue needs, so fp32 products cost a multiply and an add each).
-  W4A16: q * s and x in fp32, fp32 sums: y = sum_steps s[n, g] * sum_{k in step} q[n, k] x[m, k] (one scale per
-  step when BLOCK_K divides the group size, else q * s per element), rounded once to x's dtype. It differs from
-  the fp32 reference only by the fp32 summation order (the tests state the bound).
-Small integers become fp32 without the int -> float conversion instruction (a quarter-rate one): OR-ing an
-integer 0 <= n < 2^23 into the mantissa of 2^23 gives the float 2^23 + n exactly, and one subtraction recovers it.
+  ``div_rn``, ties-to-even requantization), so outputs are bit-identical to the references.
+  W4A16: fp32 sums of fp32 products; each word's sum is offset by -1.5 * sum(x) as described, so its rounding
+  error is that of summing |x| * 3.5 rather than |x * q| / 16 terms: a few fp32 ulps of sum(|x|) per group,
+  far below the output's fp16 / bf16 rounding (the tests state the bound).
+``dp4a`` and ``prmt`` are PTX (``tl.inline_asm_elementwise``); Triton's interpreter, which cannot run PTX, gets
+the same word arithmetic written with shifts and masks (``USE_ASM`` False), so the CPU tests check every index,
+mask and correction of the kernels, and the GPU tests the PTX.
+
+Eligibility (``gemv_unfit``): K a multiple of the word (4 or 8 values), W4 groups a multiple of 8 (or one group
+per row), weight rows 4-byte aligned and contiguous along K. Other shapes take the tensor-core kernels. x is
+copied first if its rows are not 4-byte aligned words.
 
 Split-K (``split`` > 1, for shapes with few N blocks): program (tile, s) sums K slice s and stores its partial
 sums into a per-tile workspace; the program that finishes last (an int32 atomic counter per tile, acq_rel at GPU
@@ -42,28 +54,29 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from ._common import cdiv, next_pow2
-from .gemm_w8a8 import _sm_count, block_k_for_groups, float_epilogue, int_epilogue, launch_device
+from .gemm_w8a8 import _sm_count, float_epilogue, int_epilogue, launch_device
 
 # The formats: the FMT constexpr of the shared loop (jit code cannot read module globals: the kernels pass literals)
 FMT_W8A8, FMT_W4A8, FMT_W4A16 = 0, 1, 2
+# How a W4 group scale meets the sums: the SCALE_MODE constexpr
+SCALE_PER_ROW, SCALE_PER_STEP, SCALE_PER_WORD = 0, 1, 2
 
 # The launchers take this path for M <= GEMV_MAX_M[format] (M = rows of x after flattening the batch dims)
 GEMV_MAX_M = {"w8a8": 4, "w4a8": 8, "w4a16": 8}
-MAX_FLOAT_MATH_K = 1024  # float_math: a step's sum of <= 1024 int8 x int8 products stays below 2^24 (exact in fp32)
+VALUES_PER_WORD = {"w8a8": 4, "w4a8": 8, "w4a16": 8}
 _COUNTER_SLOTS = 1 << 14  # split-K tiles per launch (N blocks x M blocks); 64 KiB of int32 per device
-_IN_FLIGHT_PER_SM = 24 * 1024  # weight bytes a default config keeps in flight per SM (see default_config)
+# weight bytes a default config keeps in flight per SM (see default_config)
+IN_FLIGHT_PER_SM = {"w8a8": 24 * 1024, "w4a8": 96 * 1024, "w4a16": 96 * 1024}
 
 
 @dataclass(frozen=True)
 class GemvConfig:
     """Tile shape and launch options of one GEMV call (all block sizes powers of two).
 
-    block_m: rows of x per program (each step's weight tile meets them one after the other); block_n: output
-    channels per program; block_k: K per loop step (W4: even, and a divisor of the group size for one scale per
-    row and step, else a scale is gathered per element); split: K slices, summed by the last one to finish;
+    block_m: rows of x per program; block_n: output channels per program; block_k: K per loop step (a multiple
+    of the 4 (W8A8) or 8 (W4) values of a word); split: K slices, summed by the last one to finish;
     num_stages: software pipelining of the loop's loads (``tl.range``; 1: none); unroll: the K loop unrolled that
-    many times (more loads in flight per thread); float_math: integer formats multiply in fp32 (exact, see the
-    module docstring); W4A16 always does.
+    many times (more loads in flight per thread).
     """
 
     block_m: int = 1
@@ -72,7 +85,6 @@ class GemvConfig:
     split: int = 1
     num_warps: int = 4
     num_stages: int = 1
-    float_math: bool = False
     unroll: int = 1
 
     def __post_init__(self):
@@ -80,132 +92,192 @@ class GemvConfig:
             v = getattr(self, name)
             if v < 1 or v & (v - 1):
                 raise QuambaError(f"GemvConfig.{name}={v} must be a power of two")
-        if self.block_k < 2 or min(self.split, self.num_stages, self.num_warps, self.unroll) < 1:
-            raise QuambaError(f"GemvConfig {self} is invalid: block_k >= 2; split, num_stages, num_warps, "
+        if self.block_k < 4 or min(self.split, self.num_stages, self.num_warps, self.unroll) < 1:
+            raise QuambaError(f"GemvConfig {self} is invalid: block_k >= 4; split, num_stages, num_warps, "
                               "unroll >= 1")
 
     def describe(self) -> str:
         unroll = f" u{self.unroll}" if self.unroll > 1 else ""
         return (f"gemv {self.block_m}x{self.block_n}x{self.block_k} split{self.split} w{self.num_warps} "
-                f"s{self.num_stages}{unroll}{' fp32' if self.float_math else ''}")
+                f"s{self.num_stages}{unroll}")
 
 
 # ---------------------------------------------------------------------------------------------- jit helpers
 
 @triton.jit
-def _int8_to_f32(v):
-    """int8 -> fp32, exact: 0x4B000080 + v is the bit pattern of 2^23 + 128 + v (0 <= 128 + v < 256)."""
-    return (v.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+def _byte(v, i: tl.constexpr):
+    """Signed byte i of int32 words v (the interpreter's dp4a)."""
+    return (((v >> (8 * i)) & 0xFF) ^ 0x80) - 0x80
 
 
 @triton.jit
-def _unpack_int4(p, AS_FLOAT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """uint8 [BLOCK_N, BLOCK_K // 2] packed pairs -> signed int4 values [BLOCK_N, BLOCK_K] (column 2j from the low
-    nibble of byte j). A nibble n holds q + 8 = n ^ 8.
-
-    int32: q. fp32 (exact): q in the even columns, 16 q in the odd ones, so that both nibbles take one bitwise op
-    (the high one is not shifted down): (n ^ 8) | 0x4B000000 is 2^23 + q + 8, and (16 n ^ 128) | 0x4B000000 is
-    2^23 + 16 (q + 8). The caller multiplies x's odd columns by 1 / 16 (exact) instead."""
-    b = p.to(tl.int32)
-    if AS_FLOAT:
-        lo = ((b & 0x0F) ^ 0x4B000008).to(tl.float32, bitcast=True) - 8388616.0
-        hi = ((b & 0xF0) ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+def _dp4a(a, b, c, USE_ASM: tl.constexpr):
+    """c + the sum of the four signed int8 x int8 products of int32 words a and b (broadcast)."""
+    if USE_ASM:
+        out = tl.inline_asm_elementwise("dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
+                                        dtype=tl.int32, is_pure=True, pack=1)
     else:
-        lo = ((b & 15) ^ 8) - 8
-        hi = ((b >> 4) ^ 8) - 8
-    return tl.reshape(tl.join(lo, hi), [BLOCK_N, BLOCK_K])
+        out = c + _byte(a, 0) * _byte(b, 0) + _byte(a, 1) * _byte(b, 1)
+        out += _byte(a, 2) * _byte(b, 2) + _byte(a, 3) * _byte(b, 3)
+    return out
 
 
 @triton.jit
-def _tile(M, N, k_slice, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(tile id, first row, row offsets, column offsets, K start) of this program; the row blocks of one column
-    block are neighbours in the grid, so they read the same weights from L2 at about the same time."""
+def _even_odd_bytes(a, b, USE_ASM: tl.constexpr):
+    """Words a = (x0 x1 x2 x3), b = (x4 .. x7), bytes low first -> ((x0 x2 x4 x6), (x1 x3 x5 x7))."""
+    if USE_ASM:
+        even = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x6420;", "=r,r,r", [a, b], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+        odd = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7531;", "=r,r,r", [a, b], dtype=tl.int32,
+                                        is_pure=True, pack=1)
+    else:
+        even = (a & 0xFF) | ((a >> 8) & 0xFF00) | ((b & 0xFF) << 16) | ((b & 0xFF0000) << 8)
+        odd = ((a >> 8) & 0xFF) | ((a >> 16) & 0xFF00) | ((b << 8) & 0xFF0000) | (b & -16777216)  # 0xFF000000
+    return even, odd
+
+
+@triton.jit
+def _x8(x_ptrs, mask, MASKED: tl.constexpr):
+    """The eight x values (fp32) of each weight word, x_ptrs pointing at the first: eight loads shaped like the
+    words (the same registers as the weights they meet, no layout change; L1 serves the repeats)."""
+    if MASKED:
+        x0 = tl.load(x_ptrs, mask=mask, other=0).to(tl.float32)
+        x1 = tl.load(x_ptrs + 1, mask=mask, other=0).to(tl.float32)
+        x2 = tl.load(x_ptrs + 2, mask=mask, other=0).to(tl.float32)
+        x3 = tl.load(x_ptrs + 3, mask=mask, other=0).to(tl.float32)
+        x4 = tl.load(x_ptrs + 4, mask=mask, other=0).to(tl.float32)
+        x5 = tl.load(x_ptrs + 5, mask=mask, other=0).to(tl.float32)
+        x6 = tl.load(x_ptrs + 6, mask=mask, other=0).to(tl.float32)
+        x7 = tl.load(x_ptrs + 7, mask=mask, other=0).to(tl.float32)
+    else:
+        x0 = tl.load(x_ptrs).to(tl.float32)
+        x1 = tl.load(x_ptrs + 1).to(tl.float32)
+        x2 = tl.load(x_ptrs + 2).to(tl.float32)
+        x3 = tl.load(x_ptrs + 3).to(tl.float32)
+        x4 = tl.load(x_ptrs + 4).to(tl.float32)
+        x5 = tl.load(x_ptrs + 5).to(tl.float32)
+        x6 = tl.load(x_ptrs + 6).to(tl.float32)
+        x7 = tl.load(x_ptrs + 7).to(tl.float32)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _nibble_f32(w, i: tl.constexpr, one_bits):
+    """Nibble i of int32 words w (4-bit two's complement q) as the fp32 1 + (q + 8) / 16, exactly: the nibble
+    moved to mantissa bits 19..22, its sign bit flipped (q + 8 = n ^ 8) and its exponent set by one XOR with
+    ``one_bits`` = 0x3FC00000 (a kernel argument rather than a literal, so that the mask and the XOR compile to
+    one three-input bitwise instruction: two literals would need two)."""
+    if 4 * i <= 19:
+        sh = w << (19 - 4 * i)
+    else:
+        sh = w >> (4 * i - 19)  # arithmetic shift: the bits it fills are masked off
+    return ((sh & 0x00780000) ^ one_bits).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(tile id, row offsets, column offsets) of this program; the row blocks of one column block are neighbours
+    in the grid, so they read the same weights from L2 at about the same time."""
     tile = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
-    row0 = (tile % num_m) * BLOCK_M
+    offs_m = (tile % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = (tile // num_m) * BLOCK_N + tl.arange(0, BLOCK_N)
-    return tile, row0, row0 + tl.arange(0, BLOCK_M), offs_n, tl.program_id(1) * k_slice
+    return tile, offs_m, offs_n
 
 
 @triton.jit
 def _accumulate(
-    acc, x_ptr, w_ptr, s_ptr, row0, M, cols, k_lo, k_hi, K, G,
-    sxm, sxk, swn, swk, ssn, ssg,
-    FMT: tl.constexpr, FLOAT_MATH: tl.constexpr, SCALES_PER_TILE: tl.constexpr, GROUP_K: tl.constexpr,
-    EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr, UNROLL: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr, w_ptr, s_ptr, rows, cols, w_slice, K, sxm, swn, ssn, ssg, bits,
+    FMT: tl.constexpr, G: tl.constexpr, SCALE_MODE: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr, UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
-    """acc [BLOCK_M, BLOCK_N] + x[row0:row0 + BLOCK_M, k_lo:k_hi] @ W[cols, k_lo:k_hi]^T (int32 for W8A8 / W4A8,
-    fp32 for W4A16).
+    """x[rows, slice] @ W[cols, slice]^T as [BLOCK_M, BLOCK_N] (int32 for W8A8 / W4A8, fp32 for W4A16; W4 sums
+    times their group scales), for K slice ``program_id(1)`` of ``w_slice`` weight words.
 
-    Rows past M and cols past N wrap into range (never stored), so only K needs masks (and only when not EVEN_K).
-    Each step unpacks one [BLOCK_N, BLOCK_K] weight tile and reduces its products with each row of x over K in
-    registers (one row at a time: a [BLOCK_M, BLOCK_N, BLOCK_K] broadcast spreads K over the lanes instead).
-    SCALES_PER_TILE: a step lies in one group of GROUP_K columns (0: one group per row), so the scale multiplies
-    the step's sums (a constant divisor: no integer division in the loop); else a scale per element (G)."""
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_j = tl.arange(0, BLOCK_K // 2)  # bytes of a packed tile row
-    # unpacked fp32 int4 weights hold 16 q in their odd columns (_unpack_int4): x's odd columns get 1 / 16 (exact)
-    x_odd_scale = tl.where(offs_k % 2 == 0, 1.0, 0.0625)
-    row_ids = tl.arange(0, BLOCK_M)[:, None]
+    rows / cols are in range (the callers wrap them; never stored out of range), so only K needs masks (and only
+    when not EVEN_K): x words past K read as 0, which makes every term of theirs 0, corrections included.
+    sxm: x's row stride in words (W8A8 / W4A8: int32 words of 4 int8; W4A16: elements); swn: W's in words.
+    bits: a bit pattern the launcher passes as an argument (see ``_nibble_f32``): W4A8 0x08080808, W4A16
+    0x3FC00000."""
+    VPW: tl.constexpr = 4 if FMT == 0 else 8  # values per weight word
+    BLOCK_W: tl.constexpr = BLOCK_K // VPW
+    offs_w = tl.arange(0, BLOCK_W)
+    kw_lo = tl.program_id(1) * w_slice  # in words: a multiple of w_slice keeps the loads' alignment visible
+    k_lo = kw_lo * VPW
+    k_hi = tl.minimum(k_lo + w_slice * VPW, K)
+    w32 = w_ptr.to(tl.pointer_type(tl.int32))
+    w_ptrs = w32 + cols[None, :, None] * swn + (kw_lo + offs_w)[None, None, :]  # [1, BLOCK_N, BLOCK_W]
+    r3 = rows[:, None, None]
     if FMT == 0:
-        w_ptrs = w_ptr + cols[:, None] * swn + (k_lo + offs_k)[None, :] * swk
+        x_ptrs = x_ptr.to(tl.pointer_type(tl.int32)) + r3 * sxm + (kw_lo + offs_w)[None, None, :]
+    elif FMT == 1:  # the two x words of each weight word: [BLOCK_M, 1, BLOCK_W, 2]
+        x_ptrs = (x_ptr.to(tl.pointer_type(tl.int32)) + r3[:, :, :, None] * sxm
+                  + (2 * (kw_lo + offs_w))[None, None, :, None] + tl.arange(0, 2)[None, None, None, :])
+    else:  # the first of the eight x values of each weight word: [BLOCK_M, 1, BLOCK_W]
+        x_ptrs = x_ptr + r3 * sxm + (8 * (kw_lo + offs_w))[None, None, :]
+    if FMT == 2:
+        acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_W), dtype=tl.float32)
     else:
-        w_ptrs = w_ptr + cols[:, None] * swn + (k_lo // 2 + offs_j)[None, :] * swk
+        acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_W), dtype=tl.int32)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES, loop_unroll_factor=UNROLL):
-        in_k = (k0 + offs_k) < K
         if EVEN_K:
-            wt = tl.load(w_ptrs)
-        elif FMT == 0:
-            wt = tl.load(w_ptrs, mask=in_k[None, :], other=0)
+            w = tl.load(w_ptrs)
+            if FMT != 2:
+                xw = tl.load(x_ptrs)
         else:
-            wt = tl.load(w_ptrs, mask=((k0 + 2 * offs_j) < K)[None, :], other=0)
+            in_k = (k0 + VPW * offs_w) < K  # whole words (K is a multiple of VPW)
+            w = tl.load(w_ptrs, mask=in_k[None, None, :], other=0)
+            if FMT == 1:
+                xw = tl.load(x_ptrs, mask=in_k[None, None, :, None], other=0)
+            elif FMT == 0:
+                xw = tl.load(x_ptrs, mask=in_k[None, None, :], other=0)
         if FMT == 0:
-            if FLOAT_MATH:
-                w = _int8_to_f32(wt)
-            else:
-                w = wt.to(tl.int32)
+            acc = _dp4a(w, xw, acc, USE_ASM)
+        elif FMT == 1:
+            xa, xb = tl.split(xw)
+            xe, xo = _even_odd_bytes(xa, xb, USE_ASM)
+            c0 = _dp4a(xa, -117901064, _dp4a(xb, -117901064, 0, USE_ASM), USE_ASM)  # 0xF8F8F8F8: -8 * sum(x)
+            lo = (w & 0x0F0F0F0F) ^ bits  # q + 8 of the even k, one byte each (bits = 0x08080808)
+            hi = ((w >> 4) & 0x0F0F0F0F) ^ bits  # of the odd k
+            d = _dp4a(hi, xo, _dp4a(lo, xe, c0, USE_ASM), USE_ASM)
         else:
-            w = _unpack_int4(wt, FLOAT_MATH or FMT == 2, BLOCK_N, BLOCK_K)
-            if not SCALES_PER_TILE:  # the step spans groups: a scale per element (q * s, |q * s| <= 128 for W4A8)
-                s = tl.load(s_ptr + cols[:, None] * ssn + ((k0 + offs_k) // G)[None, :] * ssg,
-                            mask=in_k[None, :], other=0)
-                w = w * s.to(w.dtype)
-        part = tl.zeros((BLOCK_M, BLOCK_N), dtype=w.dtype)
-        for m in tl.static_range(BLOCK_M):
-            x_ptrs = x_ptr + ((row0 + m) % M) * sxm + (k0 + offs_k) * sxk
             if EVEN_K:
-                x = tl.load(x_ptrs)
+                x0, x1, x2, x3, x4, x5, x6, x7 = _x8(x_ptrs, x_ptrs, False)
             else:
-                x = tl.load(x_ptrs, mask=in_k, other=0)
-            # x as the products need it (inline: a jit call per row costs the interpreter milliseconds)
-            if FMT == 2:
-                x = x.to(tl.float32) * x_odd_scale
-            elif FLOAT_MATH:
-                x = (x.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0  # _int8_to_f32
-                if FMT == 1:
-                    x = x * x_odd_scale
-            else:
-                x = x.to(tl.int32)
-            dot = tl.sum(w * x[None, :], axis=1)
-            if BLOCK_M == 1:
-                part = dot[None, :]
-            else:
-                part = tl.where(row_ids == m, dot[None, :], part)
-        if FLOAT_MATH and FMT != 2:
-            part = part.to(tl.int32)  # an integer below 2^24 in magnitude: exact
-        if FMT != 0 and SCALES_PER_TILE:
-            if GROUP_K == 0:
-                s = tl.load(s_ptr + cols * ssn)
-            else:
-                s = tl.load(s_ptr + cols * ssn + (k0 // GROUP_K) * ssg)
-            part = part * s.to(part.dtype)[None, :]
-        acc += part
-        if FMT == 0:
-            w_ptrs += BLOCK_K * swk
+                x0, x1, x2, x3, x4, x5, x6, x7 = _x8(x_ptrs, in_k[None, None, :], True)
+            d = -1.5 * (((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)))
+            d += x0 * _nibble_f32(w, 0, bits)
+            d += x1 * _nibble_f32(w, 1, bits)
+            d += x2 * _nibble_f32(w, 2, bits)
+            d += x3 * _nibble_f32(w, 3, bits)
+            d += x4 * _nibble_f32(w, 4, bits)
+            d += x5 * _nibble_f32(w, 5, bits)
+            d += x6 * _nibble_f32(w, 6, bits)
+            d += x7 * _nibble_f32(w, 7, bits)
+        if SCALE_MODE == 1:  # the step lies in one group: one scale per row
+            s = tl.load(s_ptr + cols[None, :, None] * ssn + (k0 // G) * ssg)  # 3-D: no layout change
+        elif SCALE_MODE == 2:  # a scale per word
+            s = tl.load(s_ptr + cols[None, :, None] * ssn + ((k0 + VPW * offs_w) // G)[None, None, :] * ssg,
+                        mask=((k0 + VPW * offs_w) < K)[None, None, :], other=0)
+        if FMT == 2:
+            if SCALE_MODE != 0:
+                d = d * (s.to(tl.float32) * 16.0)
+            acc += d
+        elif FMT == 1:
+            if SCALE_MODE != 0:
+                d = d * s.to(tl.int32)
+            acc += d
+        w_ptrs += BLOCK_W
+        x_ptrs += BLOCK_K if FMT == 2 else BLOCK_K // 4
+    out = tl.sum(acc, axis=2)
+    if FMT != 0 and SCALE_MODE == 0:  # one group per row: its scale once
+        s = tl.load(s_ptr + cols * ssn)
+        if FMT == 2:
+            out = out * (s.to(tl.float32) * 16.0)[None, :]
         else:
-            w_ptrs += (BLOCK_K // 2) * swk
-    return acc
+            out = out * s.to(tl.int32)[None, :]
+    return out
 
 
 @triton.jit
@@ -232,20 +304,11 @@ def _sum_partials(part_ptr, cnt_ptr, tile, SPLIT: tl.constexpr, BLOCK_M: tl.cons
 
 # ---------------------------------------------------------------------------------------------- kernels
 
-@triton.jit(do_not_specialize=["M"])
-def _w8a8_gemv_kernel(
-    x_ptr, w_ptr, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
-    M, N, K, k_slice, sxm, sxk, swn, swk, sws, sos,
-    HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SCALE_ORDER: tl.constexpr, FLOAT_MATH: tl.constexpr,
-    SPLIT: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-    UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """y [M, N] = int_epilogue(x_q @ w^T) for int8 w [N, K]; grid (M blocks x N blocks, SPLIT)."""
-    tile, row0, offs_m, offs_n, k_lo = _tile(M, N, k_slice, BLOCK_M, BLOCK_N)
-    acc = _accumulate(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32), x_ptr, w_ptr, w_ptr, row0, M, offs_n % N,
-                      k_lo, tl.minimum(k_lo + k_slice, K), K, 1, sxm, sxk, swn, swk, 0, 0,
-                      0, FLOAT_MATH, True, 0,
-                      EVEN_K, NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K)  # 0: FMT_W8A8
+@triton.jit
+def _finish_int(acc, tile, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
+                sws, sos, HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SCALE_ORDER: tl.constexpr,
+                SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The int32 tile's epilogue: directly, or (split-K) by the slice that finishes last."""
     if SPLIT == 1:
         int_epilogue(acc, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, sws, sos, N, 1,
                      HAS_BIAS, REQUANT, SCALE_ORDER)
@@ -255,41 +318,52 @@ def _w8a8_gemv_kernel(
 
 
 @triton.jit(do_not_specialize=["M"])
+def _w8a8_gemv_kernel(
+    x_ptr, w_ptr, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
+    M, N, K, w_slice, sxm, swn, sws, sos,
+    HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SCALE_ORDER: tl.constexpr, USE_ASM: tl.constexpr,
+    SPLIT: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+    UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """y [M, N] = int_epilogue(x_q @ w^T) for int8 w [N, K]; grid (M blocks x N blocks, SPLIT)."""
+    tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
+    acc = _accumulate(x_ptr, w_ptr, w_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, 0, 0, 0,
+                      0, 1, 0, USE_ASM, EVEN_K,  # FMT_W8A8, no group scales
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K)
+    _finish_int(acc, tile, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
+                sws, sos, HAS_BIAS, REQUANT, SCALE_ORDER, SPLIT, BLOCK_M, BLOCK_N)
+
+
+@triton.jit(do_not_specialize=["M"])
 def _w4a8_gemv_kernel(
     x_ptr, w_ptr, gs_ptr, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
-    M, N, K, G, k_slice, sxm, sxk, swn, swk, sgn, sgg, sos,
-    HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, FLOAT_MATH: tl.constexpr, SPLIT: tl.constexpr,
-    SCALES_PER_TILE: tl.constexpr, GROUP_K: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+    M, N, K, w_slice, sxm, swn, sgn, sgg, sos, bits,
+    HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, USE_ASM: tl.constexpr, SPLIT: tl.constexpr,
+    G: tl.constexpr, SCALE_MODE: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y [M, N] = int_epilogue(x_q @ (q4 * s_g)^T), w4a8_gemm_ref's scale order; grid (M x N blocks, SPLIT)."""
-    tile, row0, offs_m, offs_n, k_lo = _tile(M, N, k_slice, BLOCK_M, BLOCK_N)
-    acc = _accumulate(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32), x_ptr, w_ptr, gs_ptr, row0, M, offs_n % N,
-                      k_lo, tl.minimum(k_lo + k_slice, K), K, G, sxm, sxk, swn, swk, sgn, sgg,
-                      1, FLOAT_MATH, SCALES_PER_TILE, GROUP_K,
-                      EVEN_K, NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K)  # 1: FMT_W4A8
-    if SPLIT == 1:
-        int_epilogue(acc, offs_m, offs_n, M, N, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, 1, sos, N, 1,
-                     HAS_BIAS, REQUANT, 1)  # 1: SCALES_W4A8
-    elif _publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N) == SPLIT - 1:
-        int_epilogue(_sum_partials(part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N), offs_m, offs_n, M, N,
-                     xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, 1, sos, N, 1, HAS_BIAS, REQUANT, 1)
+    tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
+    acc = _accumulate(x_ptr, w_ptr, gs_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, sgn, sgg, bits,
+                      1, G, SCALE_MODE, USE_ASM, EVEN_K,  # 1: FMT_W4A8
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K)
+    _finish_int(acc, tile, offs_m, offs_n, M, N, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
+                1, sos, HAS_BIAS, REQUANT, 1, SPLIT, BLOCK_M, BLOCK_N)  # 1: SCALES_W4A8
 
 
 @triton.jit(do_not_specialize=["M"])
 def _w4a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, bias_ptr, y_ptr, part_ptr, cnt_ptr,
-    M, N, K, G, k_slice, sxm, sxk, swn, swk, ssn, ssg,
-    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SCALES_PER_TILE: tl.constexpr, GROUP_K: tl.constexpr,
-    EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr, UNROLL: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    M, N, K, w_slice, sxm, swn, ssn, ssg, bits,
+    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, G: tl.constexpr, SCALE_MODE: tl.constexpr, EVEN_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr, UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """y [M, N] = x @ (q4 * s)^T (+ bias) with fp32 sums, in y's dtype; grid (M x N blocks, SPLIT)."""
-    tile, row0, offs_m, offs_n, k_lo = _tile(M, N, k_slice, BLOCK_M, BLOCK_N)
-    acc = _accumulate(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x_ptr, w_ptr, s_ptr, row0, M, offs_n % N,
-                      k_lo, tl.minimum(k_lo + k_slice, K), K, G, sxm, sxk, swn, swk, ssn, ssg,
-                      2, True, SCALES_PER_TILE, GROUP_K,
-                      EVEN_K, NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K)  # 2: FMT_W4A16
+    tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
+    acc = _accumulate(x_ptr, w_ptr, s_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, ssn, ssg, bits,
+                      2, G, SCALE_MODE, False, EVEN_K,  # 2: FMT_W4A16 (no PTX needed)
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K)
     if SPLIT == 1:
         float_epilogue(acc, offs_m, offs_n, M, N, bias_ptr, y_ptr, N, 1, HAS_BIAS)
     elif _publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N) == SPLIT - 1:
@@ -299,94 +373,116 @@ def _w4a16_gemv_kernel(
 
 # ---------------------------------------------------------------------------------------------- configs
 
-def use_gemv(fmt: str, m: int, config) -> bool:
-    """Whether a launcher takes the GEMV path: an explicit GemvConfig, or no config and M <= GEMV_MAX_M[fmt]."""
+def gemv_unfit(fmt: str, k: int, w: torch.Tensor, group_size: int | None) -> str | None:
+    """Why the GEMV cannot take an [M, K] x W^T call of ``fmt`` (None: it can); see the module docstring."""
+    vpw = VALUES_PER_WORD[fmt]
+    if k % vpw:
+        return f"K={k} is no multiple of the {vpw} values of a 32-bit weight word"
+    if fmt != "w8a8" and group_size != k and group_size % 8:
+        return f"group size {group_size} is no multiple of 8"
+    if w.stride(1) != 1 or w.stride(0) % 4 or w.data_ptr() % 4:
+        return "the weight rows are not contiguous 4-byte aligned words"
+    return None
+
+
+def use_gemv(fmt: str, m: int, config, k: int, w: torch.Tensor, group_size: int | None = None) -> bool:
+    """Whether a launcher takes the GEMV path: an explicit GemvConfig (an error if the shape does not fit), or no
+    config, M <= GEMV_MAX_M[fmt] and a shape that fits (``gemv_unfit``)."""
     if config is None:
-        return m <= GEMV_MAX_M[fmt]
-    return isinstance(config, GemvConfig)
+        return m <= GEMV_MAX_M[fmt] and gemv_unfit(fmt, k, w, group_size) is None
+    if not isinstance(config, GemvConfig):
+        return False
+    why = gemv_unfit(fmt, k, w, group_size)
+    if why is not None:
+        raise QuambaError(f"a GemvConfig was given but the GEMV cannot run this call: {why}; pass config=None "
+                          "(the tensor-core kernels take it)")
+    return True
+
+
+def _scale_mode(fmt: str, k: int, g: int | None, block_k: int) -> int:
+    if fmt == "w8a8" or g >= k:
+        return SCALE_PER_ROW
+    return SCALE_PER_STEP if g % block_k == 0 else SCALE_PER_WORD
 
 
 @functools.lru_cache(maxsize=4096)
 def default_config(fmt: str, m: int, n: int, k: int, group_size: int | None, device_index: int) -> GemvConfig:
     """The heuristic config for an [M, K] x [N, K]^T GEMV of ``fmt`` (device_index -1: the CPU interpreter).
 
-    Reasoned for an H100 (132 SMs, ~3 TB/s) from the kernels' sm_90 SASS compiled offline (instructions in the K
-    loop per weight at M = 1: W8A8 3.9, W4A8 4.4, W4A16 5.9; W4A16 grows to 8 / 12 / 21 / 43 at M = 2 / 4 / 8 /
-    16, hence GEMV_MAX_M), to be tuned from ``benchmarks/kernels_gemm.py --sweep``:
-    - a step reads 256 k of int8 rows (W8A8) or 128 k of packed rows (W4: the largest power of two <= 128 that
-      divides the group size, so that a step needs one scale per row);
-    - enough rows that each thread of the 4 warps loads 32 bytes a step (4 KiB: 16 int8 rows, 64 packed rows;
-      more rows also share each x row's conversion and broadcast, paid per row and step);
+    Instructions in the K loop per weight at M = 1 (sm_90 SASS, Triton 3.6): W8A8 0.45, W4A8 1.4-1.8, W4A16 ~4;
+    at these sizes the kernels are bound by loads in flight rather than by instructions. From the H100 sweep
+    (``benchmarks/kernels_gemm.py --sweep``, mamba2-2.7b / 8b in_proj and out_proj at M = 1):
+    - W8A8 steps of 64 bytes per weight row, 64 rows a program;
+    - W4 steps of 64 bytes per row (block_k 128, one scale group), 32 (W4A8) or 64 (W4A16) rows a program, the
+      loop unrolled twice: the best or within 5% of it on every swept shape (wider programs with 16-byte steps
+      were 10-45% slower);
+    - fewer rows when that leaves fewer than two programs per SM at the largest split, or more than 32
+      accumulators per thread (BLOCK_M x BLOCK_N x words / 128);
     - split-K for memory parallelism: the weight bytes in flight are about one step of every program, N x (bytes
-      of a row's step) whatever BLOCK_N, so K is split until that reaches ~24 KiB per SM (Little's law: ~3 TB/s x
-      ~1 us of latency / 132 SMs), at most 8 slices of >= 2 steps (W4 in_proj: ~5 slices, out_proj / x_proj 8);
-    - integer products on the integer units (fewer instructions than exact fp32 products while the integer
-      kernels may not fuse multiply-adds: their epilogue needs the reference's two roundings);
-    - no ``tl.range`` pipelining: it stages the tiles in shared memory, and the compiler then reads the weights
-      back in x's layout (3-5x the instructions per weight).
-    The interpreter gets a few large programs (its cost is per program and per step) and fp32 products.
+      of a row's step) x unroll, so K is split until that reaches IN_FLIGHT_PER_SM: 24 KiB for W8A8 (Little's
+      law: ~3 TB/s x ~1 us of latency / 132 SMs), 96 KiB for W4 (the sweep's best splits: 8, 6 and 8 slices on
+      the three shapes; fewer were slower); at most 8 slices of >= 2 steps.
+    The interpreter gets a few large programs (its cost is per program and per step).
     """
     bm = min(next_pow2(m), 16)
     packed = fmt != "w8a8"
-    if device_index < 0:  # fp32 products: the interpreter checks every int32 operation for overflow (slow)
-        bk = (block_k_for_groups(128, group_size, 32) or 128) if packed else 128
-        return GemvConfig(block_m=bm, block_n=32, block_k=bk, num_warps=1, num_stages=1, float_math=True)
-    pref_k = 128 if packed else 256
-    bk = (block_k_for_groups(pref_k, group_size, 16) or pref_k) if packed else pref_k
+    if device_index < 0:
+        return GemvConfig(block_m=bm, block_n=32, block_k=128 if packed else 64, num_warps=1)
+    sms = _sm_count(device_index)
+    bk, bn, unroll = {"w8a8": (64, 64, 1), "w4a8": (128, 32, 2), "w4a16": (128, 64, 2)}[fmt]
+    if packed and group_size < k:
+        while group_size % bk and bk > 8:
+            bk //= 2  # one scale per row and step where a power of two divides the group
     row_bytes = bk // 2 if packed else bk
-    bn = min(64, max(8, 4096 // row_bytes))
-    step_bytes = cdiv(n, bn) * cdiv(m, bm) * bn * row_bytes  # one step of every program
-    split = max(1, min(cdiv(_IN_FLIGHT_PER_SM * _sm_count(device_index), step_bytes), cdiv(k, bk) // 2, 8))
-    return GemvConfig(block_m=bm, block_n=bn, block_k=bk, split=split, num_warps=4)
+    max_split = max(1, min(8, cdiv(k, bk) // 2))
+    words = bk // VALUES_PER_WORD[fmt]
+    while bn > 32 and (cdiv(n, bn) * cdiv(m, bm) * max_split < 2 * sms or bm * bn * words > 32 * 128):
+        bn //= 2  # enough programs, and at most 32 accumulators per thread (M > 1 multiplies them)
+    step_bytes = cdiv(n, bn) * cdiv(m, bm) * bn * row_bytes * unroll  # one (unrolled) step of every program
+    split = max(1, min(cdiv(IN_FLIGHT_PER_SM[fmt] * sms, step_bytes), max_split))
+    return GemvConfig(block_m=bm, block_n=bn, block_k=bk, split=split, num_warps=4, unroll=unroll)
 
 
 def candidate_configs(fmt: str, m: int, n: int, k: int, group_size: int | None,
                       device_index: int = 0) -> list[GemvConfig]:
     """The configs ``benchmarks/kernels_gemm.py --sweep`` times for one shape, the default first: a grid of
-    block_n x block_k, then num_warps, pipelining depth, unrolling, split-K and (integer formats) integer vs fp32
-    products varied one at a time around the default."""
+    block_n x block_k, then num_warps, pipelining depth, unrolling and split-K varied one at a time around the
+    default."""
     base = default_config(fmt, m, n, k, group_size, device_index)
     packed = fmt != "w8a8"
-    ks = (32, 64, 128) if packed else (64, 128, 256, 512)
-    if packed and group_size is not None:  # one scale per step; a gathering block_k is never faster
-        ks = tuple(b for b in ks if group_size % b == 0) or (base.block_k,)
-    # weight tiles of 2 / 4 / 8 KiB a step at M = 1 (1 / 2 / 4 KiB above: the FMAs grow with M), 8 to 128 rows
-    sizes = (2048, 4096, 8192) if base.block_m == 1 else (1024, 2048, 4096)
-    tiles = [(size // (bk // 2 if packed else bk), bk) for size in sizes for bk in ks]
+    ks = (32, 64, 128) if packed else (32, 64, 128, 256)
     out = [base]
 
     def add(**changes):
         cfg = replace(base, **changes)
-        if cfg not in out and not (cfg.float_math and fmt != "w4a16" and cfg.block_k > MAX_FLOAT_MATH_K):
+        if cfg not in out:
             out.append(cfg)
 
-    for bn, bk in tiles:
-        if 8 <= bn <= 128:
-            add(block_n=bn, block_k=bk)
+    for bk in ks:
+        for bn in (32, 64, 128, 256, 512):
+            if 2048 <= bn * bk // (2 if packed else 1) <= 16384:
+                add(block_n=bn, block_k=bk)
     for nw in (2, 8):
         add(num_warps=nw)
-    for st in (2, 3, 4):
+    for st in (2, 3):
         add(num_stages=st)
-    for un in (2, 4):
+    for un in (1, 2, 4, 8):
         add(unroll=un)
-    for sp in (1, 2, 4, 8):
+    for sp in (1, 2, 4, 8, 16):
         add(split=sp)
-    if fmt != "w4a16":
-        add(float_math=not base.float_math)
+    for un, sp in ((4, 16), (8, 16), (4, 4)):  # loads in flight per thread against programs per SM
+        add(unroll=un, split=sp)
     return out
 
 
 @functools.lru_cache(maxsize=4096)
 def _plan(fmt: str, m: int, n: int, k: int, group_size: int | None, device_index: int, config: GemvConfig | None):
     """The whole launch plan of one call, cached on its shapes: (config, grid, SPLIT, K slice length, EVEN_K,
-    (SCALES_PER_TILE, GROUP_K), split-K workspace elements)."""
+    SCALE_MODE, split-K workspace elements)."""
     cfg = config or default_config(fmt, m, n, k, group_size, device_index)
-    packed = fmt != "w8a8"
-    if packed and cfg.block_k % 2:
-        raise QuambaError(f"block_k must be even to unpack int4 pairs, got {cfg.block_k}")
-    if cfg.float_math and fmt != "w4a16" and cfg.block_k > MAX_FLOAT_MATH_K:
-        raise QuambaError(f"float_math sums block_k={cfg.block_k} products per step exactly only up to "
-                          f"{MAX_FLOAT_MATH_K}: use a smaller block_k")
+    vpw = VALUES_PER_WORD[fmt]
+    if cfg.block_k < vpw:
+        raise QuambaError(f"block_k={cfg.block_k} is less than one weight word ({vpw} values) of {fmt}")
     k_blocks = max(cdiv(k, cfg.block_k), 1)
     per_slice = cdiv(k_blocks, cfg.split)
     split = cdiv(k_blocks, per_slice)  # non-empty slices only: the last one to finish is the split-th
@@ -394,10 +490,9 @@ def _plan(fmt: str, m: int, n: int, k: int, group_size: int | None, device_index
     if split > 1 and tiles > _COUNTER_SLOTS:
         raise QuambaError(f"split-K over {tiles} tiles exceeds the {_COUNTER_SLOTS} counters: use split=1 or "
                           "larger blocks")
-    per_tile = packed and group_size % cfg.block_k == 0
-    group_k = group_size if per_tile and group_size < k else 0  # the constexpr group width (0: one per row)
     work = tiles * split * cfg.block_m * cfg.block_n if split > 1 else 0
-    return cfg, (tiles, split), split, per_slice * cfg.block_k, k % cfg.block_k == 0, (per_tile, group_k), work
+    mode = _scale_mode(fmt, k, group_size, cfg.block_k)
+    return cfg, (tiles, split), split, per_slice * cfg.block_k, k % cfg.block_k == 0, mode, work
 
 
 _COUNTERS: dict[int, torch.Tensor] = {}
@@ -417,20 +512,29 @@ def _split_buffers(t: torch.Tensor, work: int, dtype: torch.dtype, dummy: torch.
     return torch.empty(work, dtype=dtype, device=t.device), counters
 
 
+def _int8_words(x2: torch.Tensor) -> torch.Tensor:
+    """x2 [M, K] int8 whose rows can be read as int32 words (a copy if they cannot)."""
+    if x2.stride(1) != 1 or x2.stride(0) % 4 or x2.data_ptr() % 4:
+        return x2.clone(memory_format=torch.contiguous_format)
+    return x2
+
+
 # ---------------------------------------------------------------------------------------------- launch
-# Callers (gemm_w8a8 / gemm_w4 launchers) have checked dtypes, shapes and devices, and allocated y [M, N].
+# Callers (gemm_w8a8 / gemm_w4 launchers) have checked dtypes, shapes and devices, that use_gemv holds, and
+# allocated y [M, N].
 
 def w8a8_gemv_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, config: GemvConfig | None = None):
     """y [M, N] = epilogue(x2 [M, K] int8 @ w8 [N, K] int8), the W8A8 (scale_order 0) or W4A8 (1) epilogue."""
     (m, k), n = x2.shape, w8.shape[0]
+    x2 = _int8_words(x2)
     cfg, grid, split, k_slice, even_k, _, work = _plan("w8a8", m, n, k, None, x2.get_device(), config)
     part, cnt = _split_buffers(x2, work, torch.int32, y)
     with launch_device(x2):
         _w8a8_gemv_kernel[grid](
             x2, w8, xs, ws, ws if bias is None else bias, ws if os_ is None else os_, y, part, cnt,
-            m, n, k, k_slice, *x2.stride(), *w8.stride(), sws, sos,
-            HAS_BIAS=bias is not None, REQUANT=os_ is not None, SCALE_ORDER=scale_order,
-            FLOAT_MATH=cfg.float_math, SPLIT=split, EVEN_K=even_k, NUM_STAGES=cfg.num_stages,
+            m, n, k, k_slice // 4, x2.stride(0) // 4, w8.stride(0) // 4, sws, sos,
+            HAS_BIAS=bias is not None, REQUANT=os_ is not None, SCALE_ORDER=scale_order, USE_ASM=x2.is_cuda,
+            SPLIT=split, EVEN_K=even_k, NUM_STAGES=cfg.num_stages,
             UNROLL=cfg.unroll, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
             enable_fp_fusion=False,
         )
@@ -439,17 +543,16 @@ def w8a8_gemv_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, con
 def w4a8_gemv_into(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y, config: GemvConfig | None = None):
     """y [M, N] = epilogue(x2 [M, K] int8 @ (q4 * group_scales)^T), w4a8_gemm_ref's order."""
     (m, k), n = x2.shape, w_packed.shape[0]
-    cfg, grid, split, k_slice, even_k, (per_tile, group_k), work = _plan("w4a8", m, n, k, g, x2.get_device(),
-                                                                         config)
+    x2 = _int8_words(x2)
+    cfg, grid, split, k_slice, even_k, mode, work = _plan("w4a8", m, n, k, g, x2.get_device(), config)
     part, cnt = _split_buffers(x2, work, torch.int32, y)
     with launch_device(x2):
         _w4a8_gemv_kernel[grid](
             x2, w_packed, group_scales, xs, cs, cs if bias is None else bias, cs if os_ is None else os_, y,
             part, cnt,
-            m, n, k, g, k_slice, *x2.stride(), *w_packed.stride(), *group_scales.stride(), sos,
-            HAS_BIAS=bias is not None, REQUANT=os_ is not None, FLOAT_MATH=cfg.float_math, SPLIT=split,
-            SCALES_PER_TILE=per_tile, GROUP_K=group_k, EVEN_K=even_k, NUM_STAGES=cfg.num_stages,
-            UNROLL=cfg.unroll,
+            m, n, k, k_slice // 8, x2.stride(0) // 4, w_packed.stride(0) // 4, *group_scales.stride(), sos, 0x08080808,
+            HAS_BIAS=bias is not None, REQUANT=os_ is not None, USE_ASM=x2.is_cuda, SPLIT=split,
+            G=g, SCALE_MODE=mode, EVEN_K=even_k, NUM_STAGES=cfg.num_stages, UNROLL=cfg.unroll,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
             enable_fp_fusion=False,
         )
@@ -458,14 +561,15 @@ def w4a8_gemv_into(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y
 def w4a16_gemv_into(x2, w_packed, scales, g: int, bias, y, config: GemvConfig | None = None):
     """y [M, N] = x2 [M, K] @ (q4 * scales)^T (+ bias) in y's dtype."""
     (m, k), n = x2.shape, w_packed.shape[0]
-    cfg, grid, split, k_slice, even_k, (per_tile, group_k), work = _plan("w4a16", m, n, k, g, x2.get_device(),
-                                                                         config)
+    if x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    cfg, grid, split, k_slice, even_k, mode, work = _plan("w4a16", m, n, k, g, x2.get_device(), config)
     part, cnt = _split_buffers(x2, work, torch.float32, y)
     with launch_device(x2):
         _w4a16_gemv_kernel[grid](
             x2, w_packed, scales, scales if bias is None else bias, y, part, cnt,
-            m, n, k, g, k_slice, *x2.stride(), *w_packed.stride(), *scales.stride(),
-            HAS_BIAS=bias is not None, SPLIT=split, SCALES_PER_TILE=per_tile, GROUP_K=group_k, EVEN_K=even_k,
+            m, n, k, k_slice // 8, x2.stride(0), w_packed.stride(0) // 4, *scales.stride(), 0x3FC00000,
+            HAS_BIAS=bias is not None, SPLIT=split, G=g, SCALE_MODE=mode, EVEN_K=even_k,
             NUM_STAGES=cfg.num_stages, UNROLL=cfg.unroll, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
         )
