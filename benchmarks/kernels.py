@@ -9,6 +9,8 @@ Ops (each timed through the module or op the models call, so the figures include
     ssd        Mamba2 chunked SSD / state update        vs  QSSDScan forward / step (int8 inputs)
     gated norm Mamba2 gated RMSNorm (fp16 z)            vs  QGatedRMSNorm (int8 z)
     hadamard   (no fp16 counterpart: the fp16 model has none) QHadamard: Hadamard transform + int8 quantization
+    norm+had   Mamba2 gated RMSNorm (fp16 z)            vs  the A8 mixer's fused gated norm (int8 z) + Hadamard + int8
+               (one kernel), and the two kernels it replaces (QGatedRMSNorm then QHadamard) as "int8 two kernels"
     embedding  nn.Embedding (fp16)                      vs  QEmbedding (int8 rows, int4 rows)
     gemm       cuBLAS fp16 vs W8A8 / W4A8 / W4A16 (decode GEMV and tensor-core kernels): --gemm runs
                benchmarks/kernels_gemm.py in the same process, which writes kernels_gemm_<gpu>.{json,md}
@@ -51,6 +53,7 @@ from quamba.modules.mamba2 import QSSDScan  # noqa: E402
 from quamba.modules.norm import QGatedRMSNorm, QRMSNorm  # noqa: E402
 from quamba.modules.scan import QSelectiveScan  # noqa: E402
 from quamba.ops import selective_scan, selective_state_update, ssd_chunked, ssd_state_update  # noqa: E402
+from quamba.ops.hadamard import qgated_norm_hadamard_quant  # noqa: E402
 from quamba.ops.triton.selective_scan import _selective_scan_launch  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -284,6 +287,24 @@ def hadamard_case(s: Shape, b: int, l: int, dev) -> Case:
     return Case("hadamard + quantize", None, lambda: had(y), 0, b * l * s.d_inner * (2 + 1))
 
 
+def norm_hadamard_case(s: Shape, b: int, l: int, dev) -> Case:
+    """The A8 Mamba2 mixer's output path: gated norm (int8 z) -> Hadamard -> int8, fused as the mixer runs it
+    (``A8Mamba2Mixer._norm_had``); the fp16 model's counterpart is its gated norm alone."""
+    d, gs = s.d_inner, s.d_inner // s.ngroups
+    norm = GatedRMSNorm(d, gs, device=dev, dtype=torch.float16)
+    qnorm = QGatedRMSNorm(d, gs, dtype="float16").to(dev)
+    qnorm.z_scale.fill_(0.03)
+    had = QHadamard(d).to(dev)
+    had.output_scale.fill_(0.05)
+    y, z = torch.randn(b, l, d, device=dev).half(), torch.randn(b, l, d, device=dev).half()
+    zq = rand_q(b, l, d, device=dev)
+    fused = lambda: qgated_norm_hadamard_quant(y, zq, qnorm.z_scale, qnorm.weight, qnorm.eps,  # noqa: E731
+                                               qnorm.group_size, qnorm.norm_before_gate, had.output_scale)
+    rows = b * l * d
+    return Case("gated norm + hadamard + quantize (fused)", lambda: norm(y, z), fused, rows * 3 * 2, rows * (2 + 1 + 1),
+                more=(("int8 two kernels", lambda: had(qnorm(y, zq)), rows * (2 + 1 + 2 + 2 + 1)),))
+
+
 def embedding_case(s: Shape, b: int, l: int, dev) -> Case:
     emb = nn.Embedding(s.vocab, s.d_model, device=dev, dtype=torch.float16)
     ids = torch.randint(0, s.vocab, (b, l), device=dev)
@@ -301,6 +322,8 @@ def cases_for(s: Shape, b: int, l: int, dev) -> list[Case]:
     else:
         out += [ssd_case(s, b, l, dev, decode), gated_norm_case(s, b, l, dev)]
     out.append(hadamard_case(s, b, l, dev))
+    if s.arch == "mamba2":
+        out.append(norm_hadamard_case(s, b, l, dev))
     return out + [embedding_case(s, b, l, dev)]
 
 

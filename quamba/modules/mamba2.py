@@ -6,6 +6,8 @@
       -> scan (QSSDScan: int8 x, dt, B, C; fp32 state; float out)   y [B, L, H, P]
       -> norm (QGatedRMSNorm: y, int8 z -> float)
       -> had (Hadamard + int8) -> out_proj (W8A8/W4A8 on H-rotated weight, float out)
+norm and had run as one kernel (``quamba.ops.hadamard.qgated_norm_hadamard_quant``); they stay two modules, so
+checkpoints keep their layout.
 """
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ import math
 import torch
 import torch.nn as nn
 
+from ..ops.hadamard import qgated_norm_hadamard_quant
 from ..ops.ssd import qssd_chunked, qssd_state_update
+from .hadamard import QHadamard
+from .norm import QGatedRMSNorm
 from .registry import dtype_name, parse_dtype, register
 from .scan import Int8State, op_state
 
@@ -124,13 +129,21 @@ class A8Mamba2Mixer(nn.Module):
             y = self.scan(x_q, dt_q, B_q, C_q)
         else:
             y, cache.ssm_states[self.layer_idx] = self.scan(x_q, dt_q, B_q, C_q, state=cache.ssm_states[self.layer_idx])
-        y = self.norm(y.reshape(batch, seqlen, self.d_inner), z_q)
-        return self.out_proj(self.had(y))
+        return self.out_proj(self._norm_had(y.reshape(batch, seqlen, self.d_inner), z_q))
 
     def step(self, h_q: torch.Tensor, cache) -> torch.Tensor:
         z_q, xBC_q, dt_q = self.in_proj(h_q[:, 0]).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         xBC_q = self.conv1d.step(xBC_q, cache.conv_states[self.layer_idx])
         x_q, B_q, C_q = self._split_xbc(xBC_q)
         y = self.scan.step(x_q, dt_q, B_q, C_q, cache.ssm_states[self.layer_idx])
-        y = self.norm(y.reshape(-1, self.d_inner), z_q)
-        return self.out_proj(self.had(y)).unsqueeze(1)
+        return self.out_proj(self._norm_had(y.reshape(-1, self.d_inner), z_q)).unsqueeze(1)
+
+    def _norm_had(self, y: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
+        """had(norm(y, z_q)): y [..., d_inner] float (the scan output), z_q [..., d_inner] int8 (a slice of in_proj's
+        output) -> int8 [..., d_inner] for out_proj. The quantized norm and Hadamard fuse into one kernel; other
+        module types (none are built today) keep their own two calls."""
+        norm, had = self.norm, self.had
+        if isinstance(norm, QGatedRMSNorm) and isinstance(had, QHadamard):
+            return qgated_norm_hadamard_quant(y, z_q, norm.z_scale, norm.weight, norm.eps, norm.group_size,
+                                              norm.norm_before_gate, had.output_scale)
+        return had(norm(y, z_q))

@@ -340,3 +340,66 @@ def test_cuda_decode_shapes_and_graph_capture(gv):
     torch.cuda.synchronize()
     assert torch.equal(y, w4a8_gemm_ref(x_q, 0.02, packed, gs, cs, g, None, torch.float16))
     assert not gv[0]._COUNTERS[x_q.get_device()].any()
+
+
+def test_dependent_launch_switch(monkeypatch):
+    """Programmatic dependent launch: off for CPU tensors, on for sm_90+ unless QUAMBA_PDL=0, off before sm_90."""
+    from quamba.ops.triton import _common
+
+    assert not _common.use_pdl(torch.zeros(1))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
+    try:
+        _common._pdl_device.cache_clear()
+        assert _common._pdl_device(0) == (_common.gdc_wait is not None)
+        _common._pdl_device.cache_clear()
+        monkeypatch.setenv("QUAMBA_PDL", "0")
+        assert not _common._pdl_device(0)
+        _common._pdl_device.cache_clear()
+        monkeypatch.delenv("QUAMBA_PDL")
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (8, 0))
+        assert not _common._pdl_device(0)
+    finally:
+        _common._pdl_device.cache_clear()
+
+
+@pytest.mark.skipif(not ON_GPU, reason="programmatic dependent launch needs a GPU")
+def test_dependent_launch_chain_in_a_graph(gv, monkeypatch):
+    """A chain of 12 dependent decode kernels (int8 GEMV -> int8 GEMV ..., W8A8 and W4A8 alternating, split-K),
+    captured in a CUDA graph with dependent launch on: every kernel waits for its predecessor, so the replay gives
+    exactly the eager results computed with dependent launch off."""
+    from quamba.ops.triton import _common
+
+    n = k = 1024
+    q, gs, cs = quantize_w4a8(torch.randn(n, k) * 0.05, 128)
+    packed, gs, cs = pack_int4(q).cuda(), gs.cuda(), cs.cuda()
+    w8, ws = _q(n, k), torch.rand(n, device=DEVICE) * 1e-3 + 5e-4
+    s = torch.tensor(0.02, device=DEVICE)
+    out_scale = torch.full((n,), 0.05, device=DEVICE)
+
+    def chain(x):
+        for i in range(12):
+            if i % 2:
+                x = w8a8_gemm(x, s, w8, ws, None, out_scale)
+            else:
+                x = w4a8_gemm(x, s, packed, gs, cs, 128, out_scale=out_scale)
+        return x
+
+    x0 = _q(1, k)
+    try:
+        monkeypatch.setenv("QUAMBA_PDL", "0")
+        _common._pdl_device.cache_clear()
+        expected = chain(x0.clone())
+        monkeypatch.delenv("QUAMBA_PDL")
+        _common._pdl_device.cache_clear()
+        assert _common.use_pdl(x0)  # an H100: on
+        x_in = x0.clone()
+        chain(x_in)  # warm-up: compiles, allocates the split-K counters
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = chain(x_in)
+        for _ in range(3):
+            graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, expected) and (expected != 0).any()
+    finally:
+        _common._pdl_device.cache_clear()

@@ -70,7 +70,7 @@ def _triton_installed() -> bool:
 
 
 _KERNEL_FILES = ("_common", "conv1d", "rmsnorm", "hadamard", "embedding", "selective_scan", "ssd", "gemm_w8a8",
-                 "gemm_w4", "gemv", "selective_scan_parallel")  # helpers first: the others import them
+                 "gemm_w4", "gemv", "selective_scan_parallel", "norm_hadamard")  # helpers first: the others import them
 
 
 @contextlib.contextmanager

@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 
 import torch
 import triton
 import triton.language as tl
 
 from ...errors import QuambaError
+
+try:  # programmatic dependent launch (Hopper and later), Triton >= 3.3
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # an older Triton: the decode kernels launch the ordinary way
+    gdc_launch_dependents = gdc_wait = None
 
 # Launch-time dtype of the float outputs and inputs the kernels accept.
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -74,3 +81,31 @@ def device_of(t: torch.Tensor):
 
 def stride_or_zero(t: torch.Tensor | None, dim: int) -> int:
     return 0 if t is None else t.stride(dim)
+
+
+# ---------------------------------------------------------------------------------------------- dependent launch
+# A decode step is a chain of small kernels, each waiting for the one before. With programmatic dependent launch
+# (PDL, sm_90+) a kernel lets its successor launch as soon as all of its own programs are running; the successor's
+# programs are scheduled onto free SMs and wait in ``griddepcontrol.wait`` until their predecessor has finished and
+# its writes are visible. The launch and scheduling latency of each kernel then overlaps the kernel before it.
+# Every kernel launched this way waits first thing (``pdl_start``), before any load or store, so no read or write
+# can race its predecessor. QUAMBA_PDL=0 turns it off.
+
+
+@triton.jit
+def pdl_start(USE_PDL: tl.constexpr):
+    """Wait for the previous kernel in the stream, then let the next one launch (no-op unless USE_PDL)."""
+    if USE_PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+@functools.lru_cache(maxsize=None)
+def _pdl_device(index: int) -> bool:
+    return (gdc_wait is not None and os.environ.get("QUAMBA_PDL", "1") != "0"
+            and torch.cuda.get_device_capability(index) >= (9, 0))
+
+
+def use_pdl(t: torch.Tensor) -> bool:
+    """Whether kernels on t's device launch with programmatic dependent launch (CUDA, sm_90+, QUAMBA_PDL != 0)."""
+    return t.is_cuda and _pdl_device(t.get_device())

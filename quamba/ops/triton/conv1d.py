@@ -20,7 +20,7 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2,
-                      silu, stride_or_zero)
+                      pdl_start, silu, stride_or_zero, use_pdl)
 from .gemm_w8a8 import round_half_even
 
 _MAX_WIDTH = 4  # d_conv of every Mamba checkpoint is 4; the kernels unroll the taps
@@ -102,8 +102,10 @@ def _causal_conv1d_update_kernel(
     dim,
     sxb, sxd, ssb, ssd, ssk, swd, swk, syb, syd,
     K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """Shift the state left by one, append x, dot with the taps; grid (B, cdiv(D, BLOCK_D))."""
+    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_k = tl.arange(0, KP)
@@ -221,12 +223,14 @@ def _causal_conv1d_update_launch(
     if batch * dim == 0:
         return y
     block_d = min(256 if x.is_cuda else 32, next_pow2(dim))
+    pdl = use_pdl(x)
     with device_of(x):
         _causal_conv1d_update_kernel[(batch, cdiv(dim, block_d))](
             x, conv_state, weight, bias if bias is not None else weight, y,
             dim,
             *x.stride(), *conv_state.stride(), *weight.stride(), *y.stride(),
             K=width, KP=next_pow2(width), HAS_BIAS=bias is not None, SILU=use_silu, BLOCK_D=block_d,
+            USE_PDL=pdl, launch_pdl=pdl,
         )
     return y
 
@@ -288,8 +292,10 @@ def _qcausal_conv1d_update_kernel(
     dim,
     sxb, sxd, ssb, ssd, ssk, swd, swk, sis, sos, syb, syd,
     K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """int8 state: shift left by one, append x, exact dot with the taps, requantize; grid (B, cdiv(D, BLOCK_D))."""
+    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_k = tl.arange(0, KP)
@@ -414,6 +420,7 @@ def _qcausal_conv1d_update_launch(
     if batch * dim == 0:
         return y
     block_d = min(256 if x_q.is_cuda else 64, next_pow2(dim))
+    pdl = use_pdl(x_q)
     with device_of(x_q):
         _qcausal_conv1d_update_kernel[(batch, cdiv(dim, block_d))](
             x_q, conv_state, weight_q, weight_scale, input_scale, out_scale,
@@ -423,5 +430,6 @@ def _qcausal_conv1d_update_launch(
             *y.stride(),
             K=width, KP=next_pow2(width), HAS_BIAS=bias is not None, BLOCK_D=block_d,
             num_warps=4, enable_fp_fusion=False,
+            USE_PDL=pdl, launch_pdl=pdl,
         )
     return y

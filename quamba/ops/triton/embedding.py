@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import FLOAT_DTYPES, cdiv, check_runnable, check_same_device, device_of, next_pow2
+from ._common import FLOAT_DTYPES, cdiv, check_runnable, check_same_device, device_of, next_pow2, pdl_start, use_pdl
 
 
 @triton.jit
@@ -22,8 +22,10 @@ def _qembedding_kernel(
     dim, num_rows,
     sit, swv, swc, sss, syt,
     INT4: tl.constexpr, BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """Columns [pid1 * BLOCK, +BLOCK) of token pid0's output row; grid (tokens, cdiv(D, BLOCK))."""
+    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     tok = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     row = tl.load(ids_ptr + tok * sit).to(tl.int64)
@@ -63,11 +65,13 @@ def _qembedding_launch(ids: torch.Tensor, weight: torch.Tensor, scale: torch.Ten
     out = torch.empty(flat.shape[0], dim, device=weight.device, dtype=out_dtype)
     if flat.shape[0] and dim:
         block = min(1024 if weight.is_cuda else 256, next_pow2(dim))
+        pdl = use_pdl(weight)
         with device_of(weight):
             _qembedding_kernel[(flat.shape[0], cdiv(dim, block))](
                 flat, weight, scale, out,
                 dim, weight.shape[0],
                 flat.stride(0), *weight.stride(), scale.stride(0), out.stride(0),
                 INT4=bits == 4, BLOCK=block, num_warps=4,
+                USE_PDL=pdl, launch_pdl=pdl,
             )
     return out.reshape(*ids.shape, dim)

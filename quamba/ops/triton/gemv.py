@@ -53,7 +53,7 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import cdiv, next_pow2
+from ._common import cdiv, next_pow2, pdl_start, use_pdl
 from .gemm_w8a8 import _sm_count, float_epilogue, int_epilogue, launch_device
 
 # The formats: the FMT constexpr of the shared loop (jit code cannot read module globals: the kernels pass literals)
@@ -323,9 +323,10 @@ def _w8a8_gemv_kernel(
     M, N, K, w_slice, sxm, swn, sws, sos,
     HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SCALE_ORDER: tl.constexpr, USE_ASM: tl.constexpr,
     SPLIT: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-    UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """y [M, N] = int_epilogue(x_q @ w^T) for int8 w [N, K]; grid (M blocks x N blocks, SPLIT)."""
+    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
     acc = _accumulate(x_ptr, w_ptr, w_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, 0, 0, 0,
                       0, 1, 0, USE_ASM, EVEN_K,  # FMT_W8A8, no group scales
@@ -340,9 +341,10 @@ def _w4a8_gemv_kernel(
     M, N, K, w_slice, sxm, swn, sgn, sgg, sos, bits,
     HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, USE_ASM: tl.constexpr, SPLIT: tl.constexpr,
     G: tl.constexpr, SCALE_MODE: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-    UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """y [M, N] = int_epilogue(x_q @ (q4 * s_g)^T), w4a8_gemm_ref's scale order; grid (M x N blocks, SPLIT)."""
+    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
     acc = _accumulate(x_ptr, w_ptr, gs_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, sgn, sgg, bits,
                       1, G, SCALE_MODE, USE_ASM, EVEN_K,  # 1: FMT_W4A8
@@ -357,9 +359,10 @@ def _w4a16_gemv_kernel(
     M, N, K, w_slice, sxm, swn, ssn, ssg, bits,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, G: tl.constexpr, SCALE_MODE: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """y [M, N] = x @ (q4 * s)^T (+ bias) with fp32 sums, in y's dtype; grid (M x N blocks, SPLIT)."""
+    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
     acc = _accumulate(x_ptr, w_ptr, s_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, ssn, ssg, bits,
                       2, G, SCALE_MODE, False, EVEN_K,  # 2: FMT_W4A16 (no PTX needed)
@@ -529,6 +532,7 @@ def w8a8_gemv_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, con
     x2 = _int8_words(x2)
     cfg, grid, split, k_slice, even_k, _, work = _plan("w8a8", m, n, k, None, x2.get_device(), config)
     part, cnt = _split_buffers(x2, work, torch.int32, y)
+    pdl = use_pdl(x2)
     with launch_device(x2):
         _w8a8_gemv_kernel[grid](
             x2, w8, xs, ws, ws if bias is None else bias, ws if os_ is None else os_, y, part, cnt,
@@ -536,7 +540,7 @@ def w8a8_gemv_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, con
             HAS_BIAS=bias is not None, REQUANT=os_ is not None, SCALE_ORDER=scale_order, USE_ASM=x2.is_cuda,
             SPLIT=split, EVEN_K=even_k, NUM_STAGES=cfg.num_stages,
             UNROLL=cfg.unroll, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
-            enable_fp_fusion=False,
+            USE_PDL=pdl, launch_pdl=pdl, enable_fp_fusion=False,
         )
 
 
@@ -546,6 +550,7 @@ def w4a8_gemv_into(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y
     x2 = _int8_words(x2)
     cfg, grid, split, k_slice, even_k, mode, work = _plan("w4a8", m, n, k, g, x2.get_device(), config)
     part, cnt = _split_buffers(x2, work, torch.int32, y)
+    pdl = use_pdl(x2)
     with launch_device(x2):
         _w4a8_gemv_kernel[grid](
             x2, w_packed, group_scales, xs, cs, cs if bias is None else bias, cs if os_ is None else os_, y,
@@ -554,7 +559,7 @@ def w4a8_gemv_into(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y
             HAS_BIAS=bias is not None, REQUANT=os_ is not None, USE_ASM=x2.is_cuda, SPLIT=split,
             G=g, SCALE_MODE=mode, EVEN_K=even_k, NUM_STAGES=cfg.num_stages, UNROLL=cfg.unroll,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
-            enable_fp_fusion=False,
+            USE_PDL=pdl, launch_pdl=pdl, enable_fp_fusion=False,
         )
 
 
@@ -565,13 +570,14 @@ def w4a16_gemv_into(x2, w_packed, scales, g: int, bias, y, config: GemvConfig | 
         x2 = x2.contiguous()
     cfg, grid, split, k_slice, even_k, mode, work = _plan("w4a16", m, n, k, g, x2.get_device(), config)
     part, cnt = _split_buffers(x2, work, torch.float32, y)
+    pdl = use_pdl(x2)
     with launch_device(x2):
         _w4a16_gemv_kernel[grid](
             x2, w_packed, scales, scales if bias is None else bias, y, part, cnt,
             m, n, k, k_slice // 8, x2.stride(0), w_packed.stride(0) // 4, *scales.stride(), 0x3FC00000,
             HAS_BIAS=bias is not None, SPLIT=split, G=g, SCALE_MODE=mode, EVEN_K=even_k,
             NUM_STAGES=cfg.num_stages, UNROLL=cfg.unroll, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, USE_PDL=pdl, launch_pdl=pdl,
         )
 
 

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import cdiv, check_float, check_runnable, check_same_device, device_of, next_pow2
+from ._common import cdiv, check_float, check_runnable, check_same_device, device_of, next_pow2, pdl_start, use_pdl
 from .gemm_w8a8 import round_half_even
 
 _MAX_N = 16384  # one program holds an [MP, P] fp32 tile in registers
@@ -80,9 +80,11 @@ def _hadamard_quant_kernel(
     sxb, sxr, sxc,
     M: tl.constexpr, MP: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, Q: tl.constexpr,
     QR: tl.constexpr, ROWS: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """ROWS rows of x, viewed as [batches, rows_per_batch, n] (any strides), as an [ROWS, MP, P] tile ->
     the int8 rows of y ([num_rows, n], contiguous). Grid (cdiv(num_rows, ROWS),)."""
+    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_mask = rows < num_rows
     x_rows = x_ptr + (rows // rows_per_batch) * sxb + (rows % rows_per_batch) * sxr  # [ROWS] pointers
@@ -167,12 +169,14 @@ def _hadamard_quant_launch(y: torch.Tensor, out_scale: torch.Tensor) -> torch.Te
         return out
     tile = mp * p
     rows = _rows_per_program(num_rows, tile, y.is_cuda)
+    pdl = use_pdl(y)
     with device_of(y):
         _hadamard_quant_kernel[(cdiv(num_rows, rows),)](
             x3, out_scale, out,
             num_rows, x3.shape[1], 1.0 / math.sqrt(n),
             *x3.stride(),
             M=m, MP=mp, P=p, LOG_P=p.bit_length() - 1, Q=q, QR=qr, ROWS=rows,
-            num_warps=min(32, max(4, rows * tile // 512)),  # <= 16 fp32 per thread: no register spills
+            num_warps=min(32, max(4, rows * tile // 512)),  # <= 16 fp32 per thread: no register spills,
+            USE_PDL=pdl, launch_pdl=pdl,
         )
     return out

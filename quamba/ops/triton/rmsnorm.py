@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2, silu
+from ._common import (check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2, pdl_start,
+                      silu, use_pdl)
 from .gemm_w8a8 import round_half_even
 
 _MAX_ROW = 65536  # one program holds a whole row (or group) in registers
@@ -28,11 +29,13 @@ def _rms_norm_kernel(
     sx, sr, sy, so,
     HAS_RES: tl.constexpr, WRITE_RES: tl.constexpr, SUM_ROUND: tl.constexpr, QUANT: tl.constexpr,
     BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """Row r: s = x (+ residual, rounded to the residual-out dtype, which may be written);
     y = s * rsqrt(mean(s^2) + eps) * weight, stored in y's dtype or, with QUANT, as int8
     clamp(round_half_even(y / out_scale)). Grid (rows,). SUM_ROUND 1 / 2: the add is first
     rounded to fp16 / bf16 (two 16-bit inputs add in their dtype before any fp32 upcast)."""
+    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < ncols
@@ -66,10 +69,12 @@ def _gated_rms_norm_kernel(
     group_size, eps,
     sx, sz, sy,
     HAS_Z: tl.constexpr, Z_INT8: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """Group g of row r: rms_norm(x * silu(z)) * w, or rms_norm(x) * w * silu(z), rounded to x's dtype
     and then to y's. With Z_INT8 the gate is z_q * z_scale (int8 z_q, fp32 per-tensor z_scale).
     Grid (rows, groups)."""
+    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * group_size + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < group_size
@@ -118,6 +123,7 @@ def _norm_rows(x2, res2, weight, y, res_out, eps, sum_round=0, out_scale=None):
     if rows == 0 or ncols == 0:
         return
     block = next_pow2(ncols)
+    pdl = use_pdl(x2)
     with device_of(x2):
         _rms_norm_kernel[(rows,)](
             x2, res2 if res2 is not None else x2, weight, out_scale if out_scale is not None else weight, y,
@@ -128,6 +134,7 @@ def _norm_rows(x2, res2, weight, y, res_out, eps, sum_round=0, out_scale=None):
             HAS_RES=res2 is not None, WRITE_RES=res_out is not None, SUM_ROUND=sum_round,
             QUANT=out_scale is not None, BLOCK=block,
             num_warps=min(16, max(1, block // 256)),
+            USE_PDL=pdl, launch_pdl=pdl,
         )
 
 
@@ -212,6 +219,7 @@ def _gated_rms_norm_launch(
     rows = x2.shape[0]
     if rows and ncols:
         block = next_pow2(group_size)
+        pdl = use_pdl(x)
         with device_of(x):
             _gated_rms_norm_kernel[(rows, ncols // group_size)](
                 x2, z2 if z2 is not None else x2, z_scale if z_scale is not None else weight, weight, y,
@@ -219,5 +227,6 @@ def _gated_rms_norm_launch(
                 x2.stride(0), z2.stride(0) if z2 is not None else 0, y.stride(0),
                 HAS_Z=z is not None, Z_INT8=z_scale is not None, NORM_BEFORE_GATE=bool(norm_before_gate),
                 BLOCK=block, num_warps=min(16, max(1, block // 256)),
+                USE_PDL=pdl, launch_pdl=pdl,
             )
     return y.reshape(x.shape)

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2,
-                      silu, softplus, stride_or_zero)
+                      pdl_start, silu, softplus, stride_or_zero, use_pdl)
 from .gemm_w8a8 import round_half_even
 
 _MAX_STATE = 256  # the state of a channel block lives in registers
@@ -195,9 +195,11 @@ def _selective_state_update_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     QUANT: tl.constexpr, A_LOG: tl.constexpr, STATE_INT8: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """One step for a [BLOCK_D, N] slice of the state (fp32, or int8 rows with their scales, updated in place);
     grid (B, cdiv(D, BLOCK_D))."""
+    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
@@ -422,6 +424,7 @@ def _selective_state_update_launch(
     block_d = max(1, min(next_pow2(dim), 2048 // block_n, 64 if x.is_cuda else 16))
     zz = z if z is not None else x
     xs, ds, bs, cs, zs = scales if quant else (A,) * 5
+    pdl = use_pdl(x)
     with device_of(x):
         _selective_state_update_kernel[(batch, cdiv(dim, block_d))](
             st, x, dt, A, B, C, D if D is not None else A, zz, dt_bias if dt_bias is not None else A, y,
@@ -432,5 +435,6 @@ def _selective_state_update_launch(
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
             QUANT=quant, A_LOG=bool(A_is_log), STATE_INT8=st_scale is not None,
             BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4,
+            USE_PDL=pdl, launch_pdl=pdl,
         )
     return y

@@ -28,7 +28,7 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2,
-                      softplus, stride_or_zero)
+                      pdl_start, softplus, stride_or_zero, use_pdl)
 from .selective_scan import _copy_initial, _state_parts, dequant, quantize_state_rows
 
 _MAX_STATE = 256  # the scan kernel keeps a [BLOCK_M, N] tile of C in registers
@@ -295,9 +295,11 @@ def _ssd_state_update_kernel(
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr,
     QUANT: tl.constexpr, A_LOG: tl.constexpr, STATE_INT8: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """One step for a [BLOCK_P, N] slice of one head's state (fp32, or int8 rows with their scales, updated in
     place); grid (B, H, cdiv(P, BLOCK_P))."""
+    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     pid_b = tl.program_id(0).to(tl.int64)
     pid_h = tl.program_id(1)
     pid_g = pid_h // heads_per_group
@@ -544,6 +546,7 @@ def _ssd_state_update_launch(
     block_n = next_pow2(dstate)
     block_p = max(1, min(next_pow2(headdim), 4096 // block_n, 16 if x.is_cuda else 8))
     xs, dts, bs, cs = scales if quant else (A,) * 4
+    pdl = use_pdl(x)
     with device_of(x):
         _ssd_state_update_kernel[(batch, nheads, cdiv(headdim, block_p))](
             st, x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A, y,
@@ -554,5 +557,6 @@ def _ssd_state_update_launch(
             HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_LIMIT=has_limit,
             QUANT=quant, A_LOG=bool(A_is_log), STATE_INT8=st_scale is not None,
             BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4,
+            USE_PDL=pdl, launch_pdl=pdl,
         )
     return y

@@ -1,0 +1,198 @@
+"""Triton kernel of ``quamba.ops.hadamard.qgated_norm_hadamard_quant``: Mamba2's gated RMSNorm (int8 gate) and
+the Hadamard transform + int8 quantization of out_proj's input, in one launch.
+
+Per row of n = D = m * P channels (the layout of ``hadamard.py``: the row viewed as m sub-rows of P, the
+Hadamard tile [ROWS, MP, P] in registers):
+  1. the norm, with ``rmsnorm.py``'s gated-norm arithmetic: gate = silu(z_q * z_scale); x = y * gate (unless
+     norm_before_gate); rstd = 1 / sqrt_rn(div_rn(sum(x^2), group_size) + eps); v = x * rstd * w (* gate when
+     norm_before_gate), rounded to y's dtype and then to weight's, as the two-kernel path stores it, and read
+     back as fp32. Two ways, chosen by the norm group size GS against P:
+       GS <= P (P % GS == 0; one group per row when m = 1): each sub-row holds whole groups, so one pass
+         normalises it in registers (viewed as [ROWS, P / GS, GS]);
+       GS > P (GS % P == 0, one group per row included): a group spans GS / P sub-rows, so pass 1 adds the
+         squares of its sub-rows element-wise and reduces them once into the group's slot ([ROWS, NGP] fp32),
+         and pass 2 reloads each sub-row (an L1/L2 hit), recomputes its gate and normalises it with its
+         group's rstd.
+  2. the normalised sub-row j enters the Hadamard tile as column j of H_m times it (``hadamard.py``'s loop);
+  3. log2(P) butterflies, * 1/sqrt(n), div_rn by out_scale, clamp, round half to even, int8 store.
+Other group sizes (neither a divisor nor a multiple of P) and orders the Hadamard kernel does not take are
+not fused: the launcher returns None and the dispatcher runs the two kernels.
+
+Against the two-kernel path the only arithmetic difference is the order of the fp32 sum of squares when a
+group spans sub-rows (GS > P; where GS <= P it is the same tl.sum over the group): rstd may differ by an ulp,
+which the rounding to the norm's output dtype almost always absorbs; where it does not, an int8 output can
+move by one step.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ...errors import QuambaError
+from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2,
+                      pdl_start, silu, use_pdl)
+from .gemm_w8a8 import round_half_even
+from .hadamard import _MAX_N, _as_3d, _base_column, _plan, _rows_per_program
+
+
+@triton.jit
+def _gated_sub_row(y_rows, z_rows, zs, j: tl.constexpr, row_mask, syc, szc,
+                   P: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr):
+    """Sub-row j ([ROWS, P] fp32) of the rows at pointers y_rows / z_rows ([ROWS]): (x, gate) with
+    x = y * gate unless NORM_BEFORE_GATE (then x = y), gate = silu(z_q * z_scale)."""
+    cols = j * P + tl.arange(0, P)
+    x = tl.load(y_rows[:, None] + cols[None, :] * syc, mask=row_mask[:, None], other=0.0).to(tl.float32)
+    z = tl.load(z_rows[:, None] + cols[None, :] * szc, mask=row_mask[:, None], other=0).to(tl.float32)
+    gate = silu(z * zs)
+    if not NORM_BEFORE_GATE:
+        x = x * gate
+    return x, gate
+
+
+@triton.jit
+def _rstd(sum_sq, eps, GS: tl.constexpr):
+    """1 / sqrt(mean(x^2) + eps) from the group's fp32 sum of squares, IEEE-rounded as in rmsnorm.py."""
+    mean_sq = tl.math.div_rn(sum_sq, GS * 1.0)
+    return tl.math.div_rn(1.0, tl.sqrt_rn(mean_sq + eps))
+
+
+@triton.jit
+def _store_dtype_round(v, y_ptr, w_ptr):
+    """The norm's value as the two-kernel path stores it: rounded to y's dtype, then to weight's; back to fp32."""
+    return v.to(y_ptr.dtype.element_ty).to(w_ptr.dtype.element_ty).to(tl.float32)
+
+
+@triton.jit
+def _qgated_norm_hadamard_kernel(
+    y_ptr, z_ptr, zs_ptr, w_ptr, os_ptr, out_ptr,
+    num_rows, rows_per_batch, eps, inv_sqrt_n,
+    syb, syr, syc, szb, szr, szc,
+    M: tl.constexpr, MP: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, Q: tl.constexpr, QR: tl.constexpr,
+    GS: tl.constexpr, NGP: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, ROWS: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
+    """ROWS rows of y and z_q, each viewed as [batches, rows_per_batch, n] (any strides) -> the int8 rows of out
+    ([num_rows, n], contiguous). GS: the norm group size (a divisor or a multiple of P); NGP: the number of
+    groups per row padded to a power of two (used when GS > P). Grid (cdiv(num_rows, ROWS),)."""
+    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_mask = rows < num_rows
+    batch, r = rows // rows_per_batch, rows % rows_per_batch
+    y_rows = y_ptr + batch * syb + r * syr  # [ROWS] pointers
+    z_rows = z_ptr + batch * szb + r * szr
+    zs = tl.load(zs_ptr)
+    offs_i = tl.arange(0, MP)
+    offs_p = tl.arange(0, P)
+    if GS > P:
+        # pass 1: per-group sums of squares (group g: sub-rows g * GS / P ... (g + 1) * GS / P - 1), squares added
+        # element-wise over the group's sub-rows and reduced once per group (one cross-warp reduction, not one a
+        # sub-row), into the group's slot of sum_sq
+        offs_g = tl.arange(0, NGP)
+        sum_sq = tl.zeros([ROWS, NGP], dtype=tl.float32)
+        acc = tl.zeros([ROWS, P], dtype=tl.float32)
+        for j in tl.static_range(M):
+            x, _ = _gated_sub_row(y_rows, z_rows, zs, j, row_mask, syc, szc, P, NORM_BEFORE_GATE)
+            acc += x * x
+            if j % (GS // P) == GS // P - 1:  # the group's last sub-row
+                sum_sq += tl.where(offs_g[None, :] == j // (GS // P), tl.sum(acc, axis=1)[:, None], 0.0)
+                acc = tl.zeros([ROWS, P], dtype=tl.float32)
+        rstd = _rstd(sum_sq, eps, GS)  # [ROWS, NGP]
+    t = tl.zeros([ROWS, MP, P], dtype=tl.float32)
+    # pass 2 (the only pass when GS <= P): normalise sub-row j, accumulate it into the Hadamard tile
+    for j in tl.static_range(M):
+        x, gate = _gated_sub_row(y_rows, z_rows, zs, j, row_mask, syc, szc, P, NORM_BEFORE_GATE)
+        w = tl.load(w_ptr + j * P + offs_p).to(tl.float32)
+        if GS > P:
+            # the group's rstd, picked out of its slot (adding zeros is exact)
+            r_j = tl.sum(tl.where(offs_g[None, :] == j // (GS // P), rstd, 0.0), axis=1)
+            v = x * r_j[:, None] * w[None, :]
+        else:
+            x3 = tl.reshape(x, [ROWS, P // GS, GS])
+            r3 = _rstd(tl.sum(x3 * x3, axis=2), eps, GS)  # [ROWS, P // GS]
+            v = tl.reshape(x3 * r3[:, :, None], [ROWS, P]) * w[None, :]
+        if NORM_BEFORE_GATE:
+            v = v * gate
+        v = _store_dtype_round(v, y_ptr, w_ptr)
+        if M == 1:
+            t = tl.reshape(v, [ROWS, MP, P])
+        else:
+            t += _base_column(offs_i, j, M, Q, QR)[None, :, None] * v[:, None, :]
+    for _ in tl.static_range(LOG_P):
+        a, b = tl.split(tl.reshape(t, [ROWS, MP, P // 2, 2]))
+        t = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), [ROWS, MP, P])
+    t = t * inv_sqrt_n
+    # clamp then round == round then clamp: the bounds are integers and rounding is monotone
+    q = tl.minimum(tl.maximum(tl.math.div_rn(t, tl.load(os_ptr)), -128.0), 127.0)
+    out_ptrs = out_ptr + rows[:, None, None] * (M * P) + offs_i[None, :, None] * P + offs_p[None, None, :]
+    tl.store(out_ptrs, round_half_even(q).to(tl.int8), mask=row_mask[:, None, None] & (offs_i < M)[None, :, None])
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_plan(n: int, group_size: int) -> tuple[int, int, int, int, int] | None:
+    """(m, P, q, squares bitmask, padded groups per row) for rows of n channels normed in groups of group_size,
+    or None where the fused kernel does not apply (the dispatcher then runs the two kernels)."""
+    plan = _plan(n)
+    if plan is None:
+        return None
+    m, p, q, qr = plan
+    if next_pow2(m) * p > _MAX_N:
+        return None
+    if group_size <= p:
+        return (m, p, q, qr, 1) if p % group_size == 0 else None
+    return (m, p, q, qr, next_pow2(n // group_size)) if group_size % p == 0 else None
+
+
+def _check_scalar(name: str, t: torch.Tensor) -> None:
+    if t.numel() != 1 or t.dtype != torch.float32:
+        raise QuambaError(f"{name} is {t.dtype} of shape {list(t.shape)}: expected one float32 per-tensor scale")
+
+
+def _qgated_norm_hadamard_launch(y: torch.Tensor, z_q: torch.Tensor, z_scale: torch.Tensor, weight: torch.Tensor,
+                                 eps: float, group_size: int | None, norm_before_gate: bool,
+                                 out_scale: torch.Tensor) -> torch.Tensor | None:
+    """Checks and launches ``_qgated_norm_hadamard_kernel``; the contract of ``qgated_norm_hadamard_quant_ref``.
+    y and z_q may be strided views (z_q is a slice of in_proj's output); returns a new contiguous int8 tensor, or
+    None where the shape is not fused (see ``_fused_plan``) and the caller must run the two kernels."""
+    if y.dim() == 0:
+        raise QuambaError("the gated norm + Hadamard takes y of shape [..., D], got a scalar")
+    n = y.shape[-1]
+    check_shape("gated norm weight", weight, (n,))
+    check_shape("gate z_q", z_q, tuple(y.shape))
+    group_size = n if group_size is None else int(group_size)
+    if group_size <= 0 or n % group_size:
+        raise QuambaError(f"group_size {group_size} does not divide the {n} channels of the gated norm")
+    plan = _fused_plan(n, group_size)
+    if plan is None:
+        return None
+    check_float("y", y)
+    check_float("weight", weight)
+    if z_q.dtype != torch.int8:
+        raise QuambaError(f"the int8-gate norm takes z_q as int8, got {z_q.dtype}")
+    _check_scalar("gated norm z_scale", z_scale)
+    _check_scalar("hadamard out_scale", out_scale)
+    check_same_device(("y", y), ("z_q", z_q), ("z_scale", z_scale), ("weight", weight), ("out_scale", out_scale))
+    check_runnable(_qgated_norm_hadamard_kernel, y)
+    m, p, q, qr, ngp = plan
+    out = torch.empty(y.shape, device=y.device, dtype=torch.int8)
+    y3, z3 = _as_3d(y), _as_3d(z_q)
+    num_rows = y3.shape[0] * y3.shape[1]
+    if num_rows == 0:
+        return out
+    tile = next_pow2(m) * p
+    rows = _rows_per_program(num_rows, tile, y.is_cuda)
+    pdl = use_pdl(y)
+    with device_of(y):
+        _qgated_norm_hadamard_kernel[(cdiv(num_rows, rows),)](
+            y3, z3, z_scale, weight, out_scale, out,
+            num_rows, y3.shape[1], float(eps), 1.0 / math.sqrt(n),
+            *y3.stride(), *z3.stride(),
+            M=m, MP=next_pow2(m), P=p, LOG_P=p.bit_length() - 1, Q=q, QR=qr,
+            GS=group_size, NGP=ngp, NORM_BEFORE_GATE=bool(norm_before_gate), ROWS=rows,
+            num_warps=min(32, max(4, rows * tile // 512)),  # as hadamard.py: <= 16 fp32 of the tile per thread
+            USE_PDL=pdl, launch_pdl=pdl,
+        )
+    return out
