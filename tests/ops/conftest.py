@@ -26,3 +26,15 @@ def poisoned(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
+
+
+@pytest.fixture
+def poisoned_int8(poisoned, monkeypatch):
+    """Also fill every int8 torch.empty with 85, so that an element the kernel does not write fails."""
+    empty = torch.empty
+
+    def fill(*a, **k):
+        t = empty(*a, **k)
+        return t.fill_(85) if t.dtype == torch.int8 else t
+
+    monkeypatch.setattr(torch, "empty", fill)

@@ -43,18 +43,6 @@ def _kernels_not_forced_off(monkeypatch):
 
 
 @pytest.fixture
-def poisoned_int8(poisoned, monkeypatch):
-    """Also fill every int8 torch.empty with 85, so that an element the kernel does not write fails."""
-    empty = torch.empty
-
-    def fill(*a, **k):
-        t = empty(*a, **k)
-        return t.fill_(85) if t.dtype == torch.int8 else t
-
-    monkeypatch.setattr(torch, "empty", fill)
-
-
-@pytest.fixture
 def launches(monkeypatch):
     """Counts the fused launcher's calls and its kernel launches (a None return is a fall-back, not a launch)."""
     import quamba.ops.triton.norm_hadamard as kernels
