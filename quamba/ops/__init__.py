@@ -39,7 +39,8 @@ __all__ += [
 from .conv1d import (qcausal_conv1d, qcausal_conv1d_ref, qcausal_conv1d_update,  # noqa: E402
                      qcausal_conv1d_update_ref)
 from .embedding import qembedding, qembedding_ref  # noqa: E402
-from .hadamard import hadamard_quant, hadamard_quant_ref  # noqa: E402
+from .hadamard import (hadamard_quant, hadamard_quant_ref, qgated_norm_hadamard_quant,  # noqa: E402
+                       qgated_norm_hadamard_quant_ref)
 from .rmsnorm import (add_rms_norm_quant, add_rms_norm_quant_ref, qgated_rms_norm, qgated_rms_norm_ref,  # noqa: E402
                       rms_norm_quant, rms_norm_quant_ref)
 from .selective_scan import (qselective_scan, qselective_scan_ref, qselective_state_update,  # noqa: E402
@@ -59,6 +60,8 @@ __all__ += [
     "qgated_rms_norm_ref",
     "hadamard_quant",
     "hadamard_quant_ref",
+    "qgated_norm_hadamard_quant",
+    "qgated_norm_hadamard_quant_ref",
     "qembedding",
     "qembedding_ref",
     "qselective_scan",
