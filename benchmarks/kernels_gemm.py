@@ -223,11 +223,11 @@ def time_rows(args, timer: Timer, bandwidth: float, peaks: dict, device: torch.d
             o = make_operands(weights, m, device)
             copies = operand_copies(o, n, k, device) if m <= DECODE_MAX_M else None
             for name, fmt, config, kw in variants(m, n, k, o, device):
+                fn = call_for(fmt, o, config, kw)
                 if fmt == "fp16":
-                    fn, status = (lambda o=o: o["x_fp16"] @ o["w_fp16"].T), {}
-                    cfg_text = "cuBLAS"
+                    status, cfg_text = {}, "cuBLAS"
                 else:
-                    fn, ref_fn, exact = op_calls(fmt, o, config, **kw)
+                    _, ref_fn, exact = op_calls(fmt, o, config, **kw)
                     status = check(fn(), ref_fn(), exact)
                     cfg_text = describe(fmt, m, n, k, device, config, dense="dense_min_m" in kw)
                 us, host_us = timer(fn)

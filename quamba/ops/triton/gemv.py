@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 import triton
@@ -515,11 +516,41 @@ def _split_buffers(t: torch.Tensor, work: int, dtype: torch.dtype, dummy: torch.
     return torch.empty(work, dtype=dtype, device=t.device), counters
 
 
-def _int8_words(x2: torch.Tensor) -> torch.Tensor:
-    """x2 [M, K] int8 whose rows can be read as int32 words (a copy if they cannot)."""
-    if x2.stride(1) != 1 or x2.stride(0) % 4 or x2.data_ptr() % 4:
-        return x2.clone(memory_format=torch.contiguous_format)
-    return x2
+class _Launch(NamedTuple):
+    """One GEMV launch: x2 as the kernel reads it, the shapes, the config, grid, SPLIT, the K slice in weight words,
+    EVEN_K, SCALE_MODE, the split-K workspace and counters, and whether to use dependent launch."""
+
+    x2: torch.Tensor
+    m: int
+    n: int
+    k: int
+    cfg: GemvConfig
+    grid: tuple
+    split: int
+    w_slice: int
+    even_k: bool
+    mode: int
+    part: torch.Tensor
+    cnt: torch.Tensor
+    pdl: bool
+
+
+def _launch_plan(fmt: str, x2: torch.Tensor, w: torch.Tensor, g: int | None, y: torch.Tensor,
+                 config: GemvConfig | None):
+    """Everything a launcher needs besides its own arguments (``_Launch``).
+
+    x2's rows must be contiguous along K; the int8 formats also read them as int32 words, so rows that are not
+    4-byte aligned are copied first."""
+    (m, k), n = x2.shape, w.shape[0]
+    if fmt == "w4a16":
+        if x2.stride(1) != 1:
+            x2 = x2.contiguous()
+    elif x2.stride(1) != 1 or x2.stride(0) % 4 or x2.data_ptr() % 4:
+        x2 = x2.clone(memory_format=torch.contiguous_format)
+    cfg, grid, split, k_slice, even_k, mode, work = _plan(fmt, m, n, k, g, x2.get_device(), config)
+    part, cnt = _split_buffers(x2, work, torch.float32 if fmt == "w4a16" else torch.int32, y)
+    return _Launch(x2, m, n, k, cfg, grid, split, k_slice // VALUES_PER_WORD[fmt], even_k, mode, part, cnt,
+                   use_pdl(x2))
 
 
 # ---------------------------------------------------------------------------------------------- launch
@@ -528,56 +559,47 @@ def _int8_words(x2: torch.Tensor) -> torch.Tensor:
 
 def w8a8_gemv_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, config: GemvConfig | None = None):
     """y [M, N] = epilogue(x2 [M, K] int8 @ w8 [N, K] int8), the W8A8 (scale_order 0) or W4A8 (1) epilogue."""
-    (m, k), n = x2.shape, w8.shape[0]
-    x2 = _int8_words(x2)
-    cfg, grid, split, k_slice, even_k, _, work = _plan("w8a8", m, n, k, None, x2.get_device(), config)
-    part, cnt = _split_buffers(x2, work, torch.int32, y)
-    pdl = use_pdl(x2)
-    with launch_device(x2):
-        _w8a8_gemv_kernel[grid](
-            x2, w8, xs, ws, ws if bias is None else bias, ws if os_ is None else os_, y, part, cnt,
-            m, n, k, k_slice // 4, x2.stride(0) // 4, w8.stride(0) // 4, sws, sos,
-            HAS_BIAS=bias is not None, REQUANT=os_ is not None, SCALE_ORDER=scale_order, USE_ASM=x2.is_cuda,
-            SPLIT=split, EVEN_K=even_k, NUM_STAGES=cfg.num_stages,
+    p = _launch_plan("w8a8", x2, w8, None, y, config)
+    cfg = p.cfg
+    with launch_device(p.x2):
+        _w8a8_gemv_kernel[p.grid](
+            p.x2, w8, xs, ws, ws if bias is None else bias, ws if os_ is None else os_, y, p.part, p.cnt,
+            p.m, p.n, p.k, p.w_slice, p.x2.stride(0) // 4, w8.stride(0) // 4, sws, sos,
+            HAS_BIAS=bias is not None, REQUANT=os_ is not None, SCALE_ORDER=scale_order, USE_ASM=p.x2.is_cuda,
+            SPLIT=p.split, EVEN_K=p.even_k, NUM_STAGES=cfg.num_stages,
             UNROLL=cfg.unroll, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
-            USE_PDL=pdl, launch_pdl=pdl, enable_fp_fusion=False,
+            USE_PDL=p.pdl, launch_pdl=p.pdl, enable_fp_fusion=False,
         )
 
 
 def w4a8_gemv_into(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y, config: GemvConfig | None = None):
     """y [M, N] = epilogue(x2 [M, K] int8 @ (q4 * group_scales)^T), w4a8_gemm_ref's order."""
-    (m, k), n = x2.shape, w_packed.shape[0]
-    x2 = _int8_words(x2)
-    cfg, grid, split, k_slice, even_k, mode, work = _plan("w4a8", m, n, k, g, x2.get_device(), config)
-    part, cnt = _split_buffers(x2, work, torch.int32, y)
-    pdl = use_pdl(x2)
-    with launch_device(x2):
-        _w4a8_gemv_kernel[grid](
-            x2, w_packed, group_scales, xs, cs, cs if bias is None else bias, cs if os_ is None else os_, y,
-            part, cnt,
-            m, n, k, k_slice // 8, x2.stride(0) // 4, w_packed.stride(0) // 4, *group_scales.stride(), sos, 0x08080808,
-            HAS_BIAS=bias is not None, REQUANT=os_ is not None, USE_ASM=x2.is_cuda, SPLIT=split,
-            G=g, SCALE_MODE=mode, EVEN_K=even_k, NUM_STAGES=cfg.num_stages, UNROLL=cfg.unroll,
+    p = _launch_plan("w4a8", x2, w_packed, g, y, config)
+    cfg = p.cfg
+    with launch_device(p.x2):
+        _w4a8_gemv_kernel[p.grid](
+            p.x2, w_packed, group_scales, xs, cs, cs if bias is None else bias, cs if os_ is None else os_, y,
+            p.part, p.cnt,
+            p.m, p.n, p.k, p.w_slice, p.x2.stride(0) // 4, w_packed.stride(0) // 4, *group_scales.stride(), sos,
+            0x08080808,
+            HAS_BIAS=bias is not None, REQUANT=os_ is not None, USE_ASM=p.x2.is_cuda, SPLIT=p.split,
+            G=g, SCALE_MODE=p.mode, EVEN_K=p.even_k, NUM_STAGES=cfg.num_stages, UNROLL=cfg.unroll,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
-            USE_PDL=pdl, launch_pdl=pdl, enable_fp_fusion=False,
+            USE_PDL=p.pdl, launch_pdl=p.pdl, enable_fp_fusion=False,
         )
 
 
 def w4a16_gemv_into(x2, w_packed, scales, g: int, bias, y, config: GemvConfig | None = None):
     """y [M, N] = x2 [M, K] @ (q4 * scales)^T (+ bias) in y's dtype."""
-    (m, k), n = x2.shape, w_packed.shape[0]
-    if x2.stride(1) != 1:
-        x2 = x2.contiguous()
-    cfg, grid, split, k_slice, even_k, mode, work = _plan("w4a16", m, n, k, g, x2.get_device(), config)
-    part, cnt = _split_buffers(x2, work, torch.float32, y)
-    pdl = use_pdl(x2)
-    with launch_device(x2):
-        _w4a16_gemv_kernel[grid](
-            x2, w_packed, scales, scales if bias is None else bias, y, part, cnt,
-            m, n, k, k_slice // 8, x2.stride(0), w_packed.stride(0) // 4, *scales.stride(), 0x3FC00000,
-            HAS_BIAS=bias is not None, SPLIT=split, G=g, SCALE_MODE=mode, EVEN_K=even_k,
+    p = _launch_plan("w4a16", x2, w_packed, g, y, config)
+    cfg = p.cfg
+    with launch_device(p.x2):
+        _w4a16_gemv_kernel[p.grid](
+            p.x2, w_packed, scales, scales if bias is None else bias, y, p.part, p.cnt,
+            p.m, p.n, p.k, p.w_slice, p.x2.stride(0), w_packed.stride(0) // 4, *scales.stride(), 0x3FC00000,
+            HAS_BIAS=bias is not None, SPLIT=p.split, G=g, SCALE_MODE=p.mode, EVEN_K=p.even_k,
             NUM_STAGES=cfg.num_stages, UNROLL=cfg.unroll, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, USE_PDL=pdl, launch_pdl=pdl,
+            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, USE_PDL=p.pdl, launch_pdl=p.pdl,
         )
 
 

@@ -74,6 +74,21 @@ def _base_column(i, j: tl.constexpr, M: tl.constexpr, Q: tl.constexpr, QR: tl.co
 
 
 @triton.jit
+def butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, os_ptr, y_ptr, M: tl.constexpr,
+                            MP: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, ROWS: tl.constexpr):
+    """Steps 2 and 3 on the [ROWS, MP, P] tile t (H_m already applied): the H_P butterflies, * 1/sqrt(n), div_rn by
+    the scale at os_ptr, clamp, round half to even, int8 rows of y ([num_rows, M * P], contiguous)."""
+    for _ in tl.static_range(LOG_P):
+        a, b = tl.split(tl.reshape(t, [ROWS, MP, P // 2, 2]))
+        t = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), [ROWS, MP, P])
+    t = t * inv_sqrt_n
+    # clamp then round == round then clamp: the bounds are integers and rounding is monotone
+    v = tl.minimum(tl.maximum(tl.math.div_rn(t, tl.load(os_ptr)), -128.0), 127.0)
+    y_ptrs = y_ptr + rows[:, None, None] * (M * P) + offs_i[None, :, None] * P + offs_p[None, None, :]
+    tl.store(y_ptrs, round_half_even(v).to(tl.int8), mask=row_mask[:, None, None] & (offs_i < M)[None, :, None])
+
+
+@triton.jit
 def _hadamard_quant_kernel(
     x_ptr, os_ptr, y_ptr,
     num_rows, rows_per_batch, inv_sqrt_n,
@@ -98,14 +113,7 @@ def _hadamard_quant_kernel(
         for j in tl.static_range(M):
             xj = tl.load(x_rows[:, None] + (j * P + offs_p)[None, :] * sxc, mask=row_mask[:, None], other=0.0)
             t += _base_column(offs_i, j, M, Q, QR)[None, :, None] * xj.to(tl.float32)[:, None, :]
-    for _ in tl.static_range(LOG_P):
-        a, b = tl.split(tl.reshape(t, [ROWS, MP, P // 2, 2]))
-        t = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), [ROWS, MP, P])
-    t = t * inv_sqrt_n
-    # clamp then round == round then clamp: the bounds are integers and rounding is monotone
-    v = tl.minimum(tl.maximum(tl.math.div_rn(t, tl.load(os_ptr)), -128.0), 127.0)
-    y_ptrs = y_ptr + rows[:, None, None] * (M * P) + offs_i[None, :, None] * P + offs_p[None, None, :]
-    tl.store(y_ptrs, round_half_even(v).to(tl.int8), mask=row_mask[:, None, None] & (offs_i < M)[None, :, None])
+    butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, os_ptr, y_ptr, M, MP, P, LOG_P, ROWS)
 
 
 def _rows_per_program(num_rows: int, tile: int, on_gpu: bool) -> int:

@@ -35,8 +35,7 @@ import triton.language as tl
 from ...errors import QuambaError
 from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2,
                       pdl_start, silu, use_pdl)
-from .gemm_w8a8 import round_half_even
-from .hadamard import _MAX_N, _as_3d, _base_column, _plan, _rows_per_program
+from .hadamard import _MAX_N, _as_3d, _base_column, _plan, _rows_per_program, butterflies_quant_store
 
 
 @triton.jit
@@ -121,14 +120,7 @@ def _qgated_norm_hadamard_kernel(
             t = tl.reshape(v, [ROWS, MP, P])
         else:
             t += _base_column(offs_i, j, M, Q, QR)[None, :, None] * v[:, None, :]
-    for _ in tl.static_range(LOG_P):
-        a, b = tl.split(tl.reshape(t, [ROWS, MP, P // 2, 2]))
-        t = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), [ROWS, MP, P])
-    t = t * inv_sqrt_n
-    # clamp then round == round then clamp: the bounds are integers and rounding is monotone
-    q = tl.minimum(tl.maximum(tl.math.div_rn(t, tl.load(os_ptr)), -128.0), 127.0)
-    out_ptrs = out_ptr + rows[:, None, None] * (M * P) + offs_i[None, :, None] * P + offs_p[None, None, :]
-    tl.store(out_ptrs, round_half_even(q).to(tl.int8), mask=row_mask[:, None, None] & (offs_i < M)[None, :, None])
+    butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, os_ptr, out_ptr, M, MP, P, LOG_P, ROWS)
 
 
 @functools.lru_cache(maxsize=None)
