@@ -9,8 +9,9 @@ Ops (each timed through the module or op the models call, so the figures include
     ssd        Mamba2 chunked SSD / state update        vs  QSSDScan forward / step (int8 inputs)
     gated norm Mamba2 gated RMSNorm (fp16 z)            vs  QGatedRMSNorm (int8 z)
     hadamard   (no fp16 counterpart: the fp16 model has none) QHadamard: Hadamard transform + int8 quantization
-    norm+had   Mamba2 gated RMSNorm (fp16 z)            vs  the A8 mixer's fused gated norm (int8 z) + Hadamard + int8
-               (one kernel), and the two kernels it replaces (QGatedRMSNorm then QHadamard) as "int8 two kernels"
+    norm+had   Mamba2 gated RMSNorm (fp16 z)            vs  the A8 mixer's gated norm (int8 z) + Hadamard + int8 as it
+               runs it (one kernel where the norm groups divide the 2^k part of d_inner, else the two below), and
+               the two kernels (QGatedRMSNorm then QHadamard) as "int8 two kernels"
     embedding  nn.Embedding (fp16)                      vs  QEmbedding (int8 rows, int4 rows)
     gemm       cuBLAS fp16 vs W8A8 / W4A8 / W4A16 (decode GEMV and tensor-core kernels): --gemm runs
                benchmarks/kernels_gemm.py in the same process, which writes kernels_gemm_<gpu>.{json,md}
@@ -288,8 +289,8 @@ def hadamard_case(s: Shape, b: int, l: int, dev) -> Case:
 
 
 def norm_hadamard_case(s: Shape, b: int, l: int, dev) -> Case:
-    """The A8 Mamba2 mixer's output path: gated norm (int8 z) -> Hadamard -> int8, fused as the mixer runs it
-    (``A8Mamba2Mixer._norm_had``); the fp16 model's counterpart is its gated norm alone."""
+    """The A8 Mamba2 mixer's output path: gated norm (int8 z) -> Hadamard -> int8 as the mixer runs it
+    (``A8Mamba2Mixer._norm_had``: fused where the groups allow); the fp16 model's counterpart is its gated norm."""
     d, gs = s.d_inner, s.d_inner // s.ngroups
     norm = GatedRMSNorm(d, gs, device=dev, dtype=torch.float16)
     qnorm = QGatedRMSNorm(d, gs, dtype="float16").to(dev)
@@ -301,7 +302,7 @@ def norm_hadamard_case(s: Shape, b: int, l: int, dev) -> Case:
     fused = lambda: qgated_norm_hadamard_quant(y, zq, qnorm.z_scale, qnorm.weight, qnorm.eps,  # noqa: E731
                                                qnorm.group_size, qnorm.norm_before_gate, had.output_scale)
     rows = b * l * d
-    return Case("gated norm + hadamard + quantize (fused)", lambda: norm(y, z), fused, rows * 3 * 2, rows * (2 + 1 + 1),
+    return Case("gated norm + hadamard + quantize", lambda: norm(y, z), fused, rows * 3 * 2, rows * (2 + 1 + 1),
                 more=(("int8 two kernels", lambda: had(qnorm(y, zq)), rows * (2 + 1 + 2 + 2 + 1)),))
 
 

@@ -182,11 +182,11 @@ def _prefill(model, input_ids, cache):
     """Tensor prompts: one call. A list of prompts of different lengths: each row prefilled on its own (a batch-1
     cache copied into its row), exact where left padding would feed pad tokens into the recurrent state."""
     if isinstance(input_ids, torch.Tensor):
-        return model(input_ids, cache).logits[:, -1]
+        return model(input_ids, cache, num_last_tokens=1).logits[:, -1]
     rows = []
     for i, ids in enumerate(input_ids):
         one = model.allocate_cache(1)
-        rows.append(model(ids[None], one).logits[:, -1])
+        rows.append(model(ids[None], one, num_last_tokens=1).logits[:, -1])
         copy_cache(cache, one, row=i)
     cache.seqlen_offset = max(len(ids) for ids in input_ids)
     return torch.cat(rows)

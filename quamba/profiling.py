@@ -103,7 +103,7 @@ def time_ttft(model, settings: ProfileSettings) -> list[float]:
 
     def first_token():
         cache = model.allocate_cache(settings.batch_size)
-        return model(ids, cache).logits[:, -1].argmax(-1)
+        return model(ids, cache, num_last_tokens=1).logits[:, -1].argmax(-1)
 
     for _ in range(settings.warmup):
         first_token()
@@ -115,7 +115,7 @@ def time_tpot(model, settings: ProfileSettings, graph: CUDAGraphStep | None = No
     """Milliseconds per decode step (model step + argmax) after a prompt_len prefill, one sample per step."""
     ids = _prompt(model, settings)
     cache = model.allocate_cache(settings.batch_size)
-    tok = model(ids, cache).logits[:, -1].argmax(-1)
+    tok = model(ids, cache, num_last_tokens=1).logits[:, -1].argmax(-1)
     if graph is not None:
         graph.load(cache)
         step = graph

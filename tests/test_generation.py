@@ -78,8 +78,8 @@ class _PaddedVocabBait(torch.nn.Module):
         super().__init__()
         self.inner, self.config = inner, inner.config
 
-    def forward(self, ids, cache=None):
-        logits = self.inner(ids, cache).logits.clone()
+    def forward(self, ids, cache=None, num_last_tokens=0):
+        logits = self.inner(ids, cache, num_last_tokens).logits.clone()
         logits[..., VOCAB:] += 100.0
         return SimpleNamespace(logits=logits)
 
@@ -127,7 +127,7 @@ class _CountingLM(torch.nn.Module):
     def allocate_cache(self, batch):
         return SimpleNamespace(conv_states=[], ssm_states=[], seqlen_offset=0)
 
-    def forward(self, ids, cache=None):
+    def forward(self, ids, cache=None, num_last_tokens=0):
         self.calls.append(ids.shape[1])
         return SimpleNamespace(logits=torch.nn.functional.one_hot((ids + 1) % self.config.vocab_size, self.config.vocab_size).float())
 
@@ -198,9 +198,9 @@ def _record_model_calls(monkeypatch):
     calls = []
     original = MambaLMHeadModel.forward
 
-    def forward(self, input_ids, cache=None):
+    def forward(self, input_ids, cache=None, num_last_tokens=0):
         calls.append(input_ids[0].tolist())
-        return original(self, input_ids, cache)
+        return original(self, input_ids, cache, num_last_tokens)
 
     monkeypatch.setattr(MambaLMHeadModel, "forward", forward)
     return calls

@@ -25,6 +25,7 @@ from ..ops import (
     ssd_chunked,
     ssd_state_update,
 )
+from ..errors import QuambaError
 from .config import MambaConfig
 
 
@@ -284,9 +285,16 @@ class MambaLMHeadModel(nn.Module):
         if self.config.tie_embeddings:
             self.lm_head.weight = self.backbone.embedding.weight
 
-    def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None) -> CausalLMOutput:
-        """input_ids: [B, L] int64. With ``cache``, continues from and updates its state."""
+    def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None,
+                num_last_tokens: int = 0) -> CausalLMOutput:
+        """input_ids: [B, L] int64. With ``cache``, continues from and updates its state. ``num_last_tokens`` > 0:
+        logits of the last that many positions only ([B, num_last_tokens, V]); a prefill that only needs the next
+        token then skips the lm_head over the whole prompt (and its [B, L, V] output)."""
+        if num_last_tokens < 0:
+            raise QuambaError(f"num_last_tokens must be >= 0, got {num_last_tokens}")
         hidden = self.backbone(input_ids, cache)
+        if num_last_tokens:
+            hidden = hidden[:, -num_last_tokens:]
         if type(self.lm_head) is nn.Linear:  # a float head reads the norm's output in its own dtype
             hidden = hidden.to(self.lm_head.weight.dtype)
         logits = self.lm_head(hidden)

@@ -51,3 +51,40 @@ def test_decode_on_a_model_built_under_inference_mode(arch):
         mixer = model.backbone.layers[0].mixer
         assert torch.equal(mixer._neg_exp_A(mixer.A_log), -torch.exp(mixer.A_log.float()))  # the new A_log's A
     assert a.shape == b.shape == (1, 9)
+
+
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
+def test_num_last_tokens_keeps_the_last_positions_logits(arch):
+    """A prefill that only needs the next token runs the lm_head on the last positions only: the same logits as the
+    full forward's last positions, with and without a cache; 0 keeps them all; a negative count is refused."""
+    from quamba.errors import QuambaError
+
+    model = build_random_model(tiny_config(arch), seed=1)
+    ids = torch.randint(0, 257, (2, 13))
+    with torch.no_grad():
+        full = model(ids).logits
+        assert torch.equal(model(ids, num_last_tokens=0).logits, full)
+        last3 = model(ids, num_last_tokens=3).logits
+        cached = model(ids, model.allocate_cache(2), num_last_tokens=1).logits
+    assert last3.shape == (2, 3, full.shape[-1]) and torch.equal(last3, full[:, -3:])
+    assert cached.shape == (2, 1, full.shape[-1]) and rel_err(cached, full[:, -1:]) <= 1e-5
+    with pytest.raises(QuambaError, match="num_last_tokens"):
+        model(ids, num_last_tokens=-1)
+
+
+@pytest.mark.parametrize("w_bits,a_bits", [(4, 8), (8, 8), (4, 16)])
+def test_num_last_tokens_with_a_quantized_lm_head(w_bits, a_bits):
+    import quamba
+
+    fp = build_random_model(tiny_config("mamba2"), seed=2).eval()
+    q = quamba.quantize(fp, "quamba2", calib_data=None, calib_samples=2, calib_seqlen=8, dtype="float32",
+                        w_bits=w_bits, a_bits=a_bits, group_size=32, quantize_lm_head=True)
+    ids = torch.randint(0, 257, (2, 9))
+    with torch.no_grad():
+        full = q(ids).logits
+        last = q(ids, num_last_tokens=2).logits
+    assert type(q.lm_head).__name__ != "Linear"
+    if a_bits == 8:  # integer GEMM: exact whatever the number of rows
+        assert torch.equal(last, full[:, -2:])
+    else:  # an fp32 matmul over fewer rows may block (and round) differently
+        assert rel_err(last, full[:, -2:]) <= 1e-5

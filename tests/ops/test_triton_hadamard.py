@@ -50,12 +50,46 @@ def _assert_matches(q, y, scale):
     assert (diff > 0).float().mean() <= MAX_OFF_BY_ONE
 
 
+@pytest.fixture(params=["whole-rows", "4-sub-rows", "1-sub-row"])
+def sub_rows(request, monkeypatch):
+    """Each program's share of a row's output sub-rows, forced: all (prefill's layout), blocks of 4 (the last one
+    partly masked for m = 12, 20, 28), one (decode's layout)."""
+    import quamba.ops.triton.hadamard as kernels
+
+    per_program = {"whole-rows": None, "4-sub-rows": 4, "1-sub-row": 1}[request.param]
+    monkeypatch.setattr(kernels, "_sub_rows_per_program",
+                        lambda rows, m, mp: mp if per_program is None or m == 1 else min(per_program, mp))
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("n", SIZES)
-def test_prefill_rows(poisoned_int8, dtype, n):
+def test_prefill_rows(poisoned_int8, sub_rows, dtype, n):
     y = torch.randn(2, 7, n, device=DEVICE).to(dtype)
     scale = _scale_for(y)
     _assert_matches(hadamard_quant(y, scale), y, scale)
+
+
+def test_sub_row_layouts_are_bit_identical(sub_rows):
+    """Splitting a row's output sub-rows over programs changes no arithmetic: each output element is the same
+    sum in the same order, so every layout gives the whole-row layout's bytes."""
+    import quamba.ops.triton.hadamard as kernels
+
+    y = torch.randn(5, 20 * 8, device=DEVICE).half()
+    scale = _scale_for(y)
+    q = hadamard_quant(y, scale)
+    kernels._sub_rows_per_program = lambda rows, m, mp: mp  # restored by the fixture's monkeypatch
+    assert torch.equal(q, hadamard_quant(y, scale))
+
+
+def test_default_sub_row_blocks():
+    """The default layout: one output sub-row per program for a single row, blocks of 4 otherwise, whole rows
+    when the order has no m factor."""
+    import quamba.ops.triton.hadamard as kernels
+
+    assert kernels._sub_rows_per_program(1, 20, 32) == 1
+    assert kernels._sub_rows_per_program(16, 20, 32) == kernels._sub_rows_per_program(4096, 12, 16) == 4
+    assert kernels._sub_rows_per_program(1, 1, 1) == kernels._sub_rows_per_program(64, 1, 1) == 1
 
 
 @pytest.mark.parametrize("rows", [1, 3, 16])
@@ -89,7 +123,7 @@ def test_strided_views(poisoned_int8):
 
 
 @pytest.mark.parametrize("n", [12, 20, 28, 40])
-def test_kernel_builds_the_base_matrices(n):
+def test_kernel_builds_the_base_matrices(sub_rows, n):
     """Transforming the unit vectors e_j gives column j of H_n: the kernel's in-register H_m entries are the
     reference's. With the scale 1 / (127 sqrt(n)) every entry +-1/sqrt(n) maps to +-127."""
     eye = torch.eye(n, device=DEVICE)

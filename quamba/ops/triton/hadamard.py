@@ -3,7 +3,10 @@
 Contract of ``hadamard_quant_ref``: q = quantize(y @ H_n^T), H_n = (H_m (x) H_P) / sqrt(n), n = m * P,
 m in {1, 12, 20, 28}, P = 2^k. One program transforms a row in registers, as an [MP, P] tile (the row
 viewed as [m, P], m the slow index, MP = m padded to a power of two; short rows go several to a
-program, as an [ROWS, MP, P] tile):
+program, as an [ROWS, MP, P] tile). Output sub-row i = H_P(sum_j H_m[i, j] y_j) needs the whole row but no other
+output sub-row, so each program computes MI of them ([ROWS, MI, P], grid dimension 1 over the m / MI blocks),
+reading the row once per block (from L2 after the first): a whole row in one program left decode's one row of
+5120 = 20 * 256 to one SM, and a [32, 256] tile's butterflies cost more than the extra reads:
   1. H_m: the tile accumulates column j of H_m times input sub-row j, loaded once from memory, for
      j < m (rank-1 updates; the padded rows stay zero). H_m's +-1 entries are generated in registers
      from the Paley construction (no table in memory, nothing to upload, CUDA-graph safe).
@@ -76,7 +79,8 @@ def _base_column(i, j: tl.constexpr, M: tl.constexpr, Q: tl.constexpr, QR: tl.co
 @triton.jit
 def butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, os_ptr, y_ptr, M: tl.constexpr,
                             MP: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, ROWS: tl.constexpr):
-    """Steps 2 and 3 on the [ROWS, MP, P] tile t (H_m already applied): the H_P butterflies, * 1/sqrt(n), div_rn by
+    """Steps 2 and 3 on the [ROWS, MP, P] tile t (H_m already applied; MP: its sub-rows, offs_i their indices in the
+    row, those >= M not stored): the H_P butterflies, * 1/sqrt(n), div_rn by
     the scale at os_ptr, clamp, round half to even, int8 rows of y ([num_rows, M * P], contiguous)."""
     for _ in tl.static_range(LOG_P):
         a, b = tl.split(tl.reshape(t, [ROWS, MP, P // 2, 2]))
@@ -94,26 +98,27 @@ def _hadamard_quant_kernel(
     num_rows, rows_per_batch, inv_sqrt_n,
     sxb, sxr, sxc,
     M: tl.constexpr, MP: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, Q: tl.constexpr,
-    QR: tl.constexpr, ROWS: tl.constexpr,
+    QR: tl.constexpr, ROWS: tl.constexpr, MI: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    """ROWS rows of x, viewed as [batches, rows_per_batch, n] (any strides), as an [ROWS, MP, P] tile ->
-    the int8 rows of y ([num_rows, n], contiguous). Grid (cdiv(num_rows, ROWS),)."""
+    """ROWS rows of x, viewed as [batches, rows_per_batch, n] (any strides) -> output sub-rows
+    program_id(1) * MI ... + MI - 1 (those < M) of the int8 rows of y ([num_rows, n], contiguous), as an
+    [ROWS, MI, P] tile (MI = MP: whole rows). Grid (cdiv(num_rows, ROWS), cdiv(M, MI))."""
     pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_mask = rows < num_rows
     x_rows = x_ptr + (rows // rows_per_batch) * sxb + (rows % rows_per_batch) * sxr  # [ROWS] pointers
-    offs_i = tl.arange(0, MP)
+    offs_i = tl.program_id(1) * MI + tl.arange(0, MI)  # the output sub-rows (rows of H_m) of this program
     offs_p = tl.arange(0, P)
     if M == 1:
         t = tl.load(x_rows[:, None] + offs_p[None, :] * sxc, mask=row_mask[:, None], other=0.0)
-        t = tl.reshape(t.to(tl.float32), [ROWS, MP, P])
+        t = tl.reshape(t.to(tl.float32), [ROWS, MI, P])
     else:
-        t = tl.zeros([ROWS, MP, P], dtype=tl.float32)
+        t = tl.zeros([ROWS, MI, P], dtype=tl.float32)
         for j in tl.static_range(M):
             xj = tl.load(x_rows[:, None] + (j * P + offs_p)[None, :] * sxc, mask=row_mask[:, None], other=0.0)
             t += _base_column(offs_i, j, M, Q, QR)[None, :, None] * xj.to(tl.float32)[:, None, :]
-    butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, os_ptr, y_ptr, M, MP, P, LOG_P, ROWS)
+    butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, os_ptr, y_ptr, M, MI, P, LOG_P, ROWS)
 
 
 def _rows_per_program(num_rows: int, tile: int, on_gpu: bool) -> int:
@@ -123,6 +128,15 @@ def _rows_per_program(num_rows: int, tile: int, on_gpu: bool) -> int:
     budget = 1024 if on_gpu else 16384
     rows = max(1, budget // tile)
     return min(1 << (rows.bit_length() - 1), next_pow2(num_rows), 64)
+
+
+def _sub_rows_per_program(num_rows: int, m: int, mp: int) -> int:
+    """MI, the output sub-rows per program (m > 1; a 2^k row is one sub-row): one for a single row, else 4.
+    Measured on an H100 at n = 5120 = 20 * 256 (fp16, one call in a CUDA graph): 1 row 5.7 us (MI 1) / 6.7 (MI 4)
+    / 13.8 (whole rows, MI 32); 16 rows 15.2 / 6.9 / 14.1; 64 rows 15.7 / 8.1 / 14.0; 1024 rows 59.4 / 41.0 / 81.1."""
+    if m == 1:
+        return mp
+    return 1 if num_rows == 1 else min(4, mp)
 
 
 @functools.lru_cache(maxsize=None)
@@ -175,15 +189,16 @@ def _hadamard_quant_launch(y: torch.Tensor, out_scale: torch.Tensor) -> torch.Te
     num_rows = x3.shape[0] * x3.shape[1]
     if num_rows == 0:
         return out
-    tile = mp * p
+    mi = _sub_rows_per_program(num_rows, m, mp)
+    tile = mi * p
     rows = _rows_per_program(num_rows, tile, y.is_cuda)
     pdl = use_pdl(y)
     with device_of(y):
-        _hadamard_quant_kernel[(cdiv(num_rows, rows),)](
+        _hadamard_quant_kernel[(cdiv(num_rows, rows), cdiv(m, mi))](
             x3, out_scale, out,
             num_rows, x3.shape[1], 1.0 / math.sqrt(n),
             *x3.stride(),
-            M=m, MP=mp, P=p, LOG_P=p.bit_length() - 1, Q=q, QR=qr, ROWS=rows,
+            M=m, MP=mp, P=p, LOG_P=p.bit_length() - 1, Q=q, QR=qr, ROWS=rows, MI=mi,
             num_warps=min(32, max(4, rows * tile // 512)),  # <= 16 fp32 per thread: no register spills,
             USE_PDL=pdl, launch_pdl=pdl,
         )

@@ -2,26 +2,22 @@
 the Hadamard transform + int8 quantization of out_proj's input, in one launch.
 
 Per row of n = D = m * P channels (the layout of ``hadamard.py``: the row viewed as m sub-rows of P, the
-Hadamard tile [ROWS, MP, P] in registers):
-  1. the norm, with ``rmsnorm.py``'s gated-norm arithmetic: gate = silu(z_q * z_scale); x = y * gate (unless
-     norm_before_gate); rstd = 1 / sqrt_rn(div_rn(sum(x^2), group_size) + eps); v = x * rstd * w (* gate when
-     norm_before_gate), rounded to y's dtype and then to weight's, as the two-kernel path stores it, and read
-     back as fp32. Two ways, chosen by the norm group size GS against P:
-       GS <= P (P % GS == 0; one group per row when m = 1): each sub-row holds whole groups, so one pass
-         normalises it in registers (viewed as [ROWS, P / GS, GS]);
-       GS > P (GS % P == 0, one group per row included): a group spans GS / P sub-rows, so pass 1 adds the
-         squares of its sub-rows element-wise and reduces them once into the group's slot ([ROWS, NGP] fp32),
-         and pass 2 reloads each sub-row (an L1/L2 hit), recomputes its gate and normalises it with its
-         group's rstd.
+Hadamard tile [ROWS, MP, P] in registers), for norm groups of GS channels that divide P (so every sub-row holds
+whole groups; one group per row when m = 1):
+  1. the norm, with ``rmsnorm.py``'s gated-norm arithmetic, on sub-row j viewed as [ROWS, P / GS, GS]:
+     gate = silu(z_q * z_scale); x = y * gate (unless norm_before_gate); rstd = 1 / sqrt_rn(div_rn(sum(x^2), GS)
+     + eps); v = x * rstd * w (* gate when norm_before_gate), rounded to y's dtype and then to weight's, as the
+     two-kernel path stores it, and read back as fp32;
   2. the normalised sub-row j enters the Hadamard tile as column j of H_m times it (``hadamard.py``'s loop);
   3. log2(P) butterflies, * 1/sqrt(n), div_rn by out_scale, clamp, round half to even, int8 store.
-Other group sizes (neither a divisor nor a multiple of P) and orders the Hadamard kernel does not take are
-not fused: the launcher returns None and the dispatcher runs the two kernels.
+The group's squares are summed by the same tl.sum as the two-kernel path's, so the result is theirs.
 
-Against the two-kernel path the only arithmetic difference is the order of the fp32 sum of squares when a
-group spans sub-rows (GS > P; where GS <= P it is the same tl.sum over the group): rstd may differ by an ulp,
-which the rounding to the norm's output dtype almost always absorbs; where it does not, an int8 output can
-move by one step.
+Groups larger than P (mamba2-2.7b: one group of 5120 = 20 * 256) are not fused: a group spanning sub-rows needs
+a pass over the row for its sums of squares before the first sub-row can be normalised, and that version (fused
+until this session) measured slower than the two kernels on an H100: 19.3 vs 16.4 us at 1 row of 5120, 118 vs
+69 us at 1024 rows, and 1.3 ms vs 16 us with groups of 1280. Neither are group sizes that do not divide P, nor
+orders the Hadamard kernel does not take: for all of these the launcher returns None and the dispatcher runs the
+two kernels.
 """
 from __future__ import annotations
 
@@ -71,12 +67,11 @@ def _qgated_norm_hadamard_kernel(
     num_rows, rows_per_batch, eps, inv_sqrt_n,
     syb, syr, syc, szb, szr, szc,
     M: tl.constexpr, MP: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, Q: tl.constexpr, QR: tl.constexpr,
-    GS: tl.constexpr, NGP: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, ROWS: tl.constexpr,
+    GS: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, ROWS: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     """ROWS rows of y and z_q, each viewed as [batches, rows_per_batch, n] (any strides) -> the int8 rows of out
-    ([num_rows, n], contiguous). GS: the norm group size (a divisor or a multiple of P); NGP: the number of
-    groups per row padded to a power of two (used when GS > P). Grid (cdiv(num_rows, ROWS),)."""
+    ([num_rows, n], contiguous). GS: the norm group size, a divisor of P. Grid (cdiv(num_rows, ROWS),)."""
     pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_mask = rows < num_rows
@@ -86,33 +81,14 @@ def _qgated_norm_hadamard_kernel(
     zs = tl.load(zs_ptr)
     offs_i = tl.arange(0, MP)
     offs_p = tl.arange(0, P)
-    if GS > P:
-        # pass 1: per-group sums of squares (group g: sub-rows g * GS / P ... (g + 1) * GS / P - 1), squares added
-        # element-wise over the group's sub-rows and reduced once per group (one cross-warp reduction, not one a
-        # sub-row), into the group's slot of sum_sq
-        offs_g = tl.arange(0, NGP)
-        sum_sq = tl.zeros([ROWS, NGP], dtype=tl.float32)
-        acc = tl.zeros([ROWS, P], dtype=tl.float32)
-        for j in tl.static_range(M):
-            x, _ = _gated_sub_row(y_rows, z_rows, zs, j, row_mask, syc, szc, P, NORM_BEFORE_GATE)
-            acc += x * x
-            if j % (GS // P) == GS // P - 1:  # the group's last sub-row
-                sum_sq += tl.where(offs_g[None, :] == j // (GS // P), tl.sum(acc, axis=1)[:, None], 0.0)
-                acc = tl.zeros([ROWS, P], dtype=tl.float32)
-        rstd = _rstd(sum_sq, eps, GS)  # [ROWS, NGP]
     t = tl.zeros([ROWS, MP, P], dtype=tl.float32)
-    # pass 2 (the only pass when GS <= P): normalise sub-row j, accumulate it into the Hadamard tile
+    # normalise sub-row j (whole groups), accumulate it into the Hadamard tile
     for j in tl.static_range(M):
         x, gate = _gated_sub_row(y_rows, z_rows, zs, j, row_mask, syc, szc, P, NORM_BEFORE_GATE)
         w = tl.load(w_ptr + j * P + offs_p).to(tl.float32)
-        if GS > P:
-            # the group's rstd, picked out of its slot (adding zeros is exact)
-            r_j = tl.sum(tl.where(offs_g[None, :] == j // (GS // P), rstd, 0.0), axis=1)
-            v = x * r_j[:, None] * w[None, :]
-        else:
-            x3 = tl.reshape(x, [ROWS, P // GS, GS])
-            r3 = _rstd(tl.sum(x3 * x3, axis=2), eps, GS)  # [ROWS, P // GS]
-            v = tl.reshape(x3 * r3[:, :, None], [ROWS, P]) * w[None, :]
+        x3 = tl.reshape(x, [ROWS, P // GS, GS])
+        r3 = _rstd(tl.sum(x3 * x3, axis=2), eps, GS)  # [ROWS, P // GS]
+        v = tl.reshape(x3 * r3[:, :, None], [ROWS, P]) * w[None, :]
         if NORM_BEFORE_GATE:
             v = v * gate
         v = _store_dtype_round(v, y_ptr, w_ptr)
@@ -124,18 +100,16 @@ def _qgated_norm_hadamard_kernel(
 
 
 @functools.lru_cache(maxsize=None)
-def _fused_plan(n: int, group_size: int) -> tuple[int, int, int, int, int] | None:
-    """(m, P, q, squares bitmask, padded groups per row) for rows of n channels normed in groups of group_size,
-    or None where the fused kernel does not apply (the dispatcher then runs the two kernels)."""
+def _fused_plan(n: int, group_size: int) -> tuple[int, int, int, int] | None:
+    """(m, P, q, squares bitmask) for rows of n channels normed in groups of group_size, or None where the fused
+    kernel does not apply (groups that do not divide P; the dispatcher then runs the two kernels)."""
     plan = _plan(n)
     if plan is None:
         return None
     m, p, q, qr = plan
-    if next_pow2(m) * p > _MAX_N:
+    if next_pow2(m) * p > _MAX_N or p % group_size:
         return None
-    if group_size <= p:
-        return (m, p, q, qr, 1) if p % group_size == 0 else None
-    return (m, p, q, qr, next_pow2(n // group_size)) if group_size % p == 0 else None
+    return plan
 
 
 def _check_scalar(name: str, t: torch.Tensor) -> None:
@@ -168,7 +142,7 @@ def _qgated_norm_hadamard_launch(y: torch.Tensor, z_q: torch.Tensor, z_scale: to
     _check_scalar("hadamard out_scale", out_scale)
     check_same_device(("y", y), ("z_q", z_q), ("z_scale", z_scale), ("weight", weight), ("out_scale", out_scale))
     check_runnable(_qgated_norm_hadamard_kernel, y)
-    m, p, q, qr, ngp = plan
+    m, p, q, qr = plan
     out = torch.empty(y.shape, device=y.device, dtype=torch.int8)
     y3, z3 = _as_3d(y), _as_3d(z_q)
     num_rows = y3.shape[0] * y3.shape[1]
@@ -183,7 +157,7 @@ def _qgated_norm_hadamard_launch(y: torch.Tensor, z_q: torch.Tensor, z_scale: to
             num_rows, y3.shape[1], float(eps), 1.0 / math.sqrt(n),
             *y3.stride(), *z3.stride(),
             M=m, MP=next_pow2(m), P=p, LOG_P=p.bit_length() - 1, Q=q, QR=qr,
-            GS=group_size, NGP=ngp, NORM_BEFORE_GATE=bool(norm_before_gate), ROWS=rows,
+            GS=group_size, NORM_BEFORE_GATE=bool(norm_before_gate), ROWS=rows,
             num_warps=min(32, max(4, rows * tile // 512)),  # as hadamard.py: <= 16 fp32 of the tile per thread
             USE_PDL=pdl, launch_pdl=pdl,
         )
