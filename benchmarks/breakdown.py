@@ -32,6 +32,7 @@ from e2e import RECIPES, RESULTS, _names, build_variant, model_config  # noqa: E
 
 from quamba.generation import CUDAGraphStep  # noqa: E402
 from quamba.presets import PRESETS  # noqa: E402
+from quamba.profiling import timed  # noqa: E402
 
 
 class HostClock:
@@ -133,15 +134,8 @@ def measure(model, args) -> dict:
 
     for _ in range(3):
         gstep()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    samples = []
-    for _ in range(args.reps):
-        start.record()
-        gstep()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-    res["decode_graph"] = {"wall_ms": statistics.median(samples), **traced(gstep, calls=args.reps)}
+    res["decode_graph"] = {"wall_ms": statistics.median(timed(gstep, args.reps, model.device)),
+                           **traced(gstep, calls=args.reps)}
     return res
 
 

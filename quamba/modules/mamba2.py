@@ -6,8 +6,8 @@
       -> scan (QSSDScan: int8 x, dt, B, C; fp32 state; float out)   y [B, L, H, P]
       -> norm (QGatedRMSNorm: y, int8 z -> float)
       -> had (Hadamard + int8) -> out_proj (W8A8/W4A8 on H-rotated weight, float out)
-norm and had run as one kernel where the norm groups allow (``quamba.ops.hadamard.qgated_norm_hadamard_quant``); they stay two modules, so
-checkpoints keep their layout.
+norm and had run as one kernel where the norm groups allow (``quamba.ops.hadamard.qgated_norm_hadamard_quant``);
+they stay two modules, so checkpoints keep their layout.
 """
 from __future__ import annotations
 
@@ -141,8 +141,8 @@ class A8Mamba2Mixer(nn.Module):
     def _norm_had(self, y: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
         """had(norm(y, z_q)): y [..., d_inner] float (the scan output), z_q [..., d_inner] int8 (a slice of in_proj's
         output) -> int8 [..., d_inner] for out_proj. The quantized norm and Hadamard fuse into one kernel where
-        the norm groups divide the power-of-two part of d_inner; other
-        module types (none are built today) keep their own two calls."""
+        the norm groups divide the power-of-two part of d_inner; other module types (none are built today) keep
+        their own two calls."""
         norm, had = self.norm, self.had
         if isinstance(norm, QGatedRMSNorm) and isinstance(had, QHadamard):
             return qgated_norm_hadamard_quant(y, z_q, norm.z_scale, norm.weight, norm.eps, norm.group_size,

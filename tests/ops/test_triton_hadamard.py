@@ -70,7 +70,7 @@ def test_prefill_rows(poisoned_int8, sub_rows, dtype, n):
     _assert_matches(hadamard_quant(y, scale), y, scale)
 
 
-def test_sub_row_layouts_are_bit_identical(sub_rows):
+def test_sub_row_layouts_are_bit_identical(sub_rows, monkeypatch):
     """Splitting a row's output sub-rows over programs changes no arithmetic: each output element is the same
     sum in the same order, so every layout gives the whole-row layout's bytes."""
     import quamba.ops.triton.hadamard as kernels
@@ -78,7 +78,7 @@ def test_sub_row_layouts_are_bit_identical(sub_rows):
     y = torch.randn(5, 20 * 8, device=DEVICE).half()
     scale = _scale_for(y)
     q = hadamard_quant(y, scale)
-    kernels._sub_rows_per_program = lambda rows, m, mp: mp  # restored by the fixture's monkeypatch
+    monkeypatch.setattr(kernels, "_sub_rows_per_program", lambda rows, m, mp: mp)
     assert torch.equal(q, hadamard_quant(y, scale))
 
 

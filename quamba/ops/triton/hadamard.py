@@ -1,12 +1,12 @@
 """Triton Hadamard transform + int8 quantization: the kernel of ``quamba.ops.hadamard.hadamard_quant``.
 
 Contract of ``hadamard_quant_ref``: q = quantize(y @ H_n^T), H_n = (H_m (x) H_P) / sqrt(n), n = m * P,
-m in {1, 12, 20, 28}, P = 2^k. One program transforms a row in registers, as an [MP, P] tile (the row
-viewed as [m, P], m the slow index, MP = m padded to a power of two; short rows go several to a
-program, as an [ROWS, MP, P] tile). Output sub-row i = H_P(sum_j H_m[i, j] y_j) needs the whole row but no other
-output sub-row, so each program computes MI of them ([ROWS, MI, P], grid dimension 1 over the m / MI blocks),
-reading the row once per block (from L2 after the first): a whole row in one program left decode's one row of
-5120 = 20 * 256 to one SM, and a [32, 256] tile's butterflies cost more than the extra reads:
+m in {1, 12, 20, 28}, P = 2^k. The row is viewed as [m, P] (m the slow index, MP = m padded to a power of two).
+Output sub-row i = H_P(sum_j H_m[i, j] y_j) needs the whole row but no other output sub-row, so a program
+computes MI of them in registers, as an [ROWS, MI, P] tile (short rows go several to a program; grid dimension 1
+runs over the m / MI blocks of sub-rows), reading the row once per block (from L2 after the first). One program
+per whole row (MI = MP) left decode's one row of 5120 = 20 * 256 to one SM, and a [32, 256] tile's butterflies
+cost more than the extra reads:
   1. H_m: the tile accumulates column j of H_m times input sub-row j, loaded once from memory, for
      j < m (rank-1 updates; the padded rows stay zero). H_m's +-1 entries are generated in registers
      from the Paley construction (no table in memory, nothing to upload, CUDA-graph safe).
@@ -97,13 +97,13 @@ def _hadamard_quant_kernel(
     x_ptr, os_ptr, y_ptr,
     num_rows, rows_per_batch, inv_sqrt_n,
     sxb, sxr, sxc,
-    M: tl.constexpr, MP: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, Q: tl.constexpr,
+    M: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, Q: tl.constexpr,
     QR: tl.constexpr, ROWS: tl.constexpr, MI: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     """ROWS rows of x, viewed as [batches, rows_per_batch, n] (any strides) -> output sub-rows
     program_id(1) * MI ... + MI - 1 (those < M) of the int8 rows of y ([num_rows, n], contiguous), as an
-    [ROWS, MI, P] tile (MI = MP: whole rows). Grid (cdiv(num_rows, ROWS), cdiv(M, MI))."""
+    [ROWS, MI, P] tile (MI = m padded to a power of two: whole rows). Grid (cdiv(num_rows, ROWS), cdiv(M, MI))."""
     pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_mask = rows < num_rows
@@ -198,7 +198,7 @@ def _hadamard_quant_launch(y: torch.Tensor, out_scale: torch.Tensor) -> torch.Te
             x3, out_scale, out,
             num_rows, x3.shape[1], 1.0 / math.sqrt(n),
             *x3.stride(),
-            M=m, MP=mp, P=p, LOG_P=p.bit_length() - 1, Q=q, QR=qr, ROWS=rows, MI=mi,
+            M=m, P=p, LOG_P=p.bit_length() - 1, Q=q, QR=qr, ROWS=rows, MI=mi,
             num_warps=min(32, max(4, rows * tile // 512)),  # <= 16 fp32 per thread: no register spills,
             USE_PDL=pdl, launch_pdl=pdl,
         )

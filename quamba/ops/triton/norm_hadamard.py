@@ -13,8 +13,8 @@ whole groups; one group per row when m = 1):
 The group's squares are summed by the same tl.sum as the two-kernel path's, so the result is theirs.
 
 Groups larger than P (mamba2-2.7b: one group of 5120 = 20 * 256) are not fused: a group spanning sub-rows needs
-a pass over the row for its sums of squares before the first sub-row can be normalised, and that version (fused
-until this session) measured slower than the two kernels on an H100: 19.3 vs 16.4 us at 1 row of 5120, 118 vs
+a pass over the row for its sums of squares before the first sub-row can be normalised, and that version (since
+removed) measured slower than the two kernels on an H100: 19.3 vs 16.4 us at 1 row of 5120, 118 vs
 69 us at 1024 rows, and 1.3 ms vs 16 us with groups of 1280. Neither are group sizes that do not divide P, nor
 orders the Hadamard kernel does not take: for all of these the launcher returns None and the dispatcher runs the
 two kernels.
