@@ -55,8 +55,8 @@ def test_decode_on_a_model_built_under_inference_mode(arch):
 
 @pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
 def test_num_last_tokens_keeps_the_last_positions_logits(arch):
-    """A prefill that only needs the next token runs the lm_head on the last positions only: the same logits as the
-    full forward's last positions, with and without a cache; 0 keeps them all; a negative count is refused."""
+    """A prefill that only needs the next token runs the lm_head on the last positions only: the full forward's
+    last positions' logits, with and without a cache; 0 keeps them all; a negative count is refused."""
     from quamba.errors import QuambaError
 
     model = build_random_model(tiny_config(arch), seed=1)
@@ -66,7 +66,8 @@ def test_num_last_tokens_keeps_the_last_positions_logits(arch):
         assert torch.equal(model(ids, num_last_tokens=0).logits, full)
         last3 = model(ids, num_last_tokens=3).logits
         cached = model(ids, model.allocate_cache(2), num_last_tokens=1).logits
-    assert last3.shape == (2, 3, full.shape[-1]) and torch.equal(last3, full[:, -3:])
+    # the lm_head's matmul over fewer rows may take another BLAS blocking: equal up to float32 rounding
+    assert last3.shape == (2, 3, full.shape[-1]) and rel_err(last3, full[:, -3:]) <= 1e-6
     assert cached.shape == (2, 1, full.shape[-1]) and rel_err(cached, full[:, -1:]) <= 1e-5
     with pytest.raises(QuambaError, match="num_last_tokens"):
         model(ids, num_last_tokens=-1)

@@ -61,10 +61,13 @@ def _default(gv, fmt, m, g=None):
     return gv[0].config_for(fmt, m, N, K, None if g is None else (K if g == -1 else g), torch.device(DEVICE))
 
 
-def _small(gv, block_m=4, block_n=32, block_k=64, split=3):
+def _small(gv, block_m=4, block_n=32, block_k=64, split=3, prefetch=True):
     """An explicit small config with split-K (3 K slices of 128 for K = 384 and block_k 64)."""
     return gv[0].GemvConfig(block_m=block_m, block_n=block_n, block_k=block_k, split=split, num_warps=1,
-                            num_stages=1)
+                            num_stages=1, prefetch=prefetch)
+
+
+PREFETCH = pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "no-prefetch"])
 
 
 @functools.lru_cache(maxsize=None)
@@ -107,10 +110,11 @@ def test_w8a8_gemv_bit_exact(gv, poisoned, m, with_bias, output):
         assert (y.abs() >= 127).any() and (y.abs() < 100).any()
 
 
+@PREFETCH
 @pytest.mark.parametrize("block_k", [4, 32, 256])  # 4: one word a step; 256: K = 384 ends in a half step
-def test_w8a8_gemv_split(gv, poisoned, block_k):
+def test_w8a8_gemv_split(gv, poisoned, block_k, prefetch):
     args = _w8a8_args(3, True, "int8")
-    cfg = _small(gv, block_m=2, block_k=block_k, split=3 if block_k <= 32 else 2)
+    cfg = _small(gv, block_m=2, block_k=block_k, split=3 if block_k <= 32 else 2, prefetch=prefetch)
     assert torch.equal(gv[1]._w8a8_gemm_launch(*args, config=cfg), w8a8_gemm_ref(*args))
 
 
@@ -140,12 +144,13 @@ def test_w4a8_gemv_bit_exact(gv, poisoned, m, g, with_bias, output):
         assert torch.equal(w4a8_gemm(*args[:-1], out_scale=args[-1]), ref)
 
 
+@PREFETCH
 @pytest.mark.parametrize("g", GROUPS)
 @pytest.mark.parametrize("block_k", [8, 64])
-def test_w4a8_gemv_split(gv, poisoned, g, block_k):
+def test_w4a8_gemv_split(gv, poisoned, g, block_k, prefetch):
     """Split-K over 3 slices; block_k 64 does not divide 48 (a scale gathered per word), 8 is one word a step."""
     args, ref = _w4a8_case(3, g, True, "int8")
-    y = gv[2]._w4a8_gemm_launch(*args, config=_small(gv, block_k=block_k))
+    y = gv[2]._w4a8_gemm_launch(*args, config=_small(gv, block_k=block_k, prefetch=prefetch))
     assert torch.equal(y, ref)
 
 
@@ -159,11 +164,13 @@ def test_w4_gemv_small_steps_inside_groups_of_48(gv, poisoned):
     _check_w4a16(gv[2]._w4a16_gemm_launch(x, packed, s, 48, None, config=cfg), x, q, s, 48, None, 1e-3)
 
 
+@PREFETCH
+@pytest.mark.parametrize("split", [1, 2])
 @pytest.mark.parametrize("g", [48, -1])
-def test_w4_gemv_ragged_last_step(gv, poisoned, g):
-    """K = 96 with block_k 64: the second (split) step is half outside K (masked), scales gathered (48) or one
-    per row (-1)."""
-    k, cfg = 96, _small(gv, block_m=1, block_k=64, split=2)
+def test_w4_gemv_ragged_last_step(gv, poisoned, g, split, prefetch):
+    """K = 96 with block_k 64: the second step (in its own slice, or the one slice's last) is half outside K
+    (masked; with prefetch, the lookahead load past it too), scales gathered (48) or one per row (-1)."""
+    k, cfg = 96, _small(gv, block_m=1, block_k=64, split=split, prefetch=prefetch)
     q, gs, cs = quantize_w4a8(torch.randn(N, k) * 0.05, g)
     packed, gs, cs = pack_int4(q).to(DEVICE), gs.to(DEVICE), cs.to(DEVICE)
     x_q = _q(1, k)
@@ -205,13 +212,14 @@ def test_w4a16_gemv_matches_reference(gv, poisoned, m, g, with_bias):
         assert torch.equal(w4a16_gemm(x, packed, s, g, bias), y)
 
 
+@PREFETCH
 @pytest.mark.parametrize("dtype,bound", W4A16_DTYPES, ids=["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("g", [128, 48])
-def test_w4a16_gemv_split_and_dtypes(gv, poisoned, dtype, bound, g):
+def test_w4a16_gemv_split_and_dtypes(gv, poisoned, dtype, bound, g, prefetch):
     """Split-K (3 slices, summed in slice order by the last one to finish), x dtypes, batch dims."""
     packed, s, q = _w4a16_weights(g)
     x, bias = torch.randn(2, 3, K, device=DEVICE).to(dtype), torch.randn(N, device=DEVICE)
-    cfg = _small(gv, block_m=2)
+    cfg = _small(gv, block_m=2, prefetch=prefetch)
     y = gv[2]._w4a16_gemm_launch(x, packed, s, g, bias, config=cfg)
     assert y.shape == (2, 3, N)
     _check_w4a16(y, x, q, s, g, bias, bound)
@@ -288,32 +296,49 @@ def test_unaligned_int8_activations_are_copied(gv, poisoned):
 
 
 def test_default_configs_for_decode_shapes(gv, monkeypatch):
-    """The heuristic on a 132-SM GPU for the model shapes: split-K just enough for IN_FLIGHT_PER_SM bytes of
-    weight loads in flight per SM (or capped), at least two programs per SM where the rows allow, and valid sweep
-    candidates."""
+    """The heuristic on a 132-SM GPU for the model shapes: slices of two steps (one where programs are few) while
+    there are at most SHORT_SLICE_PROGRAMS_PER_SM programs per SM; else long unrolled slices with split-K just
+    enough for IN_FLIGHT_PER_SM bytes of weight loads in flight per SM (or capped); valid sweep candidates."""
     gemv = gv[0]
     monkeypatch.setattr(gemv, "_sm_count", lambda index: 132)
     gemv.default_config.cache_clear()
     shapes = [(8192, 2048), (2048, 4096), (10240, 2560), (2560, 5120), (192, 5120), (5120, 160), (10576, 2560),
               (18560, 4096), (4096, 8192), (50280, 2560)]
+    kinds = set()
     try:
         for fmt in ("w8a8", "w4a8", "w4a16"):
+            vpw = gemv.VALUES_PER_WORD[fmt]
             for n, k in shapes:
                 g = None if fmt == "w8a8" else (128 if k % 128 == 0 else k)
-                for m in (1, 16):
+                for m in (1, 4, 16):
                     cfg = gemv.default_config(fmt, m, n, k, g, 0)
-                    assert cfg.block_m == m and cfg.block_k % gemv.VALUES_PER_WORD[fmt] == 0
-                    row_bytes = cfg.block_k // (1 if fmt == "w8a8" else 2)
-                    in_flight = -(-n // cfg.block_n) * cfg.block_n * row_bytes * cfg.unroll * cfg.split / 132
-                    cap = max(1, min(8, -(-k // cfg.block_k) // 2))
-                    target = gemv.IN_FLIGHT_PER_SM[fmt]
-                    assert in_flight >= target or cfg.split == cap
-                    assert cfg.split == 1 or in_flight / cfg.split * (cfg.split - 1) < target
-                    programs = -(-n // cfg.block_n) * cap
-                    assert programs >= 2 * 132 or cfg.block_n == 32
+                    assert cfg.block_m == m and cfg.block_k % vpw == 0
+                    assert cfg.block_n == 32 or m * cfg.block_n * cfg.block_k // vpw <= 32 * 128
+                    tiles, steps = -(-n // cfg.block_n), -(-k // cfg.block_k)
+                    if cfg.unroll == 1 and -(-steps // cfg.split) <= 2:  # short slices
+                        kinds.add("short")
+                        assert cfg.prefetch
+                        assert tiles * cfg.split <= gemv.SHORT_SLICE_PROGRAMS_PER_SM * 132
+                        assert cfg.split == steps or tiles * cfg.split >= 2 * 132
+                    else:
+                        kinds.add("long")
+                        row_bytes = cfg.block_k // (1 if fmt == "w8a8" else 2)
+                        in_flight = tiles * cfg.block_n * row_bytes * cfg.unroll * cfg.split / 132
+                        cap = max(1, min(8, steps // 2))
+                        target = gemv.IN_FLIGHT_PER_SM[fmt]
+                        assert in_flight >= target or cfg.split == cap
+                        assert cfg.split == 1 or in_flight / cfg.split * (cfg.split - 1) < target
+                        assert cfg.prefetch == (fmt != "w4a8") and cfg.unroll == (1 if fmt == "w8a8" else 2)
                     cands = gemv.candidate_configs(fmt, m, n, k, g, 0)
                     assert cands[0] == cfg and len(set(cands)) == len(cands) > 10
-                    assert all(c.block_k >= gemv.VALUES_PER_WORD[fmt] for c in cands)
+                    assert all(c.block_k >= vpw for c in cands)
+                    assert any(c.prefetch != cfg.prefetch for c in cands)
+        assert kinds == {"short", "long"}
+        # the swept shapes get the sweep's best configs
+        assert gemv.default_config("w4a8", 1, 10576, 2560, 128, 0).describe() == "gemv 1x64x128 split10 w4 s1"
+        assert gemv.default_config("w8a8", 1, 192, 5120, None, 0).describe() == "gemv 1x32x256 split20 w4 s1"
+        assert gemv.default_config("w4a8", 1, 18560, 4096, 128, 0).describe() == \
+            "gemv 1x32x128 split6 w4 s1 u2 no-prefetch"
     finally:
         gemv.default_config.cache_clear()
 

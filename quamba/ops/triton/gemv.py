@@ -35,6 +35,12 @@ Eligibility (``gemv_unfit``): K a multiple of the word (4 or 8 values), W4 group
 per row), weight rows 4-byte aligned and contiguous along K. Other shapes take the tensor-core kernels. x is
 copied first if its rows are not 4-byte aligned words.
 
+Weights before the wait (``prefetch``): in a decode step every GEMV follows a small kernel that writes its x, and
+with dependent launch (``_common``) the GEMV's programs are resident while that kernel still runs. The weights do
+not depend on it, so each program requests its first step of weights before ``griddepcontrol.wait`` and only x
+waits; a program whose slice is one step has all of its weights in flight before its producer has finished. Only
+weights are read before the wait (never x, the split-K buffers or y), so no access races the producer.
+
 Split-K (``split`` > 1, for shapes with few N blocks): program (tile, s) sums K slice s and stores its partial
 sums into a per-tile workspace; the program that finishes last (an int32 atomic counter per tile, acq_rel at GPU
 scope, after a CTA barrier so every thread's partial is written) adds the partials in slice order 0, 1, ... and
@@ -66,8 +72,10 @@ SCALE_PER_ROW, SCALE_PER_STEP, SCALE_PER_WORD = 0, 1, 2
 GEMV_MAX_M = {"w8a8": 4, "w4a8": 8, "w4a16": 8}
 VALUES_PER_WORD = {"w8a8": 4, "w4a8": 8, "w4a16": 8}
 _COUNTER_SLOTS = 1 << 14  # split-K tiles per launch (N blocks x M blocks); 64 KiB of int32 per device
-# weight bytes a default config keeps in flight per SM (see default_config)
+# weight bytes a default config keeps in flight per SM, and the most programs per SM for slices of two steps
+# (see default_config)
 IN_FLIGHT_PER_SM = {"w8a8": 24 * 1024, "w4a8": 96 * 1024, "w4a16": 96 * 1024}
+SHORT_SLICE_PROGRAMS_PER_SM = 14
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,8 @@ class GemvConfig:
     block_m: rows of x per program; block_n: output channels per program; block_k: K per loop step (a multiple
     of the 4 (W8A8) or 8 (W4) values of a word); split: K slices, summed by the last one to finish;
     num_stages: software pipelining of the loop's loads (``tl.range``; 1: none); unroll: the K loop unrolled that
-    many times (more loads in flight per thread).
+    many times (more loads in flight per thread); prefetch: each program requests its first step's weights before
+    it waits for the kernel that wrote x (dependent launch), then keeps one step of weights in flight ahead.
     """
 
     block_m: int = 1
@@ -87,6 +96,7 @@ class GemvConfig:
     num_warps: int = 4
     num_stages: int = 1
     unroll: int = 1
+    prefetch: bool = True
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k"):
@@ -99,8 +109,9 @@ class GemvConfig:
 
     def describe(self) -> str:
         unroll = f" u{self.unroll}" if self.unroll > 1 else ""
+        prefetch = "" if self.prefetch else " no-prefetch"
         return (f"gemv {self.block_m}x{self.block_n}x{self.block_k} split{self.split} w{self.num_warps} "
-                f"s{self.num_stages}{unroll}")
+                f"s{self.num_stages}{unroll}{prefetch}")
 
 
 # ---------------------------------------------------------------------------------------------- jit helpers
@@ -191,7 +202,7 @@ def _accumulate(
     x_ptr, w_ptr, s_ptr, rows, cols, w_slice, K, sxm, swn, ssn, ssg, bits,
     FMT: tl.constexpr, G: tl.constexpr, SCALE_MODE: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """x[rows, slice] @ W[cols, slice]^T as [BLOCK_M, BLOCK_N] (int32 for W8A8 / W4A8, fp32 for W4A16; W4 sums
     times their group scales), for K slice ``program_id(1)`` of ``w_slice`` weight words.
@@ -221,13 +232,34 @@ def _accumulate(
         acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_W), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_W), dtype=tl.int32)
+    if PREFETCH:  # the first step's weights are requested before waiting for x's producer (see the docstring)
+        if EVEN_K:  # every slice holds at least one whole step
+            w_next = tl.load(w_ptrs)
+        else:
+            w_next = tl.load(w_ptrs, mask=((k_lo + VPW * offs_w) < k_hi)[None, None, :], other=0)
+    pdl_start(USE_PDL)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES, loop_unroll_factor=UNROLL):
-        if EVEN_K:
+        if not EVEN_K:
+            in_k = (k0 + VPW * offs_w) < k_hi  # whole words (K is a multiple of VPW)
+        if PREFETCH:  # one step of lookahead: this step's weights arrived with the last one, the next are asked for
+            w = w_next
+            if EVEN_K:  # the last step re-reads itself (cached) instead of a mask, which would split 16-byte loads
+                w_next = tl.load(w_ptrs + BLOCK_W * (k0 + BLOCK_K < k_hi).to(tl.int32))
+            else:
+                w_next = tl.load(w_ptrs + BLOCK_W, mask=((k0 + BLOCK_K + VPW * offs_w) < k_hi)[None, None, :],
+                                 other=0)
+            if FMT != 2:
+                if EVEN_K:
+                    xw = tl.load(x_ptrs)
+                elif FMT == 1:
+                    xw = tl.load(x_ptrs, mask=in_k[None, None, :, None], other=0)
+                else:
+                    xw = tl.load(x_ptrs, mask=in_k[None, None, :], other=0)
+        elif EVEN_K:
             w = tl.load(w_ptrs)
             if FMT != 2:
                 xw = tl.load(x_ptrs)
         else:
-            in_k = (k0 + VPW * offs_w) < K  # whole words (K is a multiple of VPW)
             w = tl.load(w_ptrs, mask=in_k[None, None, :], other=0)
             if FMT == 1:
                 xw = tl.load(x_ptrs, mask=in_k[None, None, :, None], other=0)
@@ -324,14 +356,14 @@ def _w8a8_gemv_kernel(
     M, N, K, w_slice, sxm, swn, sws, sos,
     HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SCALE_ORDER: tl.constexpr, USE_ASM: tl.constexpr,
     SPLIT: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-    UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr,
+    UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PREFETCH: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """y [M, N] = int_epilogue(x_q @ w^T) for int8 w [N, K]; grid (M blocks x N blocks, SPLIT)."""
-    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
     acc = _accumulate(x_ptr, w_ptr, w_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, 0, 0, 0,
                       0, 1, 0, USE_ASM, EVEN_K,  # FMT_W8A8, no group scales
-                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K)
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, USE_PDL)
     _finish_int(acc, tile, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
                 sws, sos, HAS_BIAS, REQUANT, SCALE_ORDER, SPLIT, BLOCK_M, BLOCK_N)
 
@@ -342,14 +374,14 @@ def _w4a8_gemv_kernel(
     M, N, K, w_slice, sxm, swn, sgn, sgg, sos, bits,
     HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, USE_ASM: tl.constexpr, SPLIT: tl.constexpr,
     G: tl.constexpr, SCALE_MODE: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-    UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr,
+    UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PREFETCH: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """y [M, N] = int_epilogue(x_q @ (q4 * s_g)^T), w4a8_gemm_ref's scale order; grid (M x N blocks, SPLIT)."""
-    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
     acc = _accumulate(x_ptr, w_ptr, gs_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, sgn, sgg, bits,
                       1, G, SCALE_MODE, USE_ASM, EVEN_K,  # 1: FMT_W4A8
-                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K)
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, USE_PDL)
     _finish_int(acc, tile, offs_m, offs_n, M, N, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
                 1, sos, HAS_BIAS, REQUANT, 1, SPLIT, BLOCK_M, BLOCK_N)  # 1: SCALES_W4A8
 
@@ -360,14 +392,13 @@ def _w4a16_gemv_kernel(
     M, N, K, w_slice, sxm, swn, ssn, ssg, bits,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, G: tl.constexpr, SCALE_MODE: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr,
+    BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """y [M, N] = x @ (q4 * s)^T (+ bias) with fp32 sums, in y's dtype; grid (M x N blocks, SPLIT)."""
-    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
     acc = _accumulate(x_ptr, w_ptr, s_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, ssn, ssg, bits,
                       2, G, SCALE_MODE, False, EVEN_K,  # 2: FMT_W4A16 (no PTX needed)
-                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K)
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, USE_PDL)
     if SPLIT == 1:
         float_epilogue(acc, offs_m, offs_n, M, N, bias_ptr, y_ptr, N, 1, HAS_BIAS)
     elif _publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N) == SPLIT - 1:
@@ -413,19 +444,23 @@ def _scale_mode(fmt: str, k: int, g: int | None, block_k: int) -> int:
 def default_config(fmt: str, m: int, n: int, k: int, group_size: int | None, device_index: int) -> GemvConfig:
     """The heuristic config for an [M, K] x [N, K]^T GEMV of ``fmt`` (device_index -1: the CPU interpreter).
 
-    Instructions in the K loop per weight at M = 1 (sm_90 SASS, Triton 3.6): W8A8 0.45, W4A8 1.4-1.8, W4A16 ~4;
-    at these sizes the kernels are bound by loads in flight rather than by instructions. From the H100 sweep
-    (``benchmarks/kernels_gemm.py --sweep``, mamba2-2.7b / 8b in_proj and out_proj at M = 1):
-    - W8A8 steps of 64 bytes per weight row, 64 rows a program;
-    - W4 steps of 64 bytes per row (block_k 128, one scale group), 32 (W4A8) or 64 (W4A16) rows a program, the
-      loop unrolled twice: the best or within 5% of it on every swept shape (wider programs with 16-byte steps
-      were 10-45% slower);
-    - fewer rows when that leaves fewer than two programs per SM at the largest split, or more than 32
-      accumulators per thread (BLOCK_M x BLOCK_N x words / 128);
-    - split-K for memory parallelism: the weight bytes in flight are about one step of every program, N x (bytes
-      of a row's step) x unroll, so K is split until that reaches IN_FLIGHT_PER_SM: 24 KiB for W8A8 (Little's
-      law: ~3 TB/s x ~1 us of latency / 132 SMs), 96 KiB for W4 (the sweep's best splits: 8, 6 and 8 slices on
-      the three shapes; fewer were slower); at most 8 slices of >= 2 steps.
+    At decode sizes the kernels are bound by weight loads in flight, not by instructions (per weight in the K
+    loop at M = 1, sm_90 SASS: W8A8 0.45, W4A8 1.4-1.8, W4A16 ~4). From the H100 sweep with prefetch
+    (``benchmarks/kernels_gemm.py --sweep``; mamba2-2.7b / 8b in_proj and out_proj in W4A8 and W4A16, mamba-2.8b
+    in_proj, out_proj and x_proj in W8A8, M = 1):
+    - short slices: K split into slices of two steps (one where that leaves fewer than two programs per SM), no
+      unrolling, prefetch on; W8A8 steps of 256 bytes a row, 32 rows a program; W4 steps of 64 bytes (block_k
+      128, one scale group), 64 rows. The best or within 5% of it on every shape where this makes at most
+      SHORT_SLICE_PROGRAMS_PER_SM programs per SM (1660 programs on mamba2-2.7b in_proj: 9.4 us against 10.7 for
+      the long slices; W8A8 out_proj 6.6 against 9.4);
+    - long slices, for more programs than that (mamba2-8b: 2048 and 4640 programs, 10-30% slower in short
+      slices): W8A8 steps of 64 bytes and 64 rows; W4 steps of 64 bytes, 32 (W4A8) or 64 (W4A16) rows, the loop
+      unrolled twice, K split until the weight bytes in flight, about one unrolled step of every program, reach
+      IN_FLIGHT_PER_SM (Little's law for W8A8: ~3 TB/s x ~1 us of latency / 132 SMs; for W4 the sweep's best
+      splits), at most 8 slices of >= 2 steps; prefetch on except W4A8 (4-9% slower there with the unrolled
+      loop, whose registers it doubles);
+    - fewer rows a program where BLOCK_M x BLOCK_N x words / 128 would exceed 32 accumulators per thread
+      (M > 1), and for W4 a step no longer than a power of two dividing the scale group.
     The interpreter gets a few large programs (its cost is per program and per step).
     """
     bm = min(next_pow2(m), 16)
@@ -433,28 +468,43 @@ def default_config(fmt: str, m: int, n: int, k: int, group_size: int | None, dev
     if device_index < 0:
         return GemvConfig(block_m=bm, block_n=32, block_k=128 if packed else 64, num_warps=1)
     sms = _sm_count(device_index)
-    bk, bn, unroll = {"w8a8": (64, 64, 1), "w4a8": (128, 32, 2), "w4a16": (128, 64, 2)}[fmt]
-    if packed and group_size < k:
-        while group_size % bk and bk > 8:
-            bk //= 2  # one scale per row and step where a power of two divides the group
+    vpw = VALUES_PER_WORD[fmt]
+
+    def fit(bn: int, bk: int) -> tuple[int, int]:
+        if packed and group_size < k:
+            while group_size % bk and bk > 8:
+                bk //= 2  # one scale per row and step where a power of two divides the group
+        while bm * bn * (bk // vpw) > 32 * 128 and (bn > 32 or (not packed and bk > 64)):
+            if bn > 32:
+                bn //= 2
+            else:
+                bk //= 2
+        return bn, bk
+
+    bn, bk = fit(*{"w8a8": (32, 256), "w4a8": (64, 128), "w4a16": (64, 128)}[fmt])
+    tiles, steps = cdiv(n, bn) * cdiv(m, bm), cdiv(k, bk)
+    split = cdiv(steps, 2)
+    if tiles * split <= SHORT_SLICE_PROGRAMS_PER_SM * sms:
+        if tiles * split < 2 * sms:
+            split = steps
+        return GemvConfig(block_m=bm, block_n=bn, block_k=bk, split=split, num_warps=4)
+    bn, bk = fit(*{"w8a8": (64, 64), "w4a8": (32, 128), "w4a16": (64, 128)}[fmt])
+    unroll = 2 if packed else 1
     row_bytes = bk // 2 if packed else bk
     max_split = max(1, min(8, cdiv(k, bk) // 2))
-    words = bk // VALUES_PER_WORD[fmt]
-    while bn > 32 and (cdiv(n, bn) * cdiv(m, bm) * max_split < 2 * sms or bm * bn * words > 32 * 128):
-        bn //= 2  # enough programs, and at most 32 accumulators per thread (M > 1 multiplies them)
     step_bytes = cdiv(n, bn) * cdiv(m, bm) * bn * row_bytes * unroll  # one (unrolled) step of every program
     split = max(1, min(cdiv(IN_FLIGHT_PER_SM[fmt] * sms, step_bytes), max_split))
-    return GemvConfig(block_m=bm, block_n=bn, block_k=bk, split=split, num_warps=4, unroll=unroll)
+    return GemvConfig(block_m=bm, block_n=bn, block_k=bk, split=split, num_warps=4, unroll=unroll,
+                      prefetch=fmt != "w4a8")
 
 
 def candidate_configs(fmt: str, m: int, n: int, k: int, group_size: int | None,
                       device_index: int = 0) -> list[GemvConfig]:
-    """The configs ``benchmarks/kernels_gemm.py --sweep`` times for one shape, the default first: a grid of
-    block_n x block_k, then num_warps, pipelining depth, unrolling and split-K varied one at a time around the
-    default."""
+    """The configs ``benchmarks/kernels_gemm.py --sweep`` times for one shape, the default first: short slices
+    (two steps) over a grid of block_n x block_k, then prefetch, num_warps, pipelining depth, unrolling and
+    split-K varied one at a time around the default."""
     base = default_config(fmt, m, n, k, group_size, device_index)
     packed = fmt != "w8a8"
-    ks = (32, 64, 128) if packed else (32, 64, 128, 256)
     out = [base]
 
     def add(**changes):
@@ -462,20 +512,19 @@ def candidate_configs(fmt: str, m: int, n: int, k: int, group_size: int | None,
         if cfg not in out:
             out.append(cfg)
 
-    for bk in ks:
-        for bn in (32, 64, 128, 256, 512):
-            if 2048 <= bn * bk // (2 if packed else 1) <= 16384:
-                add(block_n=bn, block_k=bk)
+    for bk in (128, 256, 512) if packed else (64, 128, 256, 512, 1024):
+        for bn in (16, 32, 64):
+            if base.block_m * bn * bk // VALUES_PER_WORD[fmt] <= 64 * 128:
+                add(block_n=bn, block_k=bk, split=cdiv(cdiv(k, bk), 2), unroll=1)
+    add(prefetch=not base.prefetch)
     for nw in (2, 8):
         add(num_warps=nw)
     for st in (2, 3):
         add(num_stages=st)
-    for un in (1, 2, 4, 8):
+    for un in (1, 2, 4):
         add(unroll=un)
-    for sp in (1, 2, 4, 8, 16):
+    for sp in (1, 2, 4, 8, 16, 32):
         add(split=sp)
-    for un, sp in ((4, 16), (8, 16), (4, 4)):  # loads in flight per thread against programs per SM
-        add(unroll=un, split=sp)
     return out
 
 
@@ -568,7 +617,7 @@ def w8a8_gemv_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, con
             HAS_BIAS=bias is not None, REQUANT=os_ is not None, SCALE_ORDER=scale_order, USE_ASM=p.x2.is_cuda,
             SPLIT=p.split, EVEN_K=p.even_k, NUM_STAGES=cfg.num_stages,
             UNROLL=cfg.unroll, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
-            USE_PDL=p.pdl, launch_pdl=p.pdl, enable_fp_fusion=False,
+            PREFETCH=cfg.prefetch, USE_PDL=p.pdl, launch_pdl=p.pdl, enable_fp_fusion=False,
         )
 
 
@@ -585,7 +634,7 @@ def w4a8_gemv_into(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y
             HAS_BIAS=bias is not None, REQUANT=os_ is not None, USE_ASM=p.x2.is_cuda, SPLIT=p.split,
             G=g, SCALE_MODE=p.mode, EVEN_K=p.even_k, NUM_STAGES=cfg.num_stages, UNROLL=cfg.unroll,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
-            USE_PDL=p.pdl, launch_pdl=p.pdl, enable_fp_fusion=False,
+            PREFETCH=cfg.prefetch, USE_PDL=p.pdl, launch_pdl=p.pdl, enable_fp_fusion=False,
         )
 
 
@@ -599,7 +648,7 @@ def w4a16_gemv_into(x2, w_packed, scales, g: int, bias, y, config: GemvConfig | 
             p.m, p.n, p.k, p.w_slice, p.x2.stride(0), w_packed.stride(0) // 4, *scales.stride(), 0x3FC00000,
             HAS_BIAS=bias is not None, SPLIT=p.split, G=g, SCALE_MODE=p.mode, EVEN_K=p.even_k,
             NUM_STAGES=cfg.num_stages, UNROLL=cfg.unroll, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, USE_PDL=p.pdl, launch_pdl=p.pdl,
+            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, PREFETCH=cfg.prefetch, USE_PDL=p.pdl, launch_pdl=p.pdl,
         )
 
 
