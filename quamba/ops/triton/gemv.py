@@ -248,22 +248,16 @@ def _accumulate(
             else:
                 w_next = tl.load(w_ptrs + BLOCK_W, mask=((k0 + BLOCK_K + VPW * offs_w) < k_hi)[None, None, :],
                                  other=0)
-            if FMT != 2:
-                if EVEN_K:
-                    xw = tl.load(x_ptrs)
-                elif FMT == 1:
-                    xw = tl.load(x_ptrs, mask=in_k[None, None, :, None], other=0)
-                else:
-                    xw = tl.load(x_ptrs, mask=in_k[None, None, :], other=0)
         elif EVEN_K:
             w = tl.load(w_ptrs)
-            if FMT != 2:
-                xw = tl.load(x_ptrs)
         else:
             w = tl.load(w_ptrs, mask=in_k[None, None, :], other=0)
-            if FMT == 1:
+        if FMT != 2:  # W4A16 reads its x values in _x8
+            if EVEN_K:
+                xw = tl.load(x_ptrs)
+            elif FMT == 1:
                 xw = tl.load(x_ptrs, mask=in_k[None, None, :, None], other=0)
-            elif FMT == 0:
+            else:
                 xw = tl.load(x_ptrs, mask=in_k[None, None, :], other=0)
         if FMT == 0:
             acc = _dp4a(w, xw, acc, USE_ASM)
