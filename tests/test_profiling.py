@@ -2,6 +2,7 @@
 part, state size, random models of the published shapes, and the JSON record on CPU with a tiny config."""
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,20 @@ def test_e2e_benchmark_maps_weights_onto_transformers():
         with torch.no_grad():
             a, b = ours(ids).logits, hf(ids).logits
         assert ((a - b).norm() / a.norm()).item() < 1e-4
+
+
+def test_e2e_benchmark_smoke_run_with_fused_decode(tmp_path, monkeypatch):
+    """The script end to end on the CPU (tiny models): --fused-decode sets QUAMBA_FUSED_DECODE for the run, and the
+    results are named and labelled as such."""
+    monkeypatch.setenv("QUAMBA_FUSED_DECODE", "0")  # restored after the test: main() sets it
+    spec = importlib.util.spec_from_file_location("e2e", Path(__file__).resolve().parents[1] / "benchmarks" / "e2e.py")
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    report = e2e.main(["--models", "tiny-mamba1", "--variants", "fp16,W8A8", "--device", "cpu", "--prompt-len", "8",
+                       "--repeats", "1", "--tpot-repeats", "2", "--warmup", "1", "--big-batch", "2", "--gen-len", "2",
+                       "--calib-samples", "2", "--calib-seqlen", "16", "--fused-decode", "--out-dir", str(tmp_path)])
+    assert os.environ["QUAMBA_FUSED_DECODE"] == "1" and report["settings"]["fused_decode"] is True
+    assert [r["variant"] for r in report["rows"]] == ["fp16", "W8A8"]
+    assert all(r["tpot_b1_ms"]["median"] > 0 for r in report["rows"])
+    md = next(tmp_path.glob("e2e_tiny-mamba1_fused-decode_*.md")).read_text()
+    assert "A8 decode steps fused (QUAMBA_FUSED_DECODE=1)" in md

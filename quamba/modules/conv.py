@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..ops.conv1d import qcausal_conv1d, qcausal_conv1d_update
+from ..ops.conv1d import ConvStep, qcausal_conv1d, qcausal_conv1d_update
 from ..ops.quant import quantize_ref
 from .registry import register
 
@@ -53,3 +53,8 @@ class QCausalConv1d(nn.Module):
         """x_q: [B, D] int8 -> y_q [B, D] int8; ``state`` [B, D, K] int8 updated in place."""
         return qcausal_conv1d_update(x_q, state, self.weight, self.weight_scale, self.input_scale,
                                      self.output_scale, self.bias)
+
+    def step_after(self, state: torch.Tensor, offset: int) -> ConvStep:
+        """``step`` as a projection's ``conv=`` argument: this conv's input is channels [offset, offset + D) of the
+        projection's int8 output, and on the GPU's GEMV path the projection's kernel runs the step."""
+        return ConvStep(state, self.weight, self.weight_scale, self.input_scale, self.output_scale, self.bias, offset)

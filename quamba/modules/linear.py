@@ -58,14 +58,16 @@ class W8A8Linear(nn.Module):
         m.weight_scale.copy_(quantized[1].reshape(m.weight_scale.shape))
         return _set_epilogue(m, input_scale, bias, output_scale)
 
-    def forward(self, x_q: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_q: torch.Tensor, conv=None):
+        """x_q [..., K] int8 -> y; with ``conv`` (a ``ConvStep``, int8 output, x_q [B, K]) -> (y, the conv step's
+        u_q), in one kernel where the GEMV runs (decoding on the GPU)."""
         if x_q.dtype != torch.int8:
             raise TypeError(f"W8A8Linear takes int8 input, got {x_q.dtype}")
         from ..ops.quant import w8a8_gemm
 
         out_dtype = torch.float16 if self.output == "int8" else parse_dtype(self.output)
         return w8a8_gemm(x_q, self.input_scale, self.weight, self.weight_scale, self.bias,
-                         self.output_scale if self.output == "int8" else None, out_dtype)
+                         self.output_scale if self.output == "int8" else None, out_dtype, conv=conv)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, per_channel={self.per_channel}, "
@@ -159,16 +161,17 @@ class W4A8Linear(nn.Module):
         m.channel_scales.copy_(cs)
         return _set_epilogue(m, input_scale, bias, output_scale)
 
-    def forward(self, x_q: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_q: torch.Tensor, conv=None):
+        """x_q [..., K] int8 -> y; ``conv`` as in ``W8A8Linear.forward``."""
         from ..ops.w4_gemm import w4a8_gemm
 
         if x_q.dtype != torch.int8:
             raise TypeError(f"W4A8Linear takes int8 input, got {x_q.dtype}")
         if self.output == "int8":  # quantize_ref of the fp32 result, fused into the kernel's epilogue on CUDA
             return w4a8_gemm(x_q, self.input_scale, self.weight, self.group_scales, self.channel_scales,
-                             self.group_size, self.bias, torch.float32, out_scale=self.output_scale)
+                             self.group_size, self.bias, torch.float32, out_scale=self.output_scale, conv=conv)
         return w4a8_gemm(x_q, self.input_scale, self.weight, self.group_scales, self.channel_scales,
-                         self.group_size, self.bias, parse_dtype(self.output))
+                         self.group_size, self.bias, parse_dtype(self.output), conv=conv)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}, output={self.output}"

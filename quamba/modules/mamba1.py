@@ -9,12 +9,16 @@ with a static scale, except the scan output (float) and the mixer output (float,
       -> scan (int8 inputs, fp32 state)              y [B, D, L] float
       -> had (Hadamard + int8)                       y_q [B, L, D]
       -> out_proj (W8A8 on H-rotated weight, float out) [B, L, d_model]
+With QUAMBA_FUSED_DECODE=1 a decoding step runs the same graph in fewer kernels on the GPU: in_proj steps the conv
+on its x channels in its epilogue (``ConvStep``) and the scan computes dt_proj itself (``DtProj``), with the same
+integers.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
+from ..ops.triton import fused_decode
 from .registry import register
 
 
@@ -51,8 +55,15 @@ class A8Mamba1Mixer(nn.Module):
         return self.out_proj(self.had(y.transpose(1, 2)))
 
     def step(self, h_q: torch.Tensor, cache) -> torch.Tensor:
-        x_q, z_q = self.in_proj(h_q[:, 0]).chunk(2, dim=-1)  # [B, D]
-        u_q = self.conv1d.step(x_q, cache.conv_states[self.layer_idx])
+        conv_state, dt_proj = cache.conv_states[self.layer_idx], None
+        if fused_decode():  # in_proj steps the conv on its x channels, the scan runs dt_proj: two kernels fewer
+            xz, u_q = self.in_proj(h_q[:, 0], conv=self.conv1d.step_after(conv_state, 0))
+            dt_proj = self.dt_proj
+        else:
+            xz = self.in_proj(h_q[:, 0])  # [B, 2D]: x | z
+            u_q = self.conv1d.step(xz[:, :self.d_inner], conv_state)
         dt_low, B_q, C_q = self.x_proj(u_q).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        y = self.scan.step(u_q, self.dt_proj(dt_low), B_q, C_q, z_q, cache.ssm_states[self.layer_idx])
+        dt = dt_low if dt_proj is not None else self.dt_proj(dt_low)
+        z_q, ssm_state = xz[:, self.d_inner:], cache.ssm_states[self.layer_idx]
+        y = self.scan.step(u_q, dt, B_q, C_q, z_q, ssm_state, dt_proj=dt_proj)
         return self.out_proj(self.had(y)).unsqueeze(1)

@@ -7,7 +7,8 @@
       -> norm (QGatedRMSNorm: y, int8 z -> float)
       -> had (Hadamard + int8) -> out_proj (W8A8/W4A8 on H-rotated weight, float out)
 norm and had run as one kernel where the norm groups allow (``quamba.ops.hadamard.qgated_norm_hadamard_quant``);
-they stay two modules, so checkpoints keep their layout.
+they stay two modules, so checkpoints keep their layout. With QUAMBA_FUSED_DECODE=1 a decoding step's in_proj also
+steps the conv on its xBC channels in its epilogue (``quamba.ops.conv1d.ConvStep``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch.nn as nn
 
 from ..ops.hadamard import qgated_norm_hadamard_quant
 from ..ops.ssd import qssd_chunked, qssd_state_update
+from ..ops.triton import fused_decode
 from .hadamard import QHadamard
 from .norm import QGatedRMSNorm
 from .registry import dtype_name, parse_dtype, register
@@ -132,8 +134,13 @@ class A8Mamba2Mixer(nn.Module):
         return self.out_proj(self._norm_had(y.reshape(batch, seqlen, self.d_inner), z_q))
 
     def step(self, h_q: torch.Tensor, cache) -> torch.Tensor:
-        z_q, xBC_q, dt_q = self.in_proj(h_q[:, 0]).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        xBC_q = self.conv1d.step(xBC_q, cache.conv_states[self.layer_idx])
+        conv_state, d = cache.conv_states[self.layer_idx], self.d_inner
+        if fused_decode():  # in_proj steps the conv on its xBC channels: one kernel fewer
+            zxbcdt, xBC_q = self.in_proj(h_q[:, 0], conv=self.conv1d.step_after(conv_state, d))
+        else:
+            zxbcdt = self.in_proj(h_q[:, 0])  # [B, D + conv_dim + H]: z | xBC | dt
+            xBC_q = self.conv1d.step(zxbcdt[:, d:d + self.conv_dim], conv_state)
+        z_q, dt_q = zxbcdt[:, :d], zxbcdt[:, d + self.conv_dim:]
         x_q, B_q, C_q = self._split_xbc(xBC_q)
         y = self.scan.step(x_q, dt_q, B_q, C_q, cache.ssm_states[self.layer_idx])
         return self.out_proj(self._norm_had(y.reshape(-1, self.d_inner), z_q)).unsqueeze(1)

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..ops.selective_scan import dequantize_state_ref, qselective_scan, qselective_state_update, quantize_state_ref
+from ..ops.selective_scan import (DtProj, dequantize_state_ref, qselective_scan, qselective_state_update,
+                                  quantize_state_ref)
+from .linear import W8A8Linear
 from .registry import dtype_name, parse_dtype, register
 
 
@@ -79,13 +81,28 @@ class QSelectiveScan(nn.Module):
             h = state
         return y, h
 
-    def step(self, u_q, dt_q, B_q, C_q, z_q, state):
+    def step(self, u_q, dt_q, B_q, C_q, z_q, state, dt_proj: nn.Module | None = None):
         """One token: u/dt/z [B, D] int8, B/C [B, N] int8; ``state`` (fp32 or Int8State) updated in place.
-        Returns y [B, D] ``dtype``."""
+        Returns y [B, D] ``dtype``.
+
+        With ``dt_proj`` (the mixer's dt projection), dt_q is dt_low [B, R] int8 and dt = dt_proj(dt_low): a
+        W8A8Linear with an int8 output and no bias runs inside the scan's kernel (``DtProj``), any other module
+        before it."""
+        fused = _fusable_dt_proj(dt_proj)
+        if dt_proj is not None and fused is None:
+            dt_q = dt_proj(dt_q)
         return qselective_state_update(op_state(state), u_q, dt_q, self.A_log, B_q, C_q, D=self.D, z=z_q,
                                        dt_bias=self.dt_bias, dt_softplus=True, out_dtype=self.out_dtype,
                                        x_scale=self.u_scale, dt_scale=self.dt_scale, B_scale=self.B_scale,
-                                       C_scale=self.C_scale, z_scale=self.z_scale)
+                                       C_scale=self.C_scale, z_scale=self.z_scale, dt_proj=fused)
+
+
+def _fusable_dt_proj(dt_proj: nn.Module | None) -> DtProj | None:
+    """dt_proj as the fused update takes it, or None when it must run on its own (absent, a float or biased output,
+    another kind of linear)."""
+    if isinstance(dt_proj, W8A8Linear) and dt_proj.output == "int8" and dt_proj.bias is None:
+        return DtProj(dt_proj.weight, dt_proj.input_scale, dt_proj.weight_scale, dt_proj.output_scale)
+    return None
 
 
 def op_state(state):

@@ -5,6 +5,8 @@ so a step is "shift left, append x, dot with the kernel".
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -203,3 +205,36 @@ def qcausal_conv1d_update(
 
         return _qcausal_conv1d_update_launch(x_q, conv_state, weight_q, weight_scale, input_scale, out_scale, bias)
     return qcausal_conv1d_update_ref(x_q, conv_state, weight_q, weight_scale, input_scale, out_scale, bias)
+
+
+class ConvStep(NamedTuple):
+    """The int8 conv's decoding step applied to channels [offset, offset + D) of a projection's int8 output
+    (in_proj's x of Mamba1, xBC of Mamba2). The projections take it as ``conv=`` and, on the GPU's GEMV path,
+    run it in their kernel's epilogue: the program that writes an output channel also steps that channel's conv,
+    since a depthwise conv needs nothing else. Fields as ``qcausal_conv1d_update_ref`` takes them; state
+    [B, D, K] int8 is updated in place."""
+
+    state: torch.Tensor
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+    input_scale: torch.Tensor
+    out_scale: torch.Tensor
+    bias: torch.Tensor | None
+    offset: int
+
+    @property
+    def channels(self) -> int:
+        return self.weight.shape[0]
+
+    def run(self, y_q: torch.Tensor, reference: bool = False) -> torch.Tensor:
+        """u_q [B, D] int8 from the projection's output y_q [B, N] int8, unfused (the reference op, or the
+        dispatcher with ``reference`` False)."""
+        if y_q.dim() != 2 or y_q.dtype != torch.int8 or self.offset < 0 or self.offset + self.channels > y_q.shape[1]:
+            from ..errors import QuambaError
+
+            raise QuambaError(f"a conv step over channels [{self.offset}, {self.offset + self.channels}) needs the "
+                              f"projection's int8 [B, N] output with N >= {self.offset + self.channels}, got "
+                              f"{y_q.dtype} {list(y_q.shape)}")
+        step = qcausal_conv1d_update_ref if reference else qcausal_conv1d_update
+        return step(y_q[:, self.offset:self.offset + self.channels], self.state, self.weight, self.weight_scale,
+                    self.input_scale, self.out_scale, self.bias)

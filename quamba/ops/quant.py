@@ -61,13 +61,18 @@ def w8a8_gemm(
     bias: torch.Tensor | None = None,
     out_scale: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float16,
-) -> torch.Tensor:
+    conv=None,
+):
     """``w8a8_gemm_ref``'s contract, bit-exact: the Triton kernels on CUDA (a CUDA-core GEMV for few rows, the
-    tensor cores above; see ``quamba.ops.triton.use_triton`` for the switches), the reference elsewhere."""
+    tensor cores above; see ``quamba.ops.triton.use_triton`` for the switches), the reference elsewhere.
+
+    conv: a ``quamba.ops.conv1d.ConvStep`` (decoding, x_q [B, K], int8 output): also step that conv on its
+    channels of y and return (y, u_q [B, D] int8); the GEMV runs it in its epilogue."""
     from .triton import use_triton
 
     if use_triton(x_q, w_q, w_scale, bias, out_scale):
         from .triton.gemm_w8a8 import _w8a8_gemm_launch
 
-        return _w8a8_gemm_launch(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype)
-    return w8a8_gemm_ref(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype)
+        return _w8a8_gemm_launch(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype, conv=conv)
+    y = w8a8_gemm_ref(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype)
+    return y if conv is None else (y, conv.run(y))

@@ -141,12 +141,14 @@ def w4a8_gemm(
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float16,
     out_scale: torch.Tensor | None = None,
-) -> torch.Tensor:
+    conv=None,
+):
     """``w4a8_gemm_ref``'s contract, bit-exact: the Triton kernels on CUDA (a CUDA-core GEMV for few rows, the
     tensor cores above), the reference elsewhere.
 
     out_scale ([N] or one fp32 value, optional): return ``quantize_ref(y, out_scale)`` (int8) of the fp32
     result instead of ``out_dtype``, the int8-output W4A8Linear; the kernel fuses it into its epilogue.
+    conv: a ``quamba.ops.conv1d.ConvStep`` (with out_scale): also return its step's output, as ``w8a8_gemm``.
     """
     from .triton import use_triton
 
@@ -154,10 +156,13 @@ def w4a8_gemm(
         from .triton.gemm_w4 import _w4a8_gemm_launch
 
         return _w4a8_gemm_launch(x_q, x_scale, w_packed, group_scales, channel_scales, group_size, bias,
-                                 out_dtype, out_scale)
+                                 out_dtype, out_scale, conv=conv)
     if out_scale is None:
+        if conv is not None:
+            raise QuambaError("a conv step after a W4A8 projection needs its int8 output: pass out_scale")
         return w4a8_gemm_ref(x_q, x_scale, w_packed, group_scales, channel_scales, group_size, bias, out_dtype)
     from .quant import quantize_ref
 
     y = w4a8_gemm_ref(x_q, x_scale, w_packed, group_scales, channel_scales, group_size, bias, torch.float32)
-    return quantize_ref(y, out_scale)
+    y = quantize_ref(y, out_scale)
+    return y if conv is None else (y, conv.run(y))

@@ -227,6 +227,77 @@ def test_w4a16_gemv_split_and_dtypes(gv, poisoned, dtype, bound, g, prefetch):
         assert torch.equal(y, gv[2]._w4a16_gemm_launch(x, packed, s, g, bias, config=cfg))
 
 
+# ------------------------------------------------------------------------------------------------ conv step
+
+def _conv_step(m, dim, offset, width=4, with_bias=True):
+    """A ConvStep over channels [offset, offset + dim) of the projection's output, fresh int8 state and taps;
+    scales put the outputs mostly inside int8 with some clamping."""
+    from quamba.ops.conv1d import ConvStep
+
+    bias = torch.randn(dim, device=DEVICE) * 0.3 if with_bias else None
+    return ConvStep(_q(m, dim, width), _q(dim, width), torch.tensor(0.01, device=DEVICE),
+                    torch.rand(dim, device=DEVICE) * 0.01 + 0.005, torch.rand(dim, device=DEVICE) * 0.02 + 0.01,
+                    bias, offset)
+
+
+def _check_conv_step(y, u, conv, y_ref, conv_ref):
+    u_ref = conv_ref.run(y_ref, reference=True)
+    assert torch.equal(y, y_ref) and u.dtype == torch.int8 and torch.equal(u, u_ref)
+    assert torch.equal(conv.state, conv_ref.state)  # shifted in place, the new input last
+    assert (u.abs() < 100).any()
+
+
+@PREFETCH
+@pytest.mark.parametrize("fmt", ["w8a8", "w4a8"])
+@pytest.mark.parametrize("m, offset, dim, width, split", [
+    (1, 5, 20, 4, 1),    # channels straddle two tiles of 16, the others of the first untouched
+    (3, 0, N, 3, 3),     # every channel, batch rows in two blocks, split-K: the last slice steps the conv
+    (2, 30, 7, 2, 2),    # the ragged last tile
+])
+def test_conv_step_in_the_gemv_epilogue(gv, poisoned, fmt, m, offset, dim, width, split, prefetch):
+    """in_proj + conv update in one GEMV (the decode step's fusion): y, the conv output and the shifted state are
+    bit-identical to the projection's reference followed by qcausal_conv1d_update_ref on its channels."""
+    conv = _conv_step(m, dim, offset, width, with_bias=split != 2)
+    conv_ref = conv._replace(state=conv.state.clone())
+    cfg = _small(gv, block_m=2, block_n=16, split=split, prefetch=prefetch)
+    if fmt == "w8a8":
+        args = _w8a8_args(m, True, "int8")
+        y, u = gv[1]._w8a8_gemm_launch(*args, config=cfg, conv=conv)
+        y_ref = w8a8_gemm_ref(*args)
+    else:
+        args, y_ref = _w4a8_case(m, 64, True, "int8")
+        y, u = gv[2]._w4a8_gemm_launch(*args, config=cfg, conv=conv)
+    _check_conv_step(y, u, conv, y_ref, conv_ref)
+
+
+def test_conv_step_through_the_ops_on_every_path(gv, poisoned, monkeypatch):
+    """The public ops take ``conv=`` on the GEMV path (fused: no separate conv kernel) and off it (M = 16: the
+    tensor-core GEMM, then the conv kernel), with the same results; a float output or a bad offset is refused."""
+    from quamba.ops.triton import conv1d as conv_kernels
+
+    updates = []
+    real = conv_kernels._qcausal_conv1d_update_launch
+    monkeypatch.setattr(conv_kernels, "_qcausal_conv1d_update_launch", lambda *a: updates.append(1) or real(*a))
+    for m, fused in ((1, True), (16, False)):
+        conv = _conv_step(m, 12, 20)
+        conv_ref = conv._replace(state=conv.state.clone())
+        args = _w8a8_args(m, False, "int8")
+        y, u = w8a8_gemm(*args, conv=conv)
+        _check_conv_step(y, u, conv, w8a8_gemm_ref(*args), conv_ref)
+        w4_args, y_ref = _w4a8_case(m, 128, False, "int8")
+        conv = _conv_step(m, 12, 20)
+        conv_ref = conv._replace(state=conv.state.clone())
+        y, u = w4a8_gemm(*w4_args[:-1], out_scale=w4_args[-1], conv=conv)
+        _check_conv_step(y, u, conv, y_ref, conv_ref)
+        assert len(updates) == (0 if fused else 2)
+    args = _w8a8_args(1, False, "float16")
+    with pytest.raises(QuambaError, match="int8 output"):
+        w8a8_gemm(*args, conv=_conv_step(1, 12, 20))
+    args = _w8a8_args(1, False, "int8")
+    with pytest.raises(QuambaError, match="does not fit"):
+        w8a8_gemm(*args, conv=_conv_step(1, 12, 30))
+
+
 # ------------------------------------------------------------------------------------------------ plumbing
 
 def test_strided_activations_and_counters_reset(gv, poisoned):

@@ -19,10 +19,14 @@ import pytest
 import torch
 
 from quamba.errors import QuambaError
+from quamba.modules.linear import W8A8Linear
 from quamba.modules.mamba2 import QSSDScan
 from quamba.modules.scan import Int8State, QSelectiveScan
-from quamba.ops.selective_scan import (dequantize_state_ref, qselective_scan, qselective_scan_ref,
-                                       qselective_state_update, qselective_state_update_ref, quantize_state_ref)
+from quamba.ops.quant import int_matmul_ref, w8a8_gemm_ref
+from quamba.ops.selective_scan import (DT_PROJ_FUSED_MAX_BATCH, DtProj, dequantize_state_ref, qselective_scan,
+                                       qselective_scan_ref, qselective_state_update, qselective_state_update_ref,
+                                       quantize_state_ref)
+from quamba.ops.triton import use_triton
 from quamba.ops.ssd import qssd_chunked, qssd_chunked_ref, qssd_state_update, qssd_state_update_ref
 from tests.conftest import rel_err
 from tests.ops.triton_harness import DEVICE, ON_GPU, requires_triton
@@ -45,6 +49,10 @@ def _scalar(v):
 
 def _copy_state(state):
     return tuple(t.clone() for t in state) if isinstance(state, tuple) else state.clone()
+
+
+def _state_tensors(state):
+    return state if isinstance(state, tuple) else (state,)
 
 
 def _random_state(shape, int8):
@@ -136,6 +144,76 @@ def test_qselective_state_update_matches_reference(poisoned, int8_state, out_dty
     assert _same(y, qselective_state_update(h, **args))  # y comes from the fp32 state before it is rounded
     _assert_int8_state_is_quantized(state, h)
     assert rel_err(dequantize_state_ref(*state), dequantize_state_ref(*state_ref)) < 1e-2  # one int8 step at most
+
+
+def _dt_proj(d, r, scales):
+    """A random DtProj. "channel" / "tensor": per-channel / per-tensor scales that spread dt over the int8 range; "ties": power-of-two scales and weights in [-1, 1], so that dt = acc / 4 and every acc = 2
+    mod 4 is a rounding tie (to even, as the reference's torch.round)."""
+    if scales == "ties":
+        w = torch.randint(-1, 2, (d, r), dtype=torch.int8, device=DEVICE)
+        return DtProj(w, _scalar(0.25), torch.ones(1, device=DEVICE), torch.ones(1, device=DEVICE))
+    n_scales = d if scales == "channel" else 1
+    x_scale, w_scale = _scalar(0.02), torch.rand(n_scales, device=DEVICE) * 0.01 + 0.005
+    # acc has a std of about 5500 sqrt(R) (int8 values: 74 each): dt's is about 75
+    out_scale = x_scale * w_scale * math.sqrt(r) * 70 * (1 + 0.1 * torch.rand(n_scales, device=DEVICE))
+    return DtProj(_q(d, r), x_scale, w_scale, out_scale)
+
+
+def _update_args(b, d, n, dt_rank, out_dtype):
+    """qselective_state_update's arguments but dt, laid out as A8Mamba1Mixer.step passes them (x / z halves of
+    in_proj's [B, 2D]; B / C columns of x_proj's [B, R + 2N]), and dt_low: the first R columns of x_proj's output."""
+    xz, x_dbl = _q(b, 2 * d), _q(b, dt_rank + 2 * n)
+    a = _mamba1_inputs(b, d, n, 1)
+    args = dict(x=xz[:, :d], A_log=a["A_log"], B=x_dbl[:, dt_rank:dt_rank + n], C=x_dbl[:, dt_rank + n:],
+                x_scale=a["u_scale"], dt_scale=a["delta_scale"], B_scale=a["B_scale"], C_scale=a["C_scale"],
+                D=a["D"], z=xz[:, d:], z_scale=a["z_scale"], dt_bias=a["delta_bias"], out_dtype=out_dtype)
+    return args, x_dbl[:, :dt_rank]
+
+
+@pytest.mark.parametrize("dt_rank,scales,int8_state,out_dtype,b", [
+    (5, "channel", False, torch.float32, 2),
+    (5, "tensor", True, torch.float16, 1),
+    (12, "ties", False, torch.float16, 2),
+    (300, "channel", True, torch.float32, 2),  # R over one 256-wide tile: two passes
+    (12, "channel", False, torch.float32, 3),  # over DT_PROJ_FUSED_MAX_BATCH: dt_proj's own GEMV, then the update
+])
+def test_qselective_state_update_with_dt_proj_equals_dt_proj_then_update(poisoned, monkeypatch, dt_rank, scales,
+                                                                        int8_state, out_dtype, b):
+    """dt_proj fused into the update computes the int8 dt exactly as w8a8_gemm_ref does, so the kernel's y and state
+    equal the same kernel's on that dt, bit for bit; the reference with dt_proj is the two-step reference."""
+    from quamba.ops import quant
+
+    gemms = []
+    real_gemm = quant.w8a8_gemm
+    monkeypatch.setattr(quant, "w8a8_gemm", lambda *a, **kw: gemms.append(1) or real_gemm(*a, **kw))
+    d, n = 37, 12  # D over several 16-channel programs, the last one partial
+    args, dt_low = _update_args(b, d, n, dt_rank, out_dtype)
+    proj = _dt_proj(d, dt_rank, scales)
+    dt_low[0], proj.weight[-2], proj.weight[-1] = 127, 127, -127  # two dt values far over the int8 range
+    dt = w8a8_gemm_ref(dt_low, proj.input_scale, proj.weight, proj.weight_scale, None, proj.out_scale)
+    assert dt.dtype == torch.int8 and dt.shape == (b, d)
+    assert dt[0, -2] == 127 and dt[0, -1] == -128  # those two clamp, many others are well inside
+    assert (dt.int().abs() < 100).float().mean() > 0.4
+    if scales == "ties":
+        assert (int_matmul_ref(dt_low, proj.weight) % 4 == 2).any()
+    start = _random_state((b, d, n), int8_state)
+    fused, two_kernels, ref, two_refs = (_copy_state(start) for _ in range(4))
+
+    y = qselective_state_update(fused, dt=dt_low, dt_proj=proj, **args)
+    assert len(gemms) == (b > DT_PROJ_FUSED_MAX_BATCH and use_triton(dt_low))
+    assert torch.equal(y, qselective_state_update(two_kernels, dt=dt, **args))
+    for t, t_ref in zip(_state_tensors(fused), _state_tensors(two_kernels)):
+        assert torch.equal(t, t_ref)
+
+    y_ref = qselective_state_update_ref(ref, dt=dt_low, dt_proj=proj, **args)
+    assert torch.equal(y_ref, qselective_state_update_ref(two_refs, dt=dt, **args))
+    for t, t_ref in zip(_state_tensors(ref), _state_tensors(two_refs)):
+        assert torch.equal(t, t_ref)
+    assert y.dtype == out_dtype and rel_err(y, y_ref) < Y_BOUND_M1[out_dtype]
+    if int8_state:
+        assert rel_err(dequantize_state_ref(*fused), dequantize_state_ref(*ref)) < 1e-2  # one int8 step at most
+    else:
+        assert rel_err(fused, ref) < STATE_BOUND_M1
 
 
 # ---------------------------------------------------------------------------------------------- Mamba2
@@ -256,6 +334,38 @@ def test_qselective_scan_module_kernels_match_reference_path(monkeypatch, state_
     assert rel_err(state, state_ref) < (1e-2 if state_int8 else STATE_BOUND_M1)
 
 
+@pytest.mark.parametrize("dt_proj_kind,state_int8", [
+    ("int8 per channel", True), ("int8 per tensor", False), ("int8 with bias", False), ("float16", True),
+])
+def test_qselective_scan_step_with_dt_proj_equals_dt_proj_then_step(monkeypatch, dt_proj_kind, state_int8):
+    """QSelectiveScan.step(..., dt_proj=W8A8Linear) equals step(dt_proj(dt_low)): fused into the scan's kernel for an
+    int8 output without bias (dt_proj's own forward is never called), run first otherwise."""
+    b, d, n, dt_rank = 2, 20, 16, 6
+    scan = _qselective_scan_module(d, n)
+    scan.state_int8 = state_int8
+    output = "float16" if dt_proj_kind == "float16" else "int8"
+    proj = W8A8Linear.from_float(torch.randn(d, dt_rank), 0.02, output, per_channel="per tensor" not in dt_proj_kind,
+                                 bias=torch.randn(d) if "bias" in dt_proj_kind else None,
+                                 output_scale=torch.rand(d) * 0.5 + 0.5 if output == "int8" else None).to(DEVICE)
+    if output != "int8":  # a float dt is not a quantized scan input: only the reference path takes it (as dt * scale)
+        monkeypatch.setenv("QUAMBA_FORCE_REFERENCE", "1")
+    calls = []
+    monkeypatch.setattr(proj, "forward", lambda x, _forward=proj.forward: calls.append(1) or _forward(x))
+    x_dbl = _q(b, dt_rank + 2 * n)
+    dt_low, B, C = x_dbl[:, :dt_rank], x_dbl[:, dt_rank:dt_rank + n], x_dbl[:, dt_rank + n:]
+    u, z = _q(b, d), _q(b, d)
+    state, state_unfused = scan.empty_state(b, DEVICE), scan.empty_state(b, DEVICE)
+
+    for _ in range(2):  # the second step from a non-zero state
+        y = scan.step(u, dt_low, B, C, z, state, dt_proj=proj)
+        fused_calls = len(calls)
+        y_unfused = scan.step(u, proj(dt_low), B, C, z, state_unfused)
+        assert y.dtype == torch.float16 and torch.equal(y, y_unfused)
+        assert torch.equal(_state_values(state), _state_values(state_unfused))
+        assert fused_calls == (0 if dt_proj_kind.startswith("int8 per") else 1)
+        calls.clear()
+
+
 @pytest.mark.parametrize("state_int8", [False, True])
 def test_qssd_module_kernels_match_reference_path(monkeypatch, state_int8):
     b, length, h, p, g, n, chunk = 2, 21, 5, 12, 1, 16, 16
@@ -313,3 +423,36 @@ def test_inputs_are_checked():
         qssd_state_update((torch.zeros(1, 2, 4, 4, dtype=torch.int8, device=DEVICE),
                            torch.ones(1, 2, 4, 1, dtype=torch.float16, device=DEVICE)),
                           **{k: v[:, 0] if k in ("x", "dt", "B", "C") else v for k, v in a2.items()})
+
+
+@pytest.mark.parametrize("field,bad,message", [
+    ("weight", lambda p: p.weight.float(), "dt_proj weight is torch.float32"),
+    ("weight", lambda p: p.weight[:-1], r"dt_proj weight is torch.int8 \[36, 5\], expected int8 \[37, R\]"),
+    ("dt_low", lambda dt_low: dt_low[:, :-1], r"dt_low .* \[2, 4\], expected int8 \[2, 5\]"),
+    ("dt_low", lambda dt_low: dt_low.float(), "dt_low .*torch.float32"),
+    ("input_scale", lambda p: p.weight_scale, "dt_proj input_scale must be one float32 value"),
+    ("weight_scale", lambda p: p.weight_scale[:-1], r"dt_proj weight_scale .* got torch.float32 \[36\]"),
+    ("out_scale", lambda p: p.out_scale.half(), "dt_proj out_scale must be float32"),
+], ids=["weight dtype", "weight rows", "dt_low shape", "dt_low dtype", "input_scale size", "weight_scale size",
+        "out_scale dtype"])
+def test_dt_proj_is_checked(field, bad, message):
+    b, d, n, dt_rank = 2, 37, 12, 5  # within DT_PROJ_FUSED_MAX_BATCH: the fused kernel's checks
+    args, dt_low = _update_args(b, d, n, dt_rank, torch.float16)
+    proj = _dt_proj(d, dt_rank, "channel")
+    if field == "dt_low":
+        dt_low = bad(dt_low)
+    else:
+        proj = proj._replace(**{field: bad(proj)})
+    with pytest.raises(QuambaError, match=message):
+        qselective_state_update(_random_state((b, d, n), False), dt=dt_low, dt_proj=proj, **args)
+
+
+def test_dt_proj_needs_the_int8_update():
+    from quamba.ops.triton.selective_scan import _selective_state_update_launch
+
+    b, d, n, dt_rank = 2, 8, 4, 3
+    x, z, B, C = (torch.randn(b, k, device=DEVICE) for k in (d, d, n, n))
+    with pytest.raises(QuambaError, match="dt_proj is fused into the int8-input update only"):
+        _selective_state_update_launch(torch.zeros(b, d, n, device=DEVICE), x, _q(b, dt_rank),
+                                       -torch.rand(d, n, device=DEVICE), B, C, z=z,
+                                       dt_proj=_dt_proj(d, dt_rank, "tensor"))

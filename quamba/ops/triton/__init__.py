@@ -9,6 +9,11 @@ Switches, read on every call (environment variables, so that a run can be flippe
   TRITON_INTERPRET=1        CPU tensors go through the kernels in Triton's interpreter (tests). It must
                             be set before triton and the kernel files are first imported: ``triton.jit``
                             picks the interpreter when it decorates (see :func:`interpreted_kernels`).
+  QUAMBA_FUSED_DECODE=1     the A8 mixers' decode step runs the fused kernels: in_proj's GEMV steps the conv
+                            (``quamba.ops.conv1d.ConvStep``) and Mamba1's state update computes dt_proj
+                            (``quamba.ops.selective_scan.DtProj``); same integers, two / one kernels fewer per
+                            layer. Off by default until it has been checked and timed on a GPU (it is
+                            tested in the interpreter; see :func:`fused_decode`).
 Autograd: the kernels are forward-only, so an op whose inputs need gradients takes the reference
 (with a warning on the GPU); run inference under ``torch.inference_mode()`` or ``torch.no_grad()``.
 """
@@ -64,6 +69,12 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
     return present[0].device.type == "cpu" and interpreting() and _triton_installed()
 
 
+def fused_decode() -> bool:
+    """Whether the A8 mixers' decode steps take the fused kernels (``QUAMBA_FUSED_DECODE=1``). Either way the
+    integers are the same: on the reference path the fused ops run their parts one after the other."""
+    return _env_on("QUAMBA_FUSED_DECODE")
+
+
 @functools.lru_cache(maxsize=None)
 def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
@@ -110,4 +121,4 @@ def _interpreted(module) -> bool:
     return kinds == {"InterpretedFunction"}
 
 
-__all__ = ["use_triton", "interpreting", "interpreted_kernels"]
+__all__ = ["use_triton", "interpreting", "interpreted_kernels", "fused_decode"]

@@ -109,3 +109,14 @@ def _pdl_device(index: int) -> bool:
 def use_pdl(t: torch.Tensor) -> bool:
     """Whether kernels on t's device launch with programmatic dependent launch (CUDA, sm_90+, QUAMBA_PDL != 0)."""
     return t.is_cuda and _pdl_device(t.get_device())
+
+
+@triton.jit
+def round_half_even(v):
+    """torch.round for fp32 v (ties to even), from floor: exact, and the same in the interpreter."""
+    f = tl.floor(v)
+    frac = v - f
+    half = f * 0.5
+    odd = half != tl.floor(half)
+    up = (frac > 0.5) | ((frac == 0.5) & odd)
+    return tl.where(up, f + 1.0, f)

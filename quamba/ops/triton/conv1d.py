@@ -20,8 +20,7 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2,
-                      pdl_start, silu, stride_or_zero, use_pdl)
-from .gemm_w8a8 import round_half_even
+                      pdl_start, round_half_even, silu, stride_or_zero, use_pdl)
 
 _MAX_WIDTH = 4  # d_conv of every Mamba checkpoint is 4; the kernels unroll the taps
 
@@ -287,38 +286,59 @@ def _qcausal_conv1d_kernel(
 
 
 @triton.jit
+def conv_step_tile(xv, rows, chans, mask, state_ptr, w_ptr, ws_ptr, is_ptr, os_ptr, bias_ptr, u_ptr,
+                   ssb, ssd, ssk, swd, swk, sis, sos, sub, sud, K: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """``qcausal_conv1d_update_ref`` on a [R, C] tile of (batch rows, channels): xv int8 [R, C] are the new
+    inputs, mask [R, C] the elements to step. Each channel's state [K] shifts left by one in place and takes xv
+    last; u[rows, chans] = the SiLU of the taps' exact int32 dot with that window, requantized. Shared by the
+    update kernel and the GEMVs' epilogue (``quamba.ops.conv1d.ConvStep``). K <= 4, written out."""
+    offs = rows[:, None].to(tl.int64) * 0 + chans[None, :]  # [R, C] channel index
+    s_ptrs = state_ptr + rows[:, None].to(tl.int64) * ssb + offs * ssd
+    w_ptrs = w_ptr + offs * swd
+    acc = xv.to(tl.int32) * tl.load(w_ptrs + (K - 1) * swk, mask=mask, other=0).to(tl.int32)
+    if K > 1:
+        s1 = tl.load(s_ptrs + ssk, mask=mask, other=0)
+        acc += s1.to(tl.int32) * tl.load(w_ptrs, mask=mask, other=0).to(tl.int32)
+    if K > 2:
+        s2 = tl.load(s_ptrs + 2 * ssk, mask=mask, other=0)
+        acc += s2.to(tl.int32) * tl.load(w_ptrs + swk, mask=mask, other=0).to(tl.int32)
+    if K > 3:
+        s3 = tl.load(s_ptrs + 3 * ssk, mask=mask, other=0)
+        acc += s3.to(tl.int32) * tl.load(w_ptrs + 2 * swk, mask=mask, other=0).to(tl.int32)
+    # Slot k takes what slot k + 1 held: every thread (an element may be held by several) reads before any writes.
+    tl.debug_barrier()
+    if K > 1:
+        tl.store(s_ptrs, s1, mask=mask)
+    if K > 2:
+        tl.store(s_ptrs + ssk, s2, mask=mask)
+    if K > 3:
+        tl.store(s_ptrs + 2 * ssk, s3, mask=mask)
+    tl.store(s_ptrs + (K - 1) * ssk, xv, mask=mask)
+    scale = tl.load(ws_ptr) * tl.load(is_ptr + offs * sis, mask=mask, other=1.0)
+    out_scale = tl.load(os_ptr + offs * sos, mask=mask, other=1.0)
+    bias = scale  # placeholder, unused without HAS_BIAS
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs, mask=mask, other=0.0)
+    u = _silu_requant(acc, scale, bias, out_scale, HAS_BIAS)
+    tl.store(u_ptr + rows[:, None].to(tl.int64) * sub + offs * sud, u, mask=mask)
+
+
+@triton.jit
 def _qcausal_conv1d_update_kernel(
     x_ptr, state_ptr, w_ptr, ws_ptr, is_ptr, os_ptr, bias_ptr, y_ptr,
     dim,
     sxb, sxd, ssb, ssd, ssk, swd, swk, sis, sos, syb, syd,
-    K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr,
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     """int8 state: shift left by one, append x, exact dot with the taps, requantize; grid (B, cdiv(D, BLOCK_D))."""
     pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
-    pid_b = tl.program_id(0).to(tl.int64)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_k = tl.arange(0, KP)
-    mask_d = offs_d < dim
-    mask_dk = mask_d[:, None] & (offs_k < K)[None, :]
-    s_ptrs = state_ptr + pid_b * ssb + offs_d[:, None] * ssd + offs_k[None, :] * ssk
-
-    shifted = tl.load(s_ptrs + ssk, mask=mask_d[:, None] & (offs_k + 1 < K)[None, :], other=0)
-    xv = tl.load(x_ptr + pid_b * sxb + offs_d * sxd, mask=mask_d, other=0)
-    new = tl.where((offs_k == K - 1)[None, :], xv[:, None], shifted)
-    # Slot k is written with what slot k + 1 held: every thread must have read before any writes.
-    tl.debug_barrier()
-    tl.store(s_ptrs, new, mask=mask_dk)
-
-    w = tl.load(w_ptr + offs_d[:, None] * swd + offs_k[None, :] * swk, mask=mask_dk, other=0)
-    acc = tl.sum(new.to(tl.int32) * w.to(tl.int32), axis=1)
-    scale = tl.load(ws_ptr) * tl.load(is_ptr + offs_d * sis, mask=mask_d, other=1.0)
-    out_scale = tl.load(os_ptr + offs_d * sos, mask=mask_d, other=1.0)
-    bias = scale  # placeholder, unused without HAS_BIAS
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
-    y = _silu_requant(acc, scale, bias, out_scale, HAS_BIAS)
-    tl.store(y_ptr + pid_b * syb + offs_d * syd, y, mask=mask_d)
+    rows = tl.program_id(0) + tl.zeros([1], dtype=tl.int32)
+    chans = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask = (chans < dim)[None, :]
+    xv = tl.load(x_ptr + rows[:, None].to(tl.int64) * sxb + chans[None, :] * sxd, mask=mask, other=0)
+    conv_step_tile(xv, rows, chans, mask, state_ptr, w_ptr, ws_ptr, is_ptr, os_ptr, bias_ptr, y_ptr,
+                   ssb, ssd, ssk, swd, swk, sis, sos, syb, syd, K, HAS_BIAS)
 
 
 def _check_int8(name: str, t: torch.Tensor | None) -> None:
@@ -428,8 +448,31 @@ def _qcausal_conv1d_update_launch(
             dim,
             *x_q.stride(), *conv_state.stride(), *weight_q.stride(), input_scale.stride(0), out_scale.stride(0),
             *y.stride(),
-            K=width, KP=next_pow2(width), HAS_BIAS=bias is not None, BLOCK_D=block_d,
+            K=width, HAS_BIAS=bias is not None, BLOCK_D=block_d,
             num_warps=4, enable_fp_fusion=False,
             USE_PDL=pdl, launch_pdl=pdl,
         )
     return y
+
+
+def conv_step_args(conv, m: int, n: int, device) -> tuple:
+    """Checks a ``ConvStep`` against a projection's [M, N] int8 output and returns (u [M, D] int8, the kernel
+    arguments after the projection's own: pointers, offset, D, strides) for ``conv_step_tile``."""
+    dim = conv.channels
+    width = _check_weight(conv.weight, dim)
+    check_shape("conv_state", conv.state, (m, dim, width))
+    for name, t in (("conv_state", conv.state), ("conv weight", conv.weight)):
+        _check_int8(name, t)
+    _check_qconv_scales(conv.weight_scale, conv.input_scale, conv.out_scale, conv.bias, dim)
+    if not 0 <= conv.offset <= n - dim:
+        raise QuambaError(f"a conv step over channels [{conv.offset}, {conv.offset + dim}) does not fit the "
+                          f"projection's {n} output channels")
+    check_same_device(("projection output", torch.empty(0, device=device)), ("conv_state", conv.state),
+                      ("conv weight", conv.weight), ("conv weight_scale", conv.weight_scale),
+                      ("conv input_scale", conv.input_scale), ("conv out_scale", conv.out_scale),
+                      ("conv bias", conv.bias))
+    u = torch.empty(m, dim, device=device, dtype=torch.int8)
+    bias = conv.bias if conv.bias is not None else conv.input_scale
+    return u, (conv.state, conv.weight, conv.weight_scale, conv.input_scale, conv.out_scale, bias, u,
+               conv.offset, dim, *conv.state.stride(), *conv.weight.stride(), conv.input_scale.stride(0),
+               conv.out_scale.stride(0), u.stride(0)), width

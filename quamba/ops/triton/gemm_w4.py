@@ -32,7 +32,7 @@ from ..w4_gemm import _check_packed
 from ._common import FLOAT_DTYPES, cdiv, check_float, check_runnable, check_same_device
 from .gemm_w8a8 import (MAX_K, SCALES_W4A8, GemmConfig, as_bias, check_index_range, float_epilogue, gemv,
                         int8_gemm_into, int_epilogue, int_epilogue_args, launch_device, launch_int_reduce,
-                        mma_plan, new_output, rows_of, store_partial, tile_ids)
+                        finish_output, mma_plan, new_output, rows_of, store_partial, tile_ids)
 
 # What a K tile of weights is unpacked to: the W_KIND constexpr of the kernels (which compare it with the
 # literals, since jit code cannot read plain module globals)
@@ -267,7 +267,8 @@ def _w4a8_gemm_launch(
     out_scale: torch.Tensor | None = None,
     config=None,
     dense_min_m: int | None = None,
-) -> torch.Tensor:
+    conv=None,
+):
     """Checks and launches the W4A8 GEMM; same contract as ``w4a8_gemm_ref``, plus ``out_scale`` ([N] or one
     value): the fp32 result requantized to int8 as ``quantize_ref(y, out_scale)``, fused into the epilogue.
 
@@ -299,14 +300,16 @@ def _w4a8_gemm_launch(
     check_index_range(x2, w_packed, y)
     if m and n:
         dense = _dense_path(m, dense_min_m, config)
-        if dense:
+        if not dense and gemv.use_gemv("w4a8", m, config, k, w_packed, g):
+            u = gemv.w4a8_gemv_into(x2, w_packed, group_scales, g, xs, cs, bias, os_, sos, y, config, conv)
+            if conv is not None:
+                return y, u
+        elif dense:
             w8 = _int4_dequant_launch(w_packed, group_scales, g, torch.int8)
             int8_gemm_into(x2, w8, xs, cs, 1, bias, os_, sos, y, SCALES_W4A8, config)
-        elif gemv.use_gemv("w4a8", m, config, k, w_packed, g):
-            gemv.w4a8_gemv_into(x2, w_packed, group_scales, g, xs, cs, bias, os_, sos, y, config)
         else:
             _w4a8_mma(x2, w_packed, group_scales, g, xs, cs, bias, os_, sos, y, config)
-    return y if x_q.dim() == 2 else y.reshape(*x_q.shape[:-1], n)
+    return finish_output(y, x_q, n, conv)
 
 
 def _w4a8_mma(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y, config: GemmConfig | None) -> None:

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import FLOAT_DTYPES, cdiv, check_runnable, check_same_device, next_pow2
+from ._common import FLOAT_DTYPES, cdiv, check_runnable, check_same_device, next_pow2, round_half_even
 
 # int8 x int8 products are at most 2^14 in magnitude, so K < 2^17 terms cannot overflow int32.
 MAX_K = 2 ** 17 - 1
@@ -75,17 +75,6 @@ def tile_ids(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: t
 
 
 @triton.jit
-def round_half_even(v):
-    """torch.round for fp32 v (ties to even), from floor: exact, and the same in the interpreter."""
-    f = tl.floor(v)
-    frac = v - f
-    half = f * 0.5
-    odd = half != tl.floor(half)
-    up = (frac > 0.5) | ((frac == 0.5) & odd)
-    return tl.where(up, f + 1.0, f)
-
-
-@triton.jit
 def int_epilogue(
     acc, offs_m, offs_n, M, N,
     xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr,
@@ -93,8 +82,8 @@ def int_epilogue(
     HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SCALE_ORDER: tl.constexpr,
 ):
     """Dequantize an int32 [BLOCK_M, BLOCK_N] tile in fp32, in the reference's order, and store it
-    (as y's dtype, or requantized to int8 by the per-channel output scale). sws / sos are 0 for a
-    per-tensor scale, 1 for per-channel."""
+    (as y's dtype, or requantized to int8 by the per-channel output scale); returns the stored tile (the int8
+    values, or the fp32 ones before the cast). sws / sos are 0 for a per-tensor scale, 1 for per-channel."""
     mask_n = offs_n < N
     accf = acc.to(tl.float32)
     xs = tl.load(xs_ptr)
@@ -111,9 +100,11 @@ def int_epilogue(
         out_scale = tl.load(os_ptr + offs_n * sos, mask=mask_n, other=1.0)
         # clamp then round == round then clamp: the bounds are integers and rounding is monotone
         v = tl.minimum(tl.maximum(tl.math.div_rn(y, out_scale[None, :]), -128.0), 127.0)
-        tl.store(y_ptrs, round_half_even(v).to(tl.int8), mask=mask)
+        y = round_half_even(v).to(tl.int8)
+        tl.store(y_ptrs, y, mask=mask)
     else:
         tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    return y
 
 
 @triton.jit
@@ -437,8 +428,9 @@ def _w8a8_gemm_launch(
     out_scale: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float16,
     config=None,
-) -> torch.Tensor:
-    """Checks and launches the W8A8 GEMM; same contract as ``w8a8_gemm_ref``.
+    conv=None,
+):
+    """Checks and launches the W8A8 GEMM; same contract as ``w8a8_gemm_ref`` (and ``w8a8_gemm``'s ``conv``).
 
     x_q: [..., K] int8; x_scale: one fp32 value; w_q: [N, K] int8; w_scale: [N] or one value; bias: [N] or
     None; out_scale: [N] or one value for an int8 output. Returns [..., N] (int8 or ``out_dtype``).
@@ -464,10 +456,20 @@ def _w8a8_gemm_launch(
     check_index_range(x2, w_q, y)
     if m and n:
         if gemv.use_gemv("w8a8", m, config, k, w_q):
-            gemv.w8a8_gemv_into(x2, w_q, xs, ws, sws, bias, os_, sos, y, SCALES_W8A8, config)
+            u = gemv.w8a8_gemv_into(x2, w_q, xs, ws, sws, bias, os_, sos, y, SCALES_W8A8, config, conv)
+            if conv is not None:
+                return y, u
         else:
             int8_gemm_into(x2, w_q, xs, ws, sws, bias, os_, sos, y, SCALES_W8A8, config)
-    return y if x_q.dim() == 2 else y.reshape(*x_q.shape[:-1], n)
+    return finish_output(y, x_q, n, conv)
+
+
+def finish_output(y: torch.Tensor, x_q: torch.Tensor, n: int, conv) -> torch.Tensor | tuple:
+    """A launcher's result, unless the GEMV already stepped ``conv``: y in x_q's leading shape, or (y, u_q) after
+    running ``conv`` (a ``ConvStep``, which needs 2-D x_q) on it as its own kernel."""
+    if conv is None:
+        return y if x_q.dim() == 2 else y.reshape(*x_q.shape[:-1], n)
+    return y, conv.run(y)
 
 
 # gemv's kernels use this file's epilogue, so it imports this module: import it last, once everything is defined

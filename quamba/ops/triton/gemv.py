@@ -61,6 +61,7 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from ._common import cdiv, next_pow2, pdl_start, use_pdl
+from .conv1d import conv_step_args, conv_step_tile
 from .gemm_w8a8 import _sm_count, float_epilogue, int_epilogue, launch_device
 
 # The formats: the FMT constexpr of the shared loop (jit code cannot read module globals: the kernels pass literals)
@@ -333,51 +334,74 @@ def _sum_partials(part_ptr, cnt_ptr, tile, SPLIT: tl.constexpr, BLOCK_M: tl.cons
 
 @triton.jit
 def _finish_int(acc, tile, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
-                sws, sos, HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SCALE_ORDER: tl.constexpr,
-                SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The int32 tile's epilogue: directly, or (split-K) by the slice that finishes last."""
-    if SPLIT == 1:
-        int_epilogue(acc, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, sws, sos, N, 1,
-                     HAS_BIAS, REQUANT, SCALE_ORDER)
-    elif _publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N) == SPLIT - 1:
-        int_epilogue(_sum_partials(part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N), offs_m, offs_n, M, N,
-                     xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, sws, sos, N, 1, HAS_BIAS, REQUANT, SCALE_ORDER)
+                sws, sos, cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr, cv_lo, cv_dim,
+                cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_,
+                HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SCALE_ORDER: tl.constexpr,
+                SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                CONV: tl.constexpr, CONV_K: tl.constexpr, CONV_BIAS: tl.constexpr):
+    """The int32 tile's epilogue: directly, or (split-K) by the slice that finishes last. With CONV, the program
+    that writes the int8 tile then steps the conv (``ConvStep``) of its channels in [cv_lo, cv_lo + cv_dim)."""
+    last = True
+    if SPLIT > 1:
+        last = _publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N) == SPLIT - 1
+    if last:
+        if SPLIT > 1:
+            acc = _sum_partials(part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N)
+        q = int_epilogue(acc, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, sws, sos, N, 1,
+                         HAS_BIAS, REQUANT, SCALE_ORDER)
+        if CONV:
+            chans = offs_n - cv_lo
+            mask = (offs_m < M)[:, None] & ((chans >= 0) & (chans < cv_dim))[None, :]
+            conv_step_tile(q, offs_m, chans, mask, cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr,
+                           cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_, 1, CONV_K, CONV_BIAS)
 
 
 @triton.jit(do_not_specialize=["M"])
 def _w8a8_gemv_kernel(
     x_ptr, w_ptr, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
     M, N, K, w_slice, sxm, swn, sws, sos,
+    cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr, cv_lo, cv_dim,
+    cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_,
     HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SCALE_ORDER: tl.constexpr, USE_ASM: tl.constexpr,
     SPLIT: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PREFETCH: tl.constexpr, USE_PDL: tl.constexpr,
+    PREFETCH: tl.constexpr, USE_PDL: tl.constexpr, CONV: tl.constexpr, CONV_K: tl.constexpr,
+    CONV_BIAS: tl.constexpr,
 ):
-    """y [M, N] = int_epilogue(x_q @ w^T) for int8 w [N, K]; grid (M blocks x N blocks, SPLIT)."""
+    """y [M, N] = int_epilogue(x_q @ w^T) for int8 w [N, K] (+ a conv step, see _finish_int); grid
+    (M blocks x N blocks, SPLIT)."""
     tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
     acc = _accumulate(x_ptr, w_ptr, w_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, 0, 0, 0,
                       0, 1, 0, USE_ASM, EVEN_K,  # FMT_W8A8, no group scales
                       NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, USE_PDL)
     _finish_int(acc, tile, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
-                sws, sos, HAS_BIAS, REQUANT, SCALE_ORDER, SPLIT, BLOCK_M, BLOCK_N)
+                sws, sos, cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr, cv_lo, cv_dim,
+                cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_,
+                HAS_BIAS, REQUANT, SCALE_ORDER, SPLIT, BLOCK_M, BLOCK_N, CONV, CONV_K, CONV_BIAS)
 
 
 @triton.jit(do_not_specialize=["M"])
 def _w4a8_gemv_kernel(
     x_ptr, w_ptr, gs_ptr, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
     M, N, K, w_slice, sxm, swn, sgn, sgg, sos, bits,
+    cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr, cv_lo, cv_dim,
+    cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_,
     HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, USE_ASM: tl.constexpr, SPLIT: tl.constexpr,
     G: tl.constexpr, SCALE_MODE: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PREFETCH: tl.constexpr, USE_PDL: tl.constexpr,
+    PREFETCH: tl.constexpr, USE_PDL: tl.constexpr, CONV: tl.constexpr, CONV_K: tl.constexpr,
+    CONV_BIAS: tl.constexpr,
 ):
-    """y [M, N] = int_epilogue(x_q @ (q4 * s_g)^T), w4a8_gemm_ref's scale order; grid (M x N blocks, SPLIT)."""
+    """y [M, N] = int_epilogue(x_q @ (q4 * s_g)^T), w4a8_gemm_ref's scale order (+ a conv step, see
+    _finish_int); grid (M x N blocks, SPLIT)."""
     tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
     acc = _accumulate(x_ptr, w_ptr, gs_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, sgn, sgg, bits,
                       1, G, SCALE_MODE, USE_ASM, EVEN_K,  # 1: FMT_W4A8
                       NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, USE_PDL)
     _finish_int(acc, tile, offs_m, offs_n, M, N, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
-                1, sos, HAS_BIAS, REQUANT, 1, SPLIT, BLOCK_M, BLOCK_N)  # 1: SCALES_W4A8
+                1, sos, cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr, cv_lo, cv_dim,
+                cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_,
+                HAS_BIAS, REQUANT, 1, SPLIT, BLOCK_M, BLOCK_N, CONV, CONV_K, CONV_BIAS)  # 1: SCALES_W4A8
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -600,36 +624,54 @@ def _launch_plan(fmt: str, x2: torch.Tensor, w: torch.Tensor, g: int | None, y: 
 # Callers (gemm_w8a8 / gemm_w4 launchers) have checked dtypes, shapes and devices, that use_gemv holds, and
 # allocated y [M, N].
 
-def w8a8_gemv_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, config: GemvConfig | None = None):
-    """y [M, N] = epilogue(x2 [M, K] int8 @ w8 [N, K] int8), the W8A8 (scale_order 0) or W4A8 (1) epilogue."""
+def _conv_args(conv, p: "_Launch", y: torch.Tensor) -> tuple:
+    """(u or None, the kernels' conv arguments, their CONV constexprs) for an optional ``ConvStep``."""
+    if conv is None:
+        return None, (y,) * 7 + (0,) * 10, dict(CONV=False, CONV_K=1, CONV_BIAS=False)
+    if y.dtype != torch.int8:
+        raise QuambaError("a conv step fused into a projection needs its int8 output (an out_scale)")
+    u, args, width = conv_step_args(conv, p.m, p.n, y.device)
+    return u, args, dict(CONV=True, CONV_K=width, CONV_BIAS=conv.bias is not None)
+
+
+def w8a8_gemv_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, config: GemvConfig | None = None,
+                   conv=None):
+    """y [M, N] = epilogue(x2 [M, K] int8 @ w8 [N, K] int8), the W8A8 (scale_order 0) or W4A8 (1) epilogue.
+    With ``conv`` (a ``ConvStep``) also steps that conv in the epilogue and returns its output u [M, D] int8."""
     p = _launch_plan("w8a8", x2, w8, None, y, config)
     cfg = p.cfg
+    u, conv_args, conv_flags = _conv_args(conv, p, y)
     with launch_device(p.x2):
         _w8a8_gemv_kernel[p.grid](
             p.x2, w8, xs, ws, ws if bias is None else bias, ws if os_ is None else os_, y, p.part, p.cnt,
-            p.m, p.n, p.k, p.w_slice, p.x2.stride(0) // 4, w8.stride(0) // 4, sws, sos,
+            p.m, p.n, p.k, p.w_slice, p.x2.stride(0) // 4, w8.stride(0) // 4, sws, sos, *conv_args,
             HAS_BIAS=bias is not None, REQUANT=os_ is not None, SCALE_ORDER=scale_order, USE_ASM=p.x2.is_cuda,
             SPLIT=p.split, EVEN_K=p.even_k, NUM_STAGES=cfg.num_stages,
             UNROLL=cfg.unroll, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
-            PREFETCH=cfg.prefetch, USE_PDL=p.pdl, launch_pdl=p.pdl, enable_fp_fusion=False,
+            PREFETCH=cfg.prefetch, USE_PDL=p.pdl, launch_pdl=p.pdl, enable_fp_fusion=False, **conv_flags,
         )
+    return u
 
 
-def w4a8_gemv_into(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y, config: GemvConfig | None = None):
-    """y [M, N] = epilogue(x2 [M, K] int8 @ (q4 * group_scales)^T), w4a8_gemm_ref's order."""
+def w4a8_gemv_into(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y, config: GemvConfig | None = None,
+                   conv=None):
+    """y [M, N] = epilogue(x2 [M, K] int8 @ (q4 * group_scales)^T), w4a8_gemm_ref's order; ``conv`` as in
+    ``w8a8_gemv_into``."""
     p = _launch_plan("w4a8", x2, w_packed, g, y, config)
     cfg = p.cfg
+    u, conv_args, conv_flags = _conv_args(conv, p, y)
     with launch_device(p.x2):
         _w4a8_gemv_kernel[p.grid](
             p.x2, w_packed, group_scales, xs, cs, cs if bias is None else bias, cs if os_ is None else os_, y,
             p.part, p.cnt,
             p.m, p.n, p.k, p.w_slice, p.x2.stride(0) // 4, w_packed.stride(0) // 4, *group_scales.stride(), sos,
-            0x08080808,
+            0x08080808, *conv_args,
             HAS_BIAS=bias is not None, REQUANT=os_ is not None, USE_ASM=p.x2.is_cuda, SPLIT=p.split,
             G=g, SCALE_MODE=p.mode, EVEN_K=p.even_k, NUM_STAGES=cfg.num_stages, UNROLL=cfg.unroll,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
-            PREFETCH=cfg.prefetch, USE_PDL=p.pdl, launch_pdl=p.pdl, enable_fp_fusion=False,
+            PREFETCH=cfg.prefetch, USE_PDL=p.pdl, launch_pdl=p.pdl, enable_fp_fusion=False, **conv_flags,
         )
+    return u
 
 
 def w4a16_gemv_into(x2, w_packed, scales, g: int, bias, y, config: GemvConfig | None = None):

@@ -29,8 +29,8 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import cdiv, check_float, check_runnable, check_same_device, device_of, next_pow2, pdl_start, use_pdl
-from .gemm_w8a8 import round_half_even
+from ._common import (cdiv, check_float, check_runnable, check_same_device, device_of, next_pow2, pdl_start,
+                      round_half_even, use_pdl)
 
 _MAX_N = 16384  # one program holds an [MP, P] fp32 tile in registers
 # Base order m -> the prime q of its Paley construction (I: m = q + 1, II: m = 2 (q + 1)).

@@ -16,8 +16,7 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from ._common import (check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2, pdl_start,
-                      silu, use_pdl)
-from .gemm_w8a8 import round_half_even
+                      round_half_even, silu, use_pdl)
 
 _MAX_ROW = 65536  # one program holds a whole row (or group) in registers
 

@@ -14,6 +14,10 @@ interleaves in one basic block (the one-step walk stalled on each step's depende
 
 An int8 state (``Int8State``: q int8 [..., N], scale fp32 [..., 1], scale = abs-max of the row / 127) is read as
 q * scale and written back by ``quantize_state_rows`` in registers: a row of N values is always in one program.
+
+The one-token update may also take Mamba1's dt_proj (``DtProj``, W8A8 with an int8 output): each program then
+computes the int8 dt of its channels from dt_low [B, R] with exact int32 dot products and the W8A8 epilogue, so the
+decode step runs one kernel where it ran two (the GEMV launch and its dt round trip through memory are gone).
 """
 from __future__ import annotations
 
@@ -23,8 +27,7 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2,
-                      pdl_start, silu, softplus, stride_or_zero, use_pdl)
-from .gemm_w8a8 import round_half_even
+                      pdl_start, round_half_even, silu, softplus, stride_or_zero, use_pdl)
 
 _MAX_STATE = 256  # the state of a channel block lives in registers
 
@@ -58,6 +61,30 @@ def _load_A2(A_ptr, offs_d, offs_n, sad, san, mask_dn, A_LOG: tl.constexpr):
     if A_LOG:
         a = tl.where(mask_dn, -tl.exp(a), 0.0)
     return a * 1.4426950408889634  # log2(e): exp(dt * A) = exp2(dt * A2), A scaled once rather than every step
+
+
+@triton.jit
+def _dt_from_proj(dtl_ptr, w_ptr, dxs_ptr, dws_ptr, dos_ptr, pid_b, offs_d, mask_d, rank,
+                  stlb, stlr, swd, swr, sdws, sdos, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    """dt_proj for this program's channels: int8 dt [BLOCK_D] = requantize(dt_low[pid_b] . W[offs_d]^T), the
+    ``w8a8_gemm_ref`` epilogue with an out_scale in gemm_w8a8's ``int_epilogue`` order (SCALE_ORDER 0, REQUANT):
+    acc * (x_scale * w_scale), div_rn by out_scale, clamp, round half to even. R is padded to BLOCK_R (masked 0s
+    add nothing); the int32 sums are exact (|acc| < 2^14 R), so the int8 dt equals the separate GEMV's.
+    sdws / sdos are 0 for a per-tensor scale, else the [D] scale's stride."""
+    acc = tl.zeros([BLOCK_D], dtype=tl.int32)
+    for r0 in range(0, rank, BLOCK_R):  # one pass for R <= BLOCK_R (every Mamba1: dt_rank <= 256)
+        offs_r = r0 + tl.arange(0, BLOCK_R)
+        mask_r = offs_r < rank
+        x = tl.load(dtl_ptr + pid_b * stlb + offs_r * stlr, mask=mask_r, other=0).to(tl.int32)
+        w = tl.load(w_ptr + offs_d[:, None] * swd + offs_r[None, :] * swr, mask=mask_d[:, None] & mask_r[None, :],
+                    other=0).to(tl.int32)
+        acc += tl.sum(w * x[None, :], axis=1)
+    ws = tl.load(dws_ptr + offs_d * sdws, mask=mask_d, other=1.0)
+    out_scale = tl.load(dos_ptr + offs_d * sdos, mask=mask_d, other=1.0)
+    y = acc.to(tl.float32) * (tl.load(dxs_ptr) * ws)
+    # clamp then round == round then clamp: the bounds are integers and rounding is monotone
+    v = tl.minimum(tl.maximum(tl.math.div_rn(y, out_scale), -128.0), 127.0)
+    return round_half_even(v).to(tl.int8)
 
 
 @triton.jit
@@ -189,16 +216,18 @@ def _selective_scan_kernel(
 @triton.jit
 def _selective_state_update_kernel(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
-    xs_ptr, ds_ptr, bs_ptr, cs_ptr, zs_ptr, sscale_ptr,
-    dim, dstate,
+    xs_ptr, ds_ptr, bs_ptr, cs_ptr, zs_ptr, sscale_ptr, pw_ptr, pxs_ptr, pws_ptr, pos_ptr,
+    dim, dstate, rank,
     ssb, ssd, ssn, sxb, sxd, stb, std, sad, san, sbb, sbn, scb, scn, szb, szd, syb, syd, sqb, sqd,
+    spwd, spwr, spws, spos,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    QUANT: tl.constexpr, A_LOG: tl.constexpr, STATE_INT8: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    QUANT: tl.constexpr, A_LOG: tl.constexpr, STATE_INT8: tl.constexpr, DT_PROJ: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     """One step for a [BLOCK_D, N] slice of the state (fp32, or int8 rows with their scales, updated in place);
-    grid (B, cdiv(D, BLOCK_D))."""
+    grid (B, cdiv(D, BLOCK_D)). With DT_PROJ, dt_ptr is dt_low [B, R] (strides stb, std) and the int8 dt comes from
+    dt_proj (weight pw [D, R], scales pxs / pws / pos) in ``_dt_from_proj``."""
     pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -218,7 +247,12 @@ def _selective_state_update_kernel(
     if STATE_INT8:
         h = h * tl.load(q_ptrs, mask=mask_d, other=0.0)[:, None]
     x = dequant(tl.load(x_ptr + pid_b * sxb + offs_d * sxd, mask=mask_d, other=0), xs, QUANT)
-    dt = dequant(tl.load(dt_ptr + pid_b * stb + offs_d * std, mask=mask_d, other=0), ds, QUANT)
+    if DT_PROJ:  # the int8 dt that dt_proj would have stored
+        dt = _dt_from_proj(dt_ptr, pw_ptr, pxs_ptr, pws_ptr, pos_ptr, pid_b, offs_d, mask_d, rank,
+                           stb, std, spwd, spwr, spws, spos, BLOCK_D, BLOCK_R)
+    else:
+        dt = tl.load(dt_ptr + pid_b * stb + offs_d * std, mask=mask_d, other=0)
+    dt = dequant(dt, ds, QUANT)
     if HAS_BIAS:
         dt += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if SOFTPLUS:
@@ -281,6 +315,28 @@ def _state_parts(state, shape, what: str):
     check_shape(what, state, shape)
     check_float(what, state)
     return state, None
+
+
+def _dt_proj_args(dt_proj, dt_low, batch: int, dim: int):
+    """Checks a ``DtProj`` against dt_low; returns (weight, input_scale, weight_scale, its stride, out_scale, its
+    stride) for the kernel (a scale's stride is 0 for one value, else that of its [D] elements)."""
+    weight, input_scale, weight_scale, out_scale = dt_proj
+    if weight.dtype != torch.int8 or weight.dim() != 2 or weight.shape[0] != dim:
+        raise QuambaError(f"dt_proj weight is {weight.dtype} {list(weight.shape)}, expected int8 [{dim}, R]")
+    rank = weight.shape[1]
+    if dt_low.dtype != torch.int8 or tuple(dt_low.shape) != (batch, rank):
+        raise QuambaError(f"dt_low (dt with dt_proj) is {dt_low.dtype} {list(dt_low.shape)}, "
+                          f"expected int8 [{batch}, {rank}]")
+    if input_scale.dtype != torch.float32 or input_scale.numel() != 1:
+        raise QuambaError(f"dt_proj input_scale must be one float32 value, got "
+                          f"{input_scale.dtype} {list(input_scale.shape)}")
+    args = [weight, input_scale]
+    for name, scale in (("weight_scale", weight_scale), ("out_scale", out_scale)):
+        if scale.dtype != torch.float32 or not (scale.numel() == 1 or tuple(scale.shape) == (dim,)):
+            raise QuambaError(f"dt_proj {name} must be float32 with one value or [{dim}], got "
+                              f"{scale.dtype} {list(scale.shape)}")
+        args += [scale, 0 if scale.numel() == 1 else scale.stride(0)]
+    return tuple(args)
 
 
 def _scan_tiles(dim: int, dstate: int, on_gpu: bool) -> tuple[int, int]:
@@ -392,29 +448,36 @@ def _copy_initial(final, final_scale, init, init_scale):
 
 def _selective_state_update_launch(
     state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, *, scales=None, A_is_log=False,
-    out_dtype=None,
+    out_dtype=None, dt_proj=None,
 ) -> torch.Tensor:
     """Checks and launches ``_selective_state_update_kernel``; same contract as ``selective_state_update_ref``,
     or with ``scales`` = (x, dt, B, C, z scales) that of ``qselective_state_update_ref`` (``state`` fp32 or a
-    (q, scale) int8 pair, updated in place)."""
+    (q, scale) int8 pair, updated in place; with ``dt_proj``, a ``DtProj``, dt is dt_low int8 [B, R] and the
+    kernel computes dt_proj's int8 dt itself)."""
     if x.dim() != 2:
         raise QuambaError(f"x has shape {list(x.shape)}, expected [B, D]")
     batch, dim = x.shape
     quant = scales is not None
     dstate = _check_params(dim, A, D, dt_bias)
     st, st_scale = _state_parts(state, (batch, dim, dstate), "state")
-    check_shape("dt", dt, (batch, dim))
+    proj = None
+    if dt_proj is None:
+        check_shape("dt", dt, (batch, dim))
+    elif not quant:
+        raise QuambaError("dt_proj is fused into the int8-input update only (pass scales), not the float one")
+    else:
+        proj = _dt_proj_args(dt_proj, dt, batch, dim)
     check_shape("z", z, (batch, dim))
     check_shape("B", B, (batch, dstate))
     check_shape("C", C, (batch, dstate))
-    inputs = [("x", x), ("dt", dt), ("B", B), ("C", C), ("z", z)]
+    inputs = [("x", x), ("dt" if dt_proj is None else "dt_low", dt), ("B", B), ("C", C), ("z", z)]
     params = [("A", A), ("D", D), ("dt_bias", dt_bias)]
     if quant:
         _check_quant_inputs(inputs, scales)
     for name, t in params + ([] if quant else inputs):
         check_float(name, t)
     check_same_device(*inputs, ("state", st), ("state scale", st_scale), *params,
-                      *(("scale", s) for s in (scales or ())))
+                      *(("scale", s) for s in (scales or ())), *(("dt_proj", t) for t in (dt_proj or ())))
     check_runnable(_selective_state_update_kernel, x)
 
     y = torch.empty(batch, dim, device=x.device, dtype=out_dtype or x.dtype)
@@ -424,17 +487,26 @@ def _selective_state_update_launch(
     block_d = max(1, min(next_pow2(dim), 2048 // block_n, 64 if x.is_cuda else 16))
     zz = z if z is not None else x
     xs, ds, bs, cs, zs = scales if quant else (A,) * 5
+    pw, pxs, pws, spws, pos, spos = proj or (A, A, A, 0, A, 0)
+    rank = pw.shape[1] if proj else 0
+    # dt_proj's rows in one tile (all loads in flight at once) up to R 256, longer ones in a loop. At BLOCK_D 64 and
+    # R 160 (mamba-2.8b) an H100 with Triton 3.6 compiled it to 122 registers a thread without spills; Triton 3.9's
+    # sm_90 compile of it (no GPU needed) spills, and 238 registers at BLOCK_R 64: re-tune when the fusion is timed
+    block_r = min(next_pow2(rank), 256)
     pdl = use_pdl(x)
     with device_of(x):
         _selective_state_update_kernel[(batch, cdiv(dim, block_d))](
             st, x, dt, A, B, C, D if D is not None else A, zz, dt_bias if dt_bias is not None else A, y,
-            xs, ds, bs, cs, zs if zs is not None else xs, st_scale if st_scale is not None else A,
-            dim, dstate,
+            xs, ds, bs, cs, zs if zs is not None else xs, st_scale if st_scale is not None else A, pw, pxs, pws, pos,
+            dim, dstate, rank,
             *st.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(),
-            *y.stride(), stride_or_zero(st_scale, 0), stride_or_zero(st_scale, 1),
+            *y.stride(), stride_or_zero(st_scale, 0), stride_or_zero(st_scale, 1), *pw.stride(), spws, spos,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
-            QUANT=quant, A_LOG=bool(A_is_log), STATE_INT8=st_scale is not None,
-            BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4,
-            USE_PDL=pdl, launch_pdl=pdl,
+            QUANT=quant, A_LOG=bool(A_is_log), STATE_INT8=st_scale is not None, DT_PROJ=proj is not None,
+            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_R=block_r, num_warps=4,
+            # No FMA contraction: which multiply-adds the compiler would fuse depends on the layouts it picks, which
+            # differ with DT_PROJ, and the fused update must round exactly as dt_proj followed by the plain one
+            # (on an H100 with contraction, y and the state differed in the last bits).
+            USE_PDL=pdl, launch_pdl=pdl, enable_fp_fusion=False,
         )
     return y
