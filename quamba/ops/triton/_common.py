@@ -120,3 +120,11 @@ def round_half_even(v):
     odd = half != tl.floor(half)
     up = (frac > 0.5) | ((frac == 0.5) & odd)
     return tl.where(up, f + 1.0, f)
+
+
+@triton.jit
+def quantize_int8(y, scale):
+    """``quantize_ref`` in registers: clamp(round_half_even(y / scale), -128, 127) as int8, the division IEEE-rounded
+    (``div_rn``: Triton's ``/`` is approximate on NVIDIA). Clamping first is the same: the bounds are integers and
+    rounding is monotone."""
+    return round_half_even(tl.minimum(tl.maximum(tl.math.div_rn(y, scale), -128.0), 127.0)).to(tl.int8)

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2,
-                      pdl_start, round_half_even, silu, stride_or_zero, use_pdl)
+                      pdl_start, quantize_int8, silu, stride_or_zero, use_pdl)
 
 _MAX_WIDTH = 4  # d_conv of every Mamba checkpoint is 4; the kernels unroll the taps
 
@@ -244,9 +244,7 @@ def _silu_requant(acc, scale, bias, out_scale, HAS_BIAS: tl.constexpr):
     if HAS_BIAS:
         y = y + bias
     y = tl.math.div_rn(y, 1.0 + tl.exp(-y))  # silu; div_rn: Triton's `/` is approximate on NVIDIA
-    # clamp then round == round then clamp: the bounds are integers and rounding is monotone
-    v = tl.minimum(tl.maximum(tl.math.div_rn(y, out_scale), -128.0), 127.0)
-    return round_half_even(v).to(tl.int8)
+    return quantize_int8(y, out_scale)
 
 
 @triton.jit

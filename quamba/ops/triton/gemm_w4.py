@@ -298,18 +298,17 @@ def _w4a8_gemm_launch(
     m = x2.shape[0]
     y = new_output(m, n, device, os_ is not None, out_dtype)
     check_index_range(x2, w_packed, y)
+    u = None
     if m and n:
         dense = _dense_path(m, dense_min_m, config)
         if not dense and gemv.use_gemv("w4a8", m, config, k, w_packed, g):
             u = gemv.w4a8_gemv_into(x2, w_packed, group_scales, g, xs, cs, bias, os_, sos, y, config, conv)
-            if conv is not None:
-                return y, u
         elif dense:
             w8 = _int4_dequant_launch(w_packed, group_scales, g, torch.int8)
             int8_gemm_into(x2, w8, xs, cs, 1, bias, os_, sos, y, SCALES_W4A8, config)
         else:
             _w4a8_mma(x2, w_packed, group_scales, g, xs, cs, bias, os_, sos, y, config)
-    return finish_output(y, x_q, n, conv)
+    return finish_output(y, x_q, n, conv, u)
 
 
 def _w4a8_mma(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y, config: GemmConfig | None) -> None:

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import FLOAT_DTYPES, cdiv, check_runnable, check_same_device, next_pow2, round_half_even
+from ._common import FLOAT_DTYPES, cdiv, check_runnable, check_same_device, next_pow2, quantize_int8
 
 # int8 x int8 products are at most 2^14 in magnitude, so K < 2^17 terms cannot overflow int32.
 MAX_K = 2 ** 17 - 1
@@ -98,9 +98,7 @@ def int_epilogue(
     y_ptrs = y_ptr + offs_m[:, None] * sym + offs_n[None, :] * syn
     if REQUANT:
         out_scale = tl.load(os_ptr + offs_n * sos, mask=mask_n, other=1.0)
-        # clamp then round == round then clamp: the bounds are integers and rounding is monotone
-        v = tl.minimum(tl.maximum(tl.math.div_rn(y, out_scale[None, :]), -128.0), 127.0)
-        y = round_half_even(v).to(tl.int8)
+        y = quantize_int8(y, out_scale[None, :])
         tl.store(y_ptrs, y, mask=mask)
     else:
         tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -454,22 +452,21 @@ def _w8a8_gemm_launch(
     m = x2.shape[0]
     y = new_output(m, n, device, os_ is not None, out_dtype)
     check_index_range(x2, w_q, y)
+    u = None
     if m and n:
         if gemv.use_gemv("w8a8", m, config, k, w_q):
             u = gemv.w8a8_gemv_into(x2, w_q, xs, ws, sws, bias, os_, sos, y, SCALES_W8A8, config, conv)
-            if conv is not None:
-                return y, u
         else:
             int8_gemm_into(x2, w_q, xs, ws, sws, bias, os_, sos, y, SCALES_W8A8, config)
-    return finish_output(y, x_q, n, conv)
+    return finish_output(y, x_q, n, conv, u)
 
 
-def finish_output(y: torch.Tensor, x_q: torch.Tensor, n: int, conv) -> torch.Tensor | tuple:
-    """A launcher's result, unless the GEMV already stepped ``conv``: y in x_q's leading shape, or (y, u_q) after
-    running ``conv`` (a ``ConvStep``, which needs 2-D x_q) on it as its own kernel."""
+def finish_output(y: torch.Tensor, x_q: torch.Tensor, n: int, conv, u: torch.Tensor | None):
+    """A launcher's result: y in x_q's leading shape, or with ``conv`` (a ``ConvStep``, which needs 2-D x_q)
+    (y, u_q): u from the GEMV that stepped the conv in its epilogue, else the conv's own kernel run on y now."""
     if conv is None:
         return y if x_q.dim() == 2 else y.reshape(*x_q.shape[:-1], n)
-    return y, conv.run(y)
+    return y, u if u is not None else conv.run(y)
 
 
 # gemv's kernels use this file's epilogue, so it imports this module: import it last, once everything is defined

@@ -30,7 +30,7 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from ._common import (cdiv, check_float, check_runnable, check_same_device, device_of, next_pow2, pdl_start,
-                      round_half_even, use_pdl)
+                      quantize_int8, use_pdl)
 
 _MAX_N = 16384  # one program holds an [MP, P] fp32 tile in registers
 # Base order m -> the prime q of its Paley construction (I: m = q + 1, II: m = 2 (q + 1)).
@@ -86,10 +86,8 @@ def butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, os_pt
         a, b = tl.split(tl.reshape(t, [ROWS, MP, P // 2, 2]))
         t = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), [ROWS, MP, P])
     t = t * inv_sqrt_n
-    # clamp then round == round then clamp: the bounds are integers and rounding is monotone
-    v = tl.minimum(tl.maximum(tl.math.div_rn(t, tl.load(os_ptr)), -128.0), 127.0)
     y_ptrs = y_ptr + rows[:, None, None] * (M * P) + offs_i[None, :, None] * P + offs_p[None, None, :]
-    tl.store(y_ptrs, round_half_even(v).to(tl.int8), mask=row_mask[:, None, None] & (offs_i < M)[None, :, None])
+    tl.store(y_ptrs, quantize_int8(t, tl.load(os_ptr)), mask=row_mask[:, None, None] & (offs_i < M)[None, :, None])
 
 
 @triton.jit

@@ -16,7 +16,7 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from ._common import (check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2, pdl_start,
-                      round_half_even, silu, use_pdl)
+                      quantize_int8, silu, use_pdl)
 
 _MAX_ROW = 65536  # one program holds a whole row (or group) in registers
 
@@ -55,9 +55,7 @@ def _rms_norm_kernel(
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     y = s * rstd * w
     if QUANT:
-        # clamp then round == round then clamp: the bounds are integers and rounding is monotone
-        v = tl.minimum(tl.maximum(tl.math.div_rn(y, tl.load(os_ptr)), -128.0), 127.0)
-        tl.store(y_ptr + row * sy + cols, round_half_even(v).to(tl.int8), mask=mask)
+        tl.store(y_ptr + row * sy + cols, quantize_int8(y, tl.load(os_ptr)), mask=mask)
     else:
         tl.store(y_ptr + row * sy + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
 

@@ -27,7 +27,7 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2,
-                      pdl_start, round_half_even, silu, softplus, stride_or_zero, use_pdl)
+                      pdl_start, quantize_int8, silu, softplus, stride_or_zero, use_pdl)
 
 _MAX_STATE = 256  # the state of a channel block lives in registers
 
@@ -48,9 +48,7 @@ def quantize_state_rows(h):
     """``Int8State.store`` in registers, per row of h [R, N] (padding columns must hold 0):
     scale = max(abs-max, 1e-12) / 127 and q = clamp(round_half_even(h / scale)) as int8; returns (q, scale [R])."""
     scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(h), axis=1), 1e-12), 127.0)
-    # clamp then round == round then clamp: the bounds are integers and rounding is monotone
-    v = tl.minimum(tl.maximum(tl.math.div_rn(h, scale[:, None]), -128.0), 127.0)
-    return round_half_even(v).to(tl.int8), scale
+    return quantize_int8(h, scale[:, None]), scale
 
 
 @triton.jit
@@ -82,9 +80,7 @@ def _dt_from_proj(dtl_ptr, w_ptr, dxs_ptr, dws_ptr, dos_ptr, pid_b, offs_d, mask
     ws = tl.load(dws_ptr + offs_d * sdws, mask=mask_d, other=1.0)
     out_scale = tl.load(dos_ptr + offs_d * sdos, mask=mask_d, other=1.0)
     y = acc.to(tl.float32) * (tl.load(dxs_ptr) * ws)
-    # clamp then round == round then clamp: the bounds are integers and rounding is monotone
-    v = tl.minimum(tl.maximum(tl.math.div_rn(y, out_scale), -128.0), 127.0)
-    return round_half_even(v).to(tl.int8)
+    return quantize_int8(y, out_scale)
 
 
 @triton.jit
