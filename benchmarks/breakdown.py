@@ -31,6 +31,7 @@ from common import environment, gpu_slug  # noqa: E402
 from e2e import RECIPES, RESULTS, _names, build_variant, model_config  # noqa: E402
 
 from quamba.generation import CUDAGraphStep  # noqa: E402
+from quamba.ops.triton import fused_decode  # noqa: E402
 from quamba.presets import PRESETS  # noqa: E402
 from quamba.profiling import timed  # noqa: E402
 
@@ -143,7 +144,9 @@ def markdown(report: dict, top: int) -> str:
     lines = [f"# Time breakdown on {report['device']['gpu']}", "",
              f"{report['device']['torch']}, triton {report['device']['triton']}; random weights; prefill "
              f"{report['settings']['prompt_len']} tokens, batch 1. wall = median host wall time of one call (eager; "
-             "graph: CUDA events around a replay); kernels = sum of GPU kernel durations (torch.profiler).", ""]
+             "graph: CUDA events around a replay); kernels = sum of GPU kernel durations (torch.profiler)."
+             + ("" if report["settings"].get("fused_decode", True) else " A8 decode steps unfused (QUAMBA_FUSED_DECODE=0)."),
+             ""]
     for r in report["rows"]:
         if "error" in r:
             lines += [f"## {r['model']} {r['variant']}: {r['error']}", ""]
@@ -198,7 +201,8 @@ def main(argv=None):
                                                   for ph in ("prefill", "decode", "decode_graph")), flush=True)
             else:
                 print(f"{name} {v}: {row['error']}", flush=True)
-    report = {"device": environment(dev), "settings": vars(args) | {"out_dir": str(args.out_dir)}, "rows": rows}
+    report = {"device": environment(dev), "settings": vars(args) | {"out_dir": str(args.out_dir),
+                                                                    "fused_decode": fused_decode()}, "rows": rows}
     stem = f"breakdown_{'-'.join(models)}_{gpu_slug(report['device']['gpu'])}"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))

@@ -239,7 +239,7 @@ def markdown(report: dict) -> str:
              f"{s['repeats']} (TTFT) / {s['tpot_repeats']} (TPOT) runs; copy bandwidth "
              f"{report['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s. x fp16 = ratio to this project's fp16; "
              "x floor = TPOT / (bytes a step must read / bandwidth)."
-             + (" A8 decode steps fused (QUAMBA_FUSED_DECODE=1)." if s.get("fused_decode") else ""), "",
+             + (" A8 decode steps unfused (QUAMBA_FUSED_DECODE=0)." if s.get("unfused_decode") else ""), "",
              f"| model | variant | size MiB | TTFT ms | x fp16 | TPOT b1 ms | x fp16 | x floor | TPOT b{n} ms | x fp16 "
              f"| x floor | peak b1 GiB | peak b{n} GiB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -324,9 +324,10 @@ def parse_args(argv=None):
     p.add_argument("--hf-repeats", type=int, default=5, help="transformers generate() runs per TPOT estimate")
     p.add_argument("--hf-decode-tokens", type=int, default=32, help="tokens in transformers' TPOT estimate")
     p.add_argument("--cache-graph", action="store_true", help="decode quamba variants with a CUDA graph")
-    p.add_argument("--fused-decode", action="store_true",
-                   help="QUAMBA_FUSED_DECODE=1: A8 decode steps with the conv in in_proj's GEMV and Mamba1's dt_proj in "
-                        "the state update (results go to e2e_..._fused-decode_<gpu>.*)")
+    p.add_argument("--unfused-decode", action="store_true",
+                   help="QUAMBA_FUSED_DECODE=0: A8 decode steps with the conv and Mamba1's dt_proj as their own kernels "
+                        "instead of fused into in_proj's GEMV and the state update (results go to "
+                        "e2e_..._unfused-decode_<gpu>.*)")
     p.add_argument("--calib-samples", type=int, default=4, help="self-sampled calibration windows (default 4)")
     p.add_argument("--calib-seqlen", type=int, default=64, help="tokens per calibration window (default 64)")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
@@ -367,9 +368,9 @@ def main(argv=None) -> dict:
     rows = []
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", info["name"]).strip("-").lower()
     models = "" if args.models == MODELS else "-".join(args.models) + "_"  # one file per model set: runs can be split
-    if args.fused_decode:
-        os.environ["QUAMBA_FUSED_DECODE"] = "1"
-        models += "fused-decode_"
+    if args.unfused_decode:
+        os.environ["QUAMBA_FUSED_DECODE"] = "0"
+        models += "unfused-decode_"
     stem = str(args.out_dir / f"e2e_{models}{gpu}")  # a str: model names hold dots, which Path.with_suffix would cut
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.models:

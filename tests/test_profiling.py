@@ -147,18 +147,40 @@ def test_e2e_benchmark_maps_weights_onto_transformers():
         assert ((a - b).norm() / a.norm()).item() < 1e-4
 
 
-def test_e2e_benchmark_smoke_run_with_fused_decode(tmp_path, monkeypatch):
-    """The script end to end on the CPU (tiny models): --fused-decode sets QUAMBA_FUSED_DECODE for the run, and the
-    results are named and labelled as such."""
-    monkeypatch.setenv("QUAMBA_FUSED_DECODE", "0")  # restored after the test: main() sets it
+def test_e2e_benchmark_smoke_run_with_unfused_decode(tmp_path, monkeypatch):
+    """The script end to end on the CPU (tiny models): --unfused-decode sets QUAMBA_FUSED_DECODE=0 for the run, and
+    the results are named and labelled as such."""
+    monkeypatch.setenv("QUAMBA_FUSED_DECODE", "1")  # restored after the test: main() sets it
     spec = importlib.util.spec_from_file_location("e2e", Path(__file__).resolve().parents[1] / "benchmarks" / "e2e.py")
     e2e = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(e2e)
     report = e2e.main(["--models", "tiny-mamba1", "--variants", "fp16,W8A8", "--device", "cpu", "--prompt-len", "8",
                        "--repeats", "1", "--tpot-repeats", "2", "--warmup", "1", "--big-batch", "2", "--gen-len", "2",
-                       "--calib-samples", "2", "--calib-seqlen", "16", "--fused-decode", "--out-dir", str(tmp_path)])
-    assert os.environ["QUAMBA_FUSED_DECODE"] == "1" and report["settings"]["fused_decode"] is True
+                       "--calib-samples", "2", "--calib-seqlen", "16", "--unfused-decode", "--out-dir", str(tmp_path)])
+    assert os.environ["QUAMBA_FUSED_DECODE"] == "0" and report["settings"]["unfused_decode"] is True
     assert [r["variant"] for r in report["rows"]] == ["fp16", "W8A8"]
     assert all(r["tpot_b1_ms"]["median"] > 0 for r in report["rows"])
-    md = next(tmp_path.glob("e2e_tiny-mamba1_fused-decode_*.md")).read_text()
-    assert "A8 decode steps fused (QUAMBA_FUSED_DECODE=1)" in md
+    md = next(tmp_path.glob("e2e_tiny-mamba1_unfused-decode_*.md")).read_text()
+    assert "A8 decode steps unfused (QUAMBA_FUSED_DECODE=0)" in md
+
+
+def test_fused_decode_benchmark_smoke_run(tmp_path, monkeypatch):
+    """benchmarks/fused_decode.py end to end on the CPU (tiny model): both switch settings timed on one built model,
+    the ratios filled in, JSON and markdown written under the model and device names."""
+    monkeypatch.setenv("QUAMBA_FUSED_DECODE", "1")  # restored after the test: the script sets and clears it
+    spec = importlib.util.spec_from_file_location(
+        "fused_decode", Path(__file__).resolve().parents[1] / "benchmarks" / "fused_decode.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    stem = bench.main(["--models", "tiny-mamba1", "--variants", "fp16,W8A8", "--device", "cpu", "--batches", "1,2",
+                       "--rounds", "1", "--steps", "2", "--out-dir", str(tmp_path)])
+    report = json.loads(Path(stem + ".json").read_text())
+    assert [r["variant"] for r in report["rows"]] == ["fp16", "W8A8"]
+    for r in report["rows"]:
+        for b in (1, 2):
+            assert len(r[f"tpot_b{b}_unfused_ms"]) == len(r[f"tpot_b{b}_fused_ms"]) == 1
+            assert r[f"b{b}_fused_speedup"] == r[f"b{b}_unfused_median_ms"] / r[f"b{b}_fused_median_ms"]
+    fp16 = report["rows"][0]
+    assert fp16["b1_fused_vs_fp16"] == 1.0
+    md = Path(stem + ".md").read_text()
+    assert "| tiny-mamba1 | W8A8 |" in md and "b2 fused ms" in md

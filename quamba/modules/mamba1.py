@@ -9,9 +9,9 @@ with a static scale, except the scan output (float) and the mixer output (float,
       -> scan (int8 inputs, fp32 state)              y [B, D, L] float
       -> had (Hadamard + int8)                       y_q [B, L, D]
       -> out_proj (W8A8 on H-rotated weight, float out) [B, L, d_model]
-With QUAMBA_FUSED_DECODE=1 a decoding step runs the same graph in fewer kernels on the GPU: in_proj steps the conv
-on its x channels in its epilogue (``ConvStep``) and the scan computes dt_proj itself (``DtProj``), with the same
-integers.
+A decoding step runs the same graph in fewer kernels on the GPU: in_proj steps the conv on its x channels in its
+epilogue (``ConvStep``) and the scan computes dt_proj itself (``DtProj``), with the same integers
+(QUAMBA_FUSED_DECODE=0: one kernel each).
 """
 from __future__ import annotations
 

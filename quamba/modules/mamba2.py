@@ -7,8 +7,8 @@
       -> norm (QGatedRMSNorm: y, int8 z -> float)
       -> had (Hadamard + int8) -> out_proj (W8A8/W4A8 on H-rotated weight, float out)
 norm and had run as one kernel where the norm groups allow (``quamba.ops.hadamard.qgated_norm_hadamard_quant``);
-they stay two modules, so checkpoints keep their layout. With QUAMBA_FUSED_DECODE=1 a decoding step's in_proj also
-steps the conv on its xBC channels in its epilogue (``quamba.ops.conv1d.ConvStep``).
+they stay two modules, so checkpoints keep their layout. A decoding step's in_proj also steps the conv
+on its xBC channels in its epilogue (``quamba.ops.conv1d.ConvStep``; QUAMBA_FUSED_DECODE=0: its own kernel).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""QUAMBA_FUSED_DECODE=1: the A8 mixers' decode step with the conv stepped in in_proj's GEMV (``ConvStep``) and, for
-Mamba1, dt_proj inside the state update (``DtProj``) gives exactly what the step of separate kernels gives (same
-y, conv state and SSM state), with fewer launches. One-layer quantized models, Triton kernels (the interpreter on
+"""The fused decode step (the default; QUAMBA_FUSED_DECODE=0 turns it off): the A8 mixers' decode step with the
+conv stepped in in_proj's GEMV (``ConvStep``) and, for Mamba1, dt_proj inside the state update (``DtProj``) gives
+exactly what the step of separate kernels gives (same y, conv state and SSM state), with fewer launches. One-layer quantized models, Triton kernels (the interpreter on
 the CPU), batch 2, a prefill then three steps."""
 import pytest
 import torch
@@ -78,3 +78,13 @@ def test_fused_decode_step_equals_the_separate_kernels(mixer, monkeypatch):
     for y, y_sep in zip(fused[0], separate[0]):
         assert torch.equal(y, y_sep)
     assert torch.equal(fused[1], separate[1]) and torch.equal(fused[2], separate[2])
+
+
+def test_fused_decode_is_on_unless_turned_off(monkeypatch):
+    from quamba.ops.triton import fused_decode
+
+    monkeypatch.delenv("QUAMBA_FUSED_DECODE", raising=False)
+    assert fused_decode()
+    for value, on in (("1", True), ("on", True), ("0", False), ("false", False), ("off", False)):
+        monkeypatch.setenv("QUAMBA_FUSED_DECODE", value)
+        assert fused_decode() is on

@@ -9,11 +9,10 @@ Switches, read on every call (environment variables, so that a run can be flippe
   TRITON_INTERPRET=1        CPU tensors go through the kernels in Triton's interpreter (tests). It must
                             be set before triton and the kernel files are first imported: ``triton.jit``
                             picks the interpreter when it decorates (see :func:`interpreted_kernels`).
-  QUAMBA_FUSED_DECODE=1     the A8 mixers' decode step runs the fused kernels: in_proj's GEMV steps the conv
-                            (``quamba.ops.conv1d.ConvStep``) and Mamba1's state update computes dt_proj
-                            (``quamba.ops.selective_scan.DtProj``); same integers, two / one kernels fewer per
-                            layer. Off by default until it has been checked and timed on a GPU (it is
-                            tested in the interpreter; see :func:`fused_decode`).
+  QUAMBA_FUSED_DECODE=0     turns off the fused decode kernels (on by default): in the A8 mixers' decode step
+                            in_proj's GEMV steps the conv (``quamba.ops.conv1d.ConvStep``) and Mamba1's state
+                            update computes dt_proj (``quamba.ops.selective_scan.DtProj``); same integers, two /
+                            one kernels fewer per layer (see :func:`fused_decode`).
 Autograd: the kernels are forward-only, so an op whose inputs need gradients takes the reference
 (with a warning on the GPU); run inference under ``torch.inference_mode()`` or ``torch.no_grad()``.
 """
@@ -70,9 +69,10 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
 
 
 def fused_decode() -> bool:
-    """Whether the A8 mixers' decode steps take the fused kernels (``QUAMBA_FUSED_DECODE=1``). Either way the
-    integers are the same: on the reference path the fused ops run their parts one after the other."""
-    return _env_on("QUAMBA_FUSED_DECODE")
+    """Whether the A8 mixers' decode steps take the fused kernels: yes unless ``QUAMBA_FUSED_DECODE=0``. Either
+    way the integers are the same (on the reference path the fused ops run their parts one after the other);
+    the switch is there to time the unfused kernels (``benchmarks/e2e.py --unfused-decode``)."""
+    return os.environ.get("QUAMBA_FUSED_DECODE", "1").strip().lower() in _TRUE
 
 
 @functools.lru_cache(maxsize=None)

@@ -442,6 +442,12 @@ def _copy_initial(final, final_scale, init, init_scale):
         final.copy_(quantize_ref(h, final_scale))
 
 
+# dt_proj's rows per loop pass of the fused Mamba1 update. At BLOCK_D 64 and R 160 (mamba-2.8b) an H100 with
+# Triton 3.6 compiled one 256-wide pass to 122 registers a thread without spills; Triton 3.9's sm_90 compile of it
+# spills (255 registers), and uses 238 at 64, 158 at 32, 115 at 16.
+DT_PROJ_BLOCK_R = 256
+
+
 def _selective_state_update_launch(
     state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, *, scales=None, A_is_log=False,
     out_dtype=None, dt_proj=None,
@@ -485,10 +491,7 @@ def _selective_state_update_launch(
     xs, ds, bs, cs, zs = scales if quant else (A,) * 5
     pw, pxs, pws, spws, pos, spos = proj or (A, A, A, 0, A, 0)
     rank = pw.shape[1] if proj else 0
-    # dt_proj's rows in one tile (all loads in flight at once) up to R 256, longer ones in a loop. At BLOCK_D 64 and
-    # R 160 (mamba-2.8b) an H100 with Triton 3.6 compiled it to 122 registers a thread without spills; Triton 3.9's
-    # sm_90 compile of it (no GPU needed) spills, and 238 registers at BLOCK_R 64: re-tune when the fusion is timed
-    block_r = min(next_pow2(rank), 256)
+    block_r = min(next_pow2(rank), DT_PROJ_BLOCK_R)
     pdl = use_pdl(x)
     with device_of(x):
         _selective_state_update_kernel[(batch, cdiv(dim, block_d))](
