@@ -41,7 +41,12 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.models = e2e._names(args.models, [*e2e.PRESETS, *e2e.SMOKE], "models")
     args.variants = e2e._names(args.variants, ["fp16", *e2e.RECIPES], "variants")
-    args.batches = [int(b) for b in args.batches.split(",")]
+    try:
+        args.batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        p.error(f"--batches {args.batches!r}: expected comma-separated positive integers, e.g. 1,16")
+    if min(args.batches) < 1 or args.rounds < 1 or args.steps < 1:
+        p.error("--batches, --rounds and --steps must be positive")
     return args
 
 
