@@ -257,7 +257,8 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict, path: Path) -> Path | None:
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None (said on stderr) when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -265,6 +266,13 @@ def plot(report: dict, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+        return None
+    return plt
+
+
+def plot(report: dict, path: Path) -> Path | None:
+    plt = pyplot()
+    if plt is None:
         return None
     rows = [r for r in report["rows"] if "ttft_ms" in r]
     models = list(dict.fromkeys(r["model"] for r in rows))

@@ -13,7 +13,6 @@ import argparse
 import gc
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402
+from common import gpu_slug  # noqa: E402
 
 from quamba.profiling import ProfileSettings, device_info, profile_model  # noqa: E402
 
@@ -60,6 +60,7 @@ def measure(model, batch: int, fused: bool, steps: int, graph: bool) -> float:
 def run(args) -> list[dict]:
     device, dtype = torch.device(args.device), torch.float16 if args.device == "cuda" else torch.float32
     build_args = e2e.parse_args(["--calib-samples", "4", "--calib-seqlen", "64"])
+    before = os.environ.get("QUAMBA_FUSED_DECODE")
     rows = []
     for name in args.models:
         for variant in args.variants:
@@ -77,7 +78,10 @@ def run(args) -> list[dict]:
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    os.environ.pop("QUAMBA_FUSED_DECODE", None)
+    if before is None:
+        os.environ.pop("QUAMBA_FUSED_DECODE", None)
+    else:
+        os.environ["QUAMBA_FUSED_DECODE"] = before
     return rows
 
 
@@ -116,12 +120,8 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = e2e.pyplot()
+    if plt is None:
         return None
     rows, batches = report["rows"], report["settings"]["batches"]
     fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4), squeeze=False)
@@ -146,7 +146,7 @@ def write(rows: list[dict], settings: dict, info: dict, out_dir: Path, note: str
     summarize(rows, settings["batches"])
     report = {"device": info, "settings": settings, "rows": rows, "note": note, "random_weights": True,
               "torch_version": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **recorded}
-    gpu = re.sub(r"[^A-Za-z0-9]+", "-", info["name"]).strip("-").lower()
+    gpu = gpu_slug(info["name"])
     models = "-".join(dict.fromkeys(r["model"] for r in rows))
     stem = str(out_dir / f"fused_decode_{models}_{gpu}")
     out_dir.mkdir(parents=True, exist_ok=True)

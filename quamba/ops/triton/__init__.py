@@ -32,8 +32,8 @@ from ...errors import QuambaError
 _TRUE = ("1", "true", "yes", "on")
 
 
-def _env_on(name: str) -> bool:
-    return os.environ.get(name, "0").strip().lower() in _TRUE
+def _env_on(name: str, default: str = "0") -> bool:
+    return os.environ.get(name, default).strip().lower() in _TRUE
 
 
 def interpreting() -> bool:
@@ -72,7 +72,7 @@ def fused_decode() -> bool:
     """Whether the A8 mixers' decode steps take the fused kernels: yes unless ``QUAMBA_FUSED_DECODE=0``. Either
     way the integers are the same (on the reference path the fused ops run their parts one after the other);
     the switch is there to time the unfused kernels (``benchmarks/e2e.py --unfused-decode``)."""
-    return os.environ.get("QUAMBA_FUSED_DECODE", "1").strip().lower() in _TRUE
+    return _env_on("QUAMBA_FUSED_DECODE", default="1")
 
 
 @functools.lru_cache(maxsize=None)
