@@ -3,7 +3,7 @@
 For every model and variant (random weights of the published shape, built as in benchmarks/e2e.py) it runs
 
     prefill      one eager forward of --prompt-len tokens at batch 1 (what TTFT measures)
-    decode       one eager decode step at batch 1
+    decode       one eager decode step at batch 1 (--decode-batch N: at batch N, the state set up by short prompts)
     decode-graph the same step captured as a CUDA graph and replayed (what TPOT --cache-graph measures)
 
 and records, under torch.profiler: every GPU kernel (name, launches, device time), the wall time of the call, and
@@ -117,8 +117,10 @@ def measure(model, args) -> dict:
         prefill()
     res = {"prefill": {"wall_ms": wall_ms(prefill, args.reps), **traced(prefill, model)}}
 
-    cache = model.allocate_cache(1)
-    tok = model(ids, cache, num_last_tokens=1).logits[:, -1].argmax(-1)
+    b = args.decode_batch  # the state has a fixed size: a batch of short prompts sets it up as well as a long one
+    cache = model.allocate_cache(b)
+    tok = model(ids if b == 1 else ids[:, :16].expand(b, -1).contiguous(), cache,
+                num_last_tokens=1).logits[:, -1].argmax(-1)
 
     def step():
         return model(tok[:, None], cache).logits[:, -1].argmax(-1)
@@ -127,7 +129,7 @@ def measure(model, args) -> dict:
         step()
     res["decode"] = {"wall_ms": wall_ms(step, args.reps), **traced(step, model, calls=args.reps)}
 
-    graph = CUDAGraphStep(model, 1)
+    graph = CUDAGraphStep(model, b)
     graph.load(cache)
 
     def gstep():
@@ -143,7 +145,8 @@ def measure(model, args) -> dict:
 def markdown(report: dict, top: int) -> str:
     lines = [f"# Time breakdown on {report['device']['gpu']}", "",
              f"{report['device']['torch']}, triton {report['device']['triton']}; random weights; prefill "
-             f"{report['settings']['prompt_len']} tokens, batch 1. wall = median host wall time of one call (eager; "
+             f"{report['settings']['prompt_len']} tokens, batch 1; decode batch "
+             f"{report['settings'].get('decode_batch', 1)}. wall = median host wall time of one call (eager; "
              "graph: CUDA events around a replay); kernels = sum of GPU kernel durations (torch.profiler)."
              + ("" if report["settings"].get("fused_decode", True) else " A8 decode steps unfused (QUAMBA_FUSED_DECODE=0)."),
              ""]
@@ -171,6 +174,8 @@ def main(argv=None):
     p.add_argument("--models", default="mamba2-2.7b", help="comma-separated architecture names (default mamba2-2.7b)")
     p.add_argument("--variants", default="fp16,W4A8", help=f"comma-separated, from fp16,{','.join(RECIPES)}")
     p.add_argument("--prompt-len", type=int, default=1024, help="prefill tokens (default 1024)")
+    p.add_argument("--decode-batch", type=int, default=1,
+                   help="batch of the decode phases (default 1; files get a _b<N> suffix otherwise)")
     p.add_argument("--reps", type=int, default=10, help="timed calls per phase (default 10)")
     p.add_argument("--top", type=int, default=15, help="kernels listed per phase in the markdown (default 15)")
     p.add_argument("--calib-samples", type=int, default=4)
@@ -178,6 +183,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    if args.decode_batch < 1:
+        p.error(f"--decode-batch {args.decode_batch}: expected a positive batch size")
     if not torch.cuda.is_available():
         sys.exit("breakdown.py profiles GPU kernels: it needs a CUDA device")
     models = _names(args.models, list(PRESETS), "model")
@@ -203,7 +210,8 @@ def main(argv=None):
                 print(f"{name} {v}: {row['error']}", flush=True)
     report = {"device": environment(dev), "settings": vars(args) | {"out_dir": str(args.out_dir),
                                                                     "fused_decode": fused_decode()}, "rows": rows}
-    stem = f"breakdown_{'-'.join(models)}_{gpu_slug(report['device']['gpu'])}"
+    batch = f"_b{args.decode_batch}" if args.decode_batch != 1 else ""
+    stem = f"breakdown_{'-'.join(models)}{batch}_{gpu_slug(report['device']['gpu'])}"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))
     (args.out_dir / f"{stem}.md").write_text(markdown(report, args.top))

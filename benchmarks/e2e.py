@@ -239,7 +239,9 @@ def markdown(report: dict) -> str:
              f"{s['repeats']} (TTFT) / {s['tpot_repeats']} (TPOT) runs; copy bandwidth "
              f"{report['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s. x fp16 = ratio to this project's fp16; "
              "x floor = TPOT / (bytes a step must read / bandwidth)."
-             + (" A8 decode steps unfused (QUAMBA_FUSED_DECODE=0)." if s.get("unfused_decode") else ""), "",
+             + (" A8 decode steps unfused (QUAMBA_FUSED_DECODE=0)." if s.get("unfused_decode") else "")
+             + (f" W4 GEMMs of {s['w4_dense_min_m']} or more rows dequantize, then run dense "
+                f"(QUAMBA_W4_DENSE_MIN_M={s['w4_dense_min_m']})." if s.get("w4_dense_min_m") else ""), "",
              f"| model | variant | size MiB | TTFT ms | x fp16 | TPOT b1 ms | x fp16 | x floor | TPOT b{n} ms | x fp16 "
              f"| x floor | peak b1 GiB | peak b{n} GiB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -336,6 +338,10 @@ def parse_args(argv=None):
                    help="QUAMBA_FUSED_DECODE=0: A8 decode steps with the conv and Mamba1's dt_proj as their own kernels "
                         "instead of fused into in_proj's GEMV and the state update (results go to "
                         "e2e_..._unfused-decode_<gpu>.*)")
+    p.add_argument("--w4-dense-min-m", type=int, default=None, metavar="M",
+                   help="QUAMBA_W4_DENSE_MIN_M=M: W4A8 / W4A16 GEMMs of M or more rows (prefill) dequantize the "
+                        "packed weights once and run the dense tensor-core kernel (results go to "
+                        "e2e_..._w4-dense-<M>_<gpu>.*)")
     p.add_argument("--calib-samples", type=int, default=4, help="self-sampled calibration windows (default 4)")
     p.add_argument("--calib-seqlen", type=int, default=64, help="tokens per calibration window (default 64)")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
@@ -345,6 +351,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.models = _names(args.models, [*PRESETS, *SMOKE], "models") if args.models else (QUICK_MODELS if args.quick else MODELS)
     args.variants = _names(args.variants, ["fp16", "hf-fp16", *RECIPES], "variants") if args.variants else VARIANTS
+    if args.w4_dense_min_m is not None and args.w4_dense_min_m < 1:
+        p.error(f"--w4-dense-min-m {args.w4_dense_min_m}: expected a positive row count")
     args.prompt_len = args.prompt_len or (256 if args.quick else 1024)
     args.repeats = args.repeats or (5 if args.quick else 20)
     args.tpot_repeats = args.tpot_repeats or (20 if args.quick else 100)
@@ -379,6 +387,9 @@ def main(argv=None) -> dict:
     if args.unfused_decode:
         os.environ["QUAMBA_FUSED_DECODE"] = "0"
         models += "unfused-decode_"
+    if args.w4_dense_min_m:
+        os.environ["QUAMBA_W4_DENSE_MIN_M"] = str(args.w4_dense_min_m)
+        models += f"w4-dense-{args.w4_dense_min_m}_"
     stem = str(args.out_dir / f"e2e_{models}{gpu}")  # a str: model names hold dots, which Path.with_suffix would cut
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.models:

@@ -34,6 +34,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -177,20 +178,23 @@ def check(out: torch.Tensor, ref: torch.Tensor, exact: bool) -> dict:
 
 # ---------------------------------------------------------------------------------------------- main table
 
-def variants(m: int, n: int, k: int, o: dict, device: torch.device) -> list:
+FORMATS = {"w8a8": "w8a8 -> fp16", "w8a8 int8": "w8a8 -> int8", "w4a8": "w4a8 -> fp16", "w4a8 int8": "w4a8 -> int8",
+           "w4a16": "w4a16 fp16"}
+
+
+def variants(m: int, n: int, k: int, o: dict, device: torch.device, formats=tuple(FORMATS)) -> list:
     """(kernel name, format, config, launcher kwargs) rows of one shape and M."""
     rows = [("torch fp16 (cuBLAS)", "fp16", None, {})]
-    for fmt, name in (("w8a8", "w8a8 -> fp16"), ("w8a8 int8", "w8a8 -> int8"), ("w4a8", "w4a8 -> fp16"),
-                      ("w4a8 int8", "w4a8 -> int8"), ("w4a16", "w4a16 fp16")):
+    for fmt in formats:
+        name, base = FORMATS[fmt], fmt.split()[0]
         rows.append((name, fmt, None, {}))
         if m <= DECODE_MAX_M:  # the other path at decode sizes
-            base = fmt.split()[0]
             if m <= gemv.GEMV_MAX_M[base]:
                 rows.append((name + ", mma", fmt, mma_config(fmt, m, n, k, device), {}))
             else:
                 rows.append((name + ", gemv", fmt,
                              gemv.config_for(base, m, n, k, None if base == "w8a8" else group_for(k), device), {}))
-        elif fmt in ("w4a8", "w4a16"):  # the alternative prefill path: dequantize once, then the dense kernel
+        if base != "w8a8" and m > gemv.GEMV_MAX_M[base]:  # the other tensor-core path: dequantize once, then dense
             rows.append((name + ", dense", fmt, None, {"dense_min_m": 1}))
     return rows
 
@@ -214,7 +218,7 @@ def call_for(fmt: str, o: dict, config, kw):
 
 
 def time_rows(args, timer: Timer, bandwidth: float, peaks: dict, device: torch.device) -> list:
-    shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    shapes = selected(SMOKE_SHAPES if args.smoke else SHAPES, args.shapes)
     ms = [1, 3, 65] if args.smoke else args.ms
     rows = []
     for shape, (n, k) in shapes.items():
@@ -222,7 +226,7 @@ def time_rows(args, timer: Timer, bandwidth: float, peaks: dict, device: torch.d
         for m in ms:
             o = make_operands(weights, m, device)
             copies = operand_copies(o, n, k, device) if m <= DECODE_MAX_M else None
-            for name, fmt, config, kw in variants(m, n, k, o, device):
+            for name, fmt, config, kw in variants(m, n, k, o, device, args.formats):
                 fn = call_for(fmt, o, config, kw)
                 if fmt == "fp16":
                     status, cfg_text = {}, "cuBLAS"
@@ -262,13 +266,16 @@ def time_rows(args, timer: Timer, bandwidth: float, peaks: dict, device: torch.d
     return rows
 
 
+def selected(shapes: dict, patterns: list[str] | None) -> dict:
+    """The shapes whose names contain one of ``patterns`` (all of them without)."""
+    return {s: v for s, v in shapes.items() if not patterns or any(p in s for p in patterns)}
+
+
 # ---------------------------------------------------------------------------------------------- sweep
 
 def sweep(args, timer: Timer, bandwidth: float, device: torch.device) -> dict:
     """Every candidate GEMV config per (shape, format, M), timed and checked; the best per case."""
-    shapes = SMOKE_SHAPES if args.smoke else SHAPES
-    if args.sweep_shapes:
-        shapes = {s: v for s, v in shapes.items() if any(p in s for p in args.sweep_shapes)}
+    shapes = selected(SMOKE_SHAPES if args.smoke else SHAPES, args.sweep_shapes)
     index = (device.index or 0) if device.type == "cuda" else -1
     rows, best = [], []
     seen = set()
@@ -401,6 +408,12 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=None,
                         help="timed replays per kernel and shape (median); default 30 (--smoke: 3)")
     parser.add_argument("--ms", type=ints, default=[1, 4, 16, 1024, 4096], help="comma-separated M values")
+    parser.add_argument("--shapes", type=lambda s: s.split(","), default=None,
+                        help="comma-separated substrings of the shape names for the main table (default: all)")
+    parser.add_argument("--formats", type=lambda s: s.split(","), default=list(FORMATS),
+                        help=f"comma-separated formats of the main table (default {','.join(FORMATS)})")
+    parser.add_argument("--tag", default="", help="a word added to the file names (kernels_gemm_<tag>_<gpu>), so "
+                        "that a partial run (--shapes / --formats / --ms) does not replace the full table")
     parser.add_argument("--sweep", action="store_true", help="also time every candidate GEMV config")
     parser.add_argument("--only-sweep", action="store_true", help="the sweep without the main table")
     parser.add_argument("--sweep-ms", type=ints, default=[1, 16], help="M values of the sweep")
@@ -412,9 +425,17 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true", help="tiny shapes in Triton's interpreter on the CPU")
     args = parser.parse_args(argv)
     args.reps = args.reps or (3 if args.smoke else 30)
+    unknown = [f for f in args.formats if f not in FORMATS]
+    if unknown:
+        parser.error(f"--formats: unknown {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    for flag, patterns in (("--shapes", args.shapes), ("--sweep-shapes", args.sweep_shapes)):
+        if not selected(SMOKE_SHAPES if args.smoke else SHAPES, patterns):
+            parser.error(f"{flag}: no shape name contains any of {patterns}; the names are {', '.join(SHAPES)}")
+    if args.tag and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.tag):
+        parser.error(f"--tag {args.tag!r}: use letters, digits, '.', '_' and '-' only")
     result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"kernels_gemm_{gpu_slug(result['environment']['gpu'])}"
+    stem = args.out / f"kernels_gemm_{args.tag + '_' if args.tag else ''}{gpu_slug(result['environment']['gpu'])}"
     result = merged(result, stem.with_suffix(".json"))
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(result))

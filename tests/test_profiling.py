@@ -147,21 +147,24 @@ def test_e2e_benchmark_maps_weights_onto_transformers():
         assert ((a - b).norm() / a.norm()).item() < 1e-4
 
 
-def test_e2e_benchmark_smoke_run_with_unfused_decode(tmp_path, monkeypatch):
-    """The script end to end on the CPU (tiny models): --unfused-decode sets QUAMBA_FUSED_DECODE=0 for the run, and
-    the results are named and labelled as such."""
-    monkeypatch.setenv("QUAMBA_FUSED_DECODE", "1")  # restored after the test: main() sets it
+def test_e2e_benchmark_smoke_run_with_switches(tmp_path, monkeypatch):
+    """The script end to end on the CPU (tiny models): --unfused-decode sets QUAMBA_FUSED_DECODE=0 and
+    --w4-dense-min-m QUAMBA_W4_DENSE_MIN_M for the run, and the results are named and labelled as such."""
+    monkeypatch.setenv("QUAMBA_FUSED_DECODE", "1")  # restored after the test: main() sets them
+    monkeypatch.setenv("QUAMBA_W4_DENSE_MIN_M", "0")
     spec = importlib.util.spec_from_file_location("e2e", Path(__file__).resolve().parents[1] / "benchmarks" / "e2e.py")
     e2e = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(e2e)
     report = e2e.main(["--models", "tiny-mamba1", "--variants", "fp16,W8A8", "--device", "cpu", "--prompt-len", "8",
                        "--repeats", "1", "--tpot-repeats", "2", "--warmup", "1", "--big-batch", "2", "--gen-len", "2",
-                       "--calib-samples", "2", "--calib-seqlen", "16", "--unfused-decode", "--out-dir", str(tmp_path)])
+                       "--calib-samples", "2", "--calib-seqlen", "16", "--unfused-decode", "--w4-dense-min-m", "64",
+                       "--out-dir", str(tmp_path)])
     assert os.environ["QUAMBA_FUSED_DECODE"] == "0" and report["settings"]["unfused_decode"] is True
+    assert os.environ["QUAMBA_W4_DENSE_MIN_M"] == "64" and report["settings"]["w4_dense_min_m"] == 64
     assert [r["variant"] for r in report["rows"]] == ["fp16", "W8A8"]
     assert all(r["tpot_b1_ms"]["median"] > 0 for r in report["rows"])
-    md = next(tmp_path.glob("e2e_tiny-mamba1_unfused-decode_*.md")).read_text()
-    assert "A8 decode steps unfused (QUAMBA_FUSED_DECODE=0)" in md
+    md = next(tmp_path.glob("e2e_tiny-mamba1_unfused-decode_w4-dense-64_*.md")).read_text()
+    assert "A8 decode steps unfused (QUAMBA_FUSED_DECODE=0)" in md and "(QUAMBA_W4_DENSE_MIN_M=64)" in md
 
 
 def test_fused_decode_benchmark_smoke_run(tmp_path, monkeypatch):

@@ -122,12 +122,12 @@ def w4a16_gemm(
     """``w4a16_gemm_ref``'s contract: the Triton kernels on CUDA, the reference elsewhere. Not bit-identical to the
     fp32 reference: for few rows (decode) the GEMV keeps q * s in fp32 and only sums in another order; larger M
     runs the tensor cores on weights rounded to x's dtype, with fp32 accumulation (tests state both bounds)."""
-    from .triton import use_triton
+    from .triton import use_triton, w4_dense_min_m
 
     if use_triton(x, w_packed, scales, bias):
         from .triton.gemm_w4 import _w4a16_gemm_launch
 
-        return _w4a16_gemm_launch(x, w_packed, scales, group_size, bias)
+        return _w4a16_gemm_launch(x, w_packed, scales, group_size, bias, dense_min_m=w4_dense_min_m())
     return w4a16_gemm_ref(x, w_packed, scales, group_size, bias)
 
 
@@ -150,13 +150,13 @@ def w4a8_gemm(
     result instead of ``out_dtype``, the int8-output W4A8Linear; the kernel fuses it into its epilogue.
     conv: a ``quamba.ops.conv1d.ConvStep`` (with out_scale): also return its step's output, as ``w8a8_gemm``.
     """
-    from .triton import use_triton
+    from .triton import use_triton, w4_dense_min_m
 
     if use_triton(x_q, w_packed, group_scales, channel_scales, bias, out_scale):
         from .triton.gemm_w4 import _w4a8_gemm_launch
 
         return _w4a8_gemm_launch(x_q, x_scale, w_packed, group_scales, channel_scales, group_size, bias,
-                                 out_dtype, out_scale, conv=conv)
+                                 out_dtype, out_scale, conv=conv, dense_min_m=w4_dense_min_m())
     if out_scale is None:
         if conv is not None:
             raise QuambaError("a conv step after a W4A8 projection needs its int8 output: pass out_scale")

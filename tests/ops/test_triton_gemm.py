@@ -207,6 +207,35 @@ def test_w4a8_other_paths_bit_exact(k, poisoned, variant):
     assert y.shape == (2, 3, n) and torch.equal(y, ref)
 
 
+def test_w4_dense_switch_routes_the_public_ops(k, monkeypatch):
+    """QUAMBA_W4_DENSE_MIN_M sends w4a8_gemm / w4a16_gemm calls of that many rows or more through the dequantize-
+    then-dense path (same results), fewer rows and an unset switch through the packed kernels; bad values name
+    the variable."""
+    dequants = []
+    dequant = k[1]._int4_dequant_launch
+    monkeypatch.setattr(k[1], "_int4_dequant_launch", lambda *a: dequants.append(a[-1]) or dequant(*a))
+    n, kdim, g = 24, 128, 32
+    packed, gs, cs = _w4a8_operands(n, kdim, g)
+    packed16, s16, _ = _w4a16_operands(n, kdim, g)
+    for setting, m, dense in ((None, 12, False), ("0", 12, False), ("12", 12, True), ("12", 11, False)):
+        if setting is None:
+            monkeypatch.delenv("QUAMBA_W4_DENSE_MIN_M", raising=False)
+        else:
+            monkeypatch.setenv("QUAMBA_W4_DENSE_MIN_M", setting)
+        dequants.clear()
+        x_q = _q(m, kdim)
+        ref = w4a8_gemm_ref(x_q, 0.02, packed, gs, cs, g, None, torch.float16)
+        assert torch.equal(w4a8_gemm(x_q, 0.02, packed, gs, cs, g), ref)
+        x = _rand(m, kdim)
+        y16 = w4a16_gemm(x, packed16, s16, g)
+        assert rel_err(y16, w4a16_gemm_ref(x, packed16, s16, g)) < 1e-5
+        assert dequants == ([torch.int8, torch.float32] if dense else []), (setting, m)
+    for bad in ("many", "-3"):
+        monkeypatch.setenv("QUAMBA_W4_DENSE_MIN_M", bad)
+        with pytest.raises(QuambaError, match="QUAMBA_W4_DENSE_MIN_M"):
+            w4a8_gemm(_q(12, kdim), 0.02, packed, gs, cs, g)
+
+
 def test_w4a8_rejects_bad_inputs(k):
     packed, gs, cs = _w4a8_operands(8, 64, 32)
     with pytest.raises(QuambaError, match="int8"):

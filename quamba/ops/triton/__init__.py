@@ -13,6 +13,8 @@ Switches, read on every call (environment variables, so that a run can be flippe
                             in_proj's GEMV steps the conv (``quamba.ops.conv1d.ConvStep``) and Mamba1's state
                             update computes dt_proj (``quamba.ops.selective_scan.DtProj``); same integers, two /
                             one kernels fewer per layer (see :func:`fused_decode`).
+  QUAMBA_W4_DENSE_MIN_M=M   W4A8 / W4A16 GEMMs of M or more rows dequantize the packed weights once and run the
+                            dense tensor-core kernel (same results; see :func:`w4_dense_min_m`). Unset: never.
 Autograd: the kernels are forward-only, so an op whose inputs need gradients takes the reference
 (with a warning on the GPU); run inference under ``torch.inference_mode()`` or ``torch.no_grad()``.
 """
@@ -73,6 +75,21 @@ def fused_decode() -> bool:
     way the integers are the same (on the reference path the fused ops run their parts one after the other);
     the switch is there to time the unfused kernels (``benchmarks/e2e.py --unfused-decode``)."""
     return _env_on("QUAMBA_FUSED_DECODE", default="1")
+
+
+def w4_dense_min_m() -> int | None:
+    """The row count from which the W4 GEMMs take their dequantize-then-dense path (``QUAMBA_W4_DENSE_MIN_M``, a
+    positive integer; unset, empty or 0: the packed kernels at every M)."""
+    text = os.environ.get("QUAMBA_W4_DENSE_MIN_M", "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise QuambaError(f"QUAMBA_W4_DENSE_MIN_M={text!r}: expected a row count (a positive integer) or 0 for off")
+    return value or None
 
 
 @functools.lru_cache(maxsize=None)
