@@ -9,7 +9,7 @@ error for W4A16). Rows per shape and M: the launchers' own choice ("auto": the C
 quamba/ops/triton/gemv.py for M <= GEMV_MAX_M, else the tensor-core kernels), and at decode sizes the other
 path forced ("mma": the tensor-core kernel with its own decode config; "gemv": the GEMV's default config), so
 the crossover is visible. The "dense" rows time the alternative prefill path of the W4 launchers (dequantize the
-weights once, then the dense kernel; ``dense_min_m``), charged the same floor as the op.
+weights once, then the int8 kernel (W4A8) or cuBLAS (W4A16); ``dense_min_m``), charged the same floor as the op.
 
 Floors: memory = bytes the call must move (weights + scales + activations + output) / the bandwidth of a large
 device copy; compute = 2 M N K / the measured peak of a large cuBLAS fp16 matmul (torch.matmul) or int8 matmul
@@ -158,7 +158,9 @@ def describe(fmt: str, m: int, n: int, k: int, device: torch.device, config=None
     g = None if base == "w8a8" else group_for(k)
     if not dense and (isinstance(config, gemv.GemvConfig) or (config is None and m <= gemv.GEMV_MAX_M[base])):
         return gemv.config_for(base, m, n, k, g, device, config).describe()
-    if dense:  # the dense kernel on the dequantized weights: no groups
+    if dense and fmt == "w4a16":
+        return "dequant + cuBLAS"
+    if dense:  # the int8 kernel on the dequantized weights: no groups
         g = None
         config = config or gemm_w8a8.pick_config(m, n, k, device, float_dot=fmt == "w4a16")[0]
     config = config or mma_config(fmt, m, n, k, device)

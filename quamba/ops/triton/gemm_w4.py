@@ -17,9 +17,10 @@ Small M (decode, M <= ``gemv.GEMV_MAX_M``) runs the CUDA-core GEMV of ``gemv`` i
 ``GemmConfig`` forces these kernels, a ``GemvConfig`` the GEMV). Between that and prefill, W4A8 uses split-K
 like the W8A8 kernel; W4A16 runs one K slice per tile (its fp32 split-K, which had a CUDA-only test failure,
 is gone: the GEMV, with its own deterministic split-K, covers the shapes that needed it). For large M,
-``dense_min_m`` can instead dequantize the weights once into a dense [N, K] tensor (int8 for W4A8, x's dtype
-for W4A16) and run the dense kernel on it: the same values, so the same results; which is faster at prefill
-sizes is what benchmarks/kernels_gemm.py measures (off by default).
+``dense_min_m`` can instead dequantize the weights once into a dense [N, K] tensor and run a dense GEMM on it:
+W4A8 the int8 kernel on the same int8 values (the same results, bit for bit), W4A16 torch's matmul (cuBLAS) on
+weights in x's dtype (the same rounding of w, the sums in cuBLAS's order: within the W4A16 bounds). Which is faster
+at prefill sizes is what benchmarks/kernels_gemm.py measures (off unless QUAMBA_W4_DENSE_MIN_M is set).
 """
 from __future__ import annotations
 
@@ -237,19 +238,28 @@ def _w4a16_gemm_launch(
 
 
 def _w4a16_mma(x2, w_packed, scales, g: int, bias, y, config: GemmConfig | None, dense: bool) -> None:
-    """The tensor-core W4A16 kernel on the packed weights, or (dense) on weights dequantized to x's dtype."""
+    """The tensor-core W4A16 kernel on the packed weights, or (dense) the weights dequantized to x's dtype and
+    torch's matmul (cuBLAS on the GPU: at prefill sizes the fastest float GEMM there is, so W4A16 costs the fp16
+    GEMM plus one pass over the weights)."""
     (m, k), n = x2.shape, w_packed.shape[0]
     if config is not None and config.split_k > 1:
         raise QuambaError("the W4A16 tensor-core kernel has no split-K: use split_k=1, or a gemv.GemvConfig "
                           "with split > 1 for small M")
-    w = _int4_dequant_launch(w_packed, scales, g, x2.dtype) if dense else w_packed
-    cfg, _, grid, _, per_tile = mma_plan(config, m, n, k, x2.device, True, None if dense else g, False)
+    if dense:
+        w = _int4_dequant_launch(w_packed, scales, g, x2.dtype)
+        with launch_device(x2):
+            if bias is None:
+                torch.matmul(x2, w.t(), out=y)
+            else:
+                torch.addmm(bias.to(y.dtype), x2, w.t(), out=y)
+        return
+    cfg, _, grid, _, per_tile = mma_plan(config, m, n, k, x2.device, True, g, False)
     with launch_device(x2):
         _w4a16_gemm_kernel[grid](
-            x2, w, scales, bias if bias is not None else scales, y,
+            x2, w_packed, scales, bias if bias is not None else scales, y,
             m, n, k, g,
-            *x2.stride(), *w.stride(), *scales.stride(), *y.stride(),
-            W_KIND=_W_KIND[x2.dtype], PACKED=not dense, HAS_BIAS=bias is not None,
+            *x2.stride(), *w_packed.stride(), *scales.stride(), *y.stride(),
+            W_KIND=_W_KIND[x2.dtype], PACKED=True, HAS_BIAS=bias is not None,
             SCALES_PER_TILE=per_tile, EVEN_K=k % cfg.block_k == 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
