@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..ops.quant import quantize_ref
+from ..ops.quant import quantize_ref, w8a8_gemm
+from ..ops.w4_gemm import w4a8_gemm, w4a16_gemm
 from .registry import parse_dtype, register
 
 
@@ -63,8 +64,6 @@ class W8A8Linear(nn.Module):
         u_q), in one kernel where the GEMV runs (decoding on the GPU)."""
         if x_q.dtype != torch.int8:
             raise TypeError(f"W8A8Linear takes int8 input, got {x_q.dtype}")
-        from ..ops.quant import w8a8_gemm
-
         out_dtype = torch.float16 if self.output == "int8" else parse_dtype(self.output)
         return w8a8_gemm(x_q, self.input_scale, self.weight, self.weight_scale, self.bias,
                          self.output_scale if self.output == "int8" else None, out_dtype, conv=conv)
@@ -115,8 +114,6 @@ class W4A16Linear(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from ..ops.w4_gemm import w4a16_gemm
-
         return w4a16_gemm(x, self.weight, self.scales, self.group_size, self.bias)
 
     def extra_repr(self) -> str:
@@ -163,8 +160,6 @@ class W4A8Linear(nn.Module):
 
     def forward(self, x_q: torch.Tensor, conv=None):
         """x_q [..., K] int8 -> y; ``conv`` as in ``W8A8Linear.forward``."""
-        from ..ops.w4_gemm import w4a8_gemm
-
         if x_q.dtype != torch.int8:
             raise TypeError(f"W4A8Linear takes int8 input, got {x_q.dtype}")
         if self.output == "int8":  # quantize_ref of the fp32 result, fused into the kernel's epilogue on CUDA

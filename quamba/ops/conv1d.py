@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .quant import quantize_ref
+from .triton import use_triton
 
 
 def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
@@ -83,8 +84,6 @@ def causal_conv1d(
 ):
     """``causal_conv1d_ref``'s contract (shapes, dtypes, state convention); the Triton kernel on CUDA
     (see ``quamba.ops.triton.use_triton`` for the switches), the reference elsewhere."""
-    from .triton import use_triton
-
     if use_triton(x, weight, bias, initial_state):
         from .triton.conv1d import _causal_conv1d_launch
 
@@ -100,8 +99,6 @@ def causal_conv1d_update(
     activation: str | None = "silu",
 ) -> torch.Tensor:
     """``causal_conv1d_update_ref``'s contract (conv_state [B, D, K] updated in place); Triton on CUDA."""
-    from .triton import use_triton
-
     if use_triton(x, conv_state, weight, bias):
         from .triton.conv1d import _causal_conv1d_update_launch
 
@@ -177,8 +174,6 @@ def qcausal_conv1d(
 ):
     """``qcausal_conv1d_ref``'s contract; one Triton kernel on CUDA, whose y is laid out [B, L, D] in memory
     (returned as the [B, D, L] view) so that the projection and the scan read it without a copy."""
-    from .triton import use_triton
-
     if use_triton(x_q, weight_q, weight_scale, input_scale, out_scale, bias, initial_state):
         from .triton.conv1d import _qcausal_conv1d_launch
 
@@ -198,8 +193,6 @@ def qcausal_conv1d_update(
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``qcausal_conv1d_update_ref``'s contract (conv_state [B, D, K] int8 updated in place); Triton on CUDA."""
-    from .triton import use_triton
-
     if use_triton(x_q, conv_state, weight_q, weight_scale, input_scale, out_scale, bias):
         from .triton.conv1d import _qcausal_conv1d_update_launch
 

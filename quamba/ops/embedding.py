@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .triton import use_triton
+
 
 def qembedding_ref(ids: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bits: int,
                    out_dtype: torch.dtype) -> torch.Tensor:
@@ -22,8 +24,6 @@ def qembedding_ref(ids: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
 def qembedding(ids: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bits: int,
                out_dtype: torch.dtype) -> torch.Tensor:
     """``qembedding_ref``'s contract, bit-exact; one gather kernel on CUDA, the reference elsewhere."""
-    from .triton import use_triton
-
     if use_triton(ids, weight, scale):
         from .triton.embedding import _qembedding_launch
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .quant import quantize_ref
+from .triton import use_triton
 
 
 def hadamard_quant_ref(y: torch.Tensor, out_scale: torch.Tensor) -> torch.Tensor:
@@ -27,8 +28,6 @@ def hadamard_quant(y: torch.Tensor, out_scale: torch.Tensor) -> torch.Tensor:
     """``hadamard_quant_ref``'s contract; one Triton kernel on CUDA (one row per program, fp32 in another
     order than the reference: an output may differ from it by one int8 step where the value lies within
     a few ulps of a rounding tie; exact for n = 2^k), the reference elsewhere."""
-    from .triton import use_triton
-
     if use_triton(y, out_scale):
         from .triton.hadamard import _hadamard_quant_launch
 
@@ -77,8 +76,6 @@ def qgated_norm_hadamard_quant(
     ``quamba.ops.triton.norm_hadamard``), else the two kernels ``qgated_rms_norm`` + ``hadamard_quant``; the
     reference elsewhere."""
     from .rmsnorm import qgated_rms_norm
-    from .triton import use_triton
-
     if use_triton(y, z_q, z_scale, weight, out_scale):
         from .triton.norm_hadamard import _qgated_norm_hadamard_launch
 

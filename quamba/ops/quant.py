@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .triton import use_triton
+
 INT8_MIN, INT8_MAX = -128, 127
 
 
@@ -68,8 +70,6 @@ def w8a8_gemm(
 
     conv: a ``quamba.ops.conv1d.ConvStep`` (decoding, x_q [B, K], int8 output): also step that conv on its
     channels of y and return (y, u_q [B, D] int8); the GEMV runs it in its epilogue."""
-    from .triton import use_triton
-
     if use_triton(x_q, w_q, w_scale, bias, out_scale):
         from .triton.gemm_w8a8 import _w8a8_gemm_launch
 

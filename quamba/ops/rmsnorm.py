@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .quant import quantize_ref
+from .triton import use_triton
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -64,8 +65,6 @@ def gated_rms_norm_ref(
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """``rms_norm_ref``'s contract (y in weight's dtype); the Triton kernel on CUDA (see
     ``quamba.ops.triton.use_triton`` for the switches), the reference elsewhere."""
-    from .triton import use_triton
-
     if use_triton(x, weight):
         from .triton.rmsnorm import _rms_norm_launch
 
@@ -81,8 +80,6 @@ def add_rms_norm(
     residual_in_fp32: bool = True,
 ):
     """``add_rms_norm_ref``'s contract, returning (y, residual); one fused kernel on CUDA."""
-    from .triton import use_triton
-
     if use_triton(x, residual, weight):
         from .triton.rmsnorm import _add_rms_norm_launch
 
@@ -99,8 +96,6 @@ def gated_rms_norm(
     norm_before_gate: bool = False,
 ) -> torch.Tensor:
     """``gated_rms_norm_ref``'s contract (x's dtype); the Triton kernel on CUDA."""
-    from .triton import use_triton
-
     if use_triton(x, z, weight):
         from .triton.rmsnorm import _gated_rms_norm_launch
 
@@ -160,8 +155,6 @@ def qgated_rms_norm_ref(
 
 def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor, eps: float, out_scale: torch.Tensor) -> torch.Tensor:
     """``rms_norm_quant_ref``'s contract (int8 out); one Triton kernel on CUDA, the reference elsewhere."""
-    from .triton import use_triton
-
     if use_triton(x, weight, out_scale):
         from .triton.rmsnorm import _rms_norm_launch
 
@@ -179,8 +172,6 @@ def add_rms_norm_quant(
 ):
     """``add_rms_norm_quant_ref``'s contract, returning (int8 y, residual); one fused kernel on CUDA
     (whose residual is always a new tensor, where the reference may return x itself)."""
-    from .triton import use_triton
-
     if use_triton(x, residual, weight, out_scale):
         from .triton.rmsnorm import _add_rms_norm_launch
 
@@ -198,8 +189,6 @@ def qgated_rms_norm(
     norm_before_gate: bool = False,
 ) -> torch.Tensor:
     """``qgated_rms_norm_ref``'s contract (weight's dtype); one Triton kernel on CUDA."""
-    from .triton import use_triton
-
     if use_triton(x, z_q, z_scale, weight):
         from .triton.rmsnorm import _gated_rms_norm_launch
 

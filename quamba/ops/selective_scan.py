@@ -14,6 +14,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .triton import use_triton
+
 
 def _discretize_dt(delta: torch.Tensor, delta_bias: torch.Tensor | None, softplus: bool) -> torch.Tensor:
     dt = delta.float()
@@ -116,8 +118,6 @@ def selective_scan(
     """``selective_scan_ref``'s contract (y in u's dtype, final state fp32); the Triton kernel on CUDA
     (see ``quamba.ops.triton.use_triton`` for the switches), elsewhere ``selective_scan_chunked`` (the same
     function vectorised over time and differentiable; the loop of ``selective_scan_ref`` stays the spec)."""
-    from .triton import use_triton
-
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
     if use_triton(u, delta, A, B, C, D, z, delta_bias, initial_state):
         if _chunked_kernel_fits(u.shape[-1], A.shape[-1], initial_state):
@@ -145,8 +145,6 @@ def selective_state_update(
     dt_softplus: bool = False,
 ) -> torch.Tensor:
     """``selective_state_update_ref``'s contract (``state`` updated in place); Triton on CUDA."""
-    from .triton import use_triton
-
     args = (state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     if use_triton(x, state, dt, A, B, C, D, z, dt_bias):
         from .triton.selective_scan import _selective_state_update_launch
@@ -312,8 +310,6 @@ def qselective_scan(
     """``qselective_scan_ref``'s contract. On CUDA one Triton kernel that loads the int8 inputs and dequantizes in
     registers, writing y [B, D, L] as a view of [B, L, D] memory (rows of D for the Hadamard / out_proj that
     follow); elsewhere the dequantized inputs go through ``selective_scan`` (vectorised on the CPU)."""
-    from .triton import use_triton
-
     scales = (u_scale, delta_scale, B_scale, C_scale, z_scale)
     if use_triton(u, delta, A_log, B, C, D, z, delta_bias, *_state_tensors(initial_state)):
         if not final_state_int8 and _chunked_kernel_fits(u.shape[-1], A_log.shape[-1], initial_state):
@@ -338,8 +334,6 @@ def qselective_state_update(
     """``qselective_state_update_ref``'s contract (``state`` fp32 or an int8 pair, updated in place; with
     ``dt_proj``, dt is dt_low [B, R]); one Triton kernel on CUDA (an int8 state is re-quantized in registers, and
     dt_proj's GEMV and epilogue run in it too)."""
-    from .triton import use_triton
-
     scales = (x_scale, dt_scale, B_scale, C_scale, z_scale)
     if use_triton(x, *_state_tensors(state), dt, A_log, B, C, D, z, dt_bias):
         from .triton.selective_scan import _selective_state_update_launch

@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .triton import use_triton
+
 
 def _discretize_dt(dt, dt_bias, dt_softplus, dt_limit):
     dt = dt.float()
@@ -169,8 +171,6 @@ def ssd_chunked(
 ):
     """``ssd_chunked_ref``'s contract (y in x's dtype, final state fp32); the chunked Triton kernels on
     CUDA (see ``quamba.ops.triton.use_triton`` for the switches), the reference elsewhere."""
-    from .triton import use_triton
-
     args = (x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit, initial_state, return_final_state)
     if use_triton(x, dt, A, B, C, D, dt_bias, initial_state):
         from .triton.ssd import _ssd_chunked_launch
@@ -192,8 +192,6 @@ def ssd_state_update(
     dt_limit: tuple[float, float] = (0.0, math.inf),
 ) -> torch.Tensor:
     """``ssd_state_update_ref``'s contract (``state`` [B, H, P, N] updated in place); Triton on CUDA."""
-    from .triton import use_triton
-
     args = (state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit)
     if use_triton(x, state, dt, A, B, C, D, dt_bias):
         from .triton.ssd import _ssd_state_update_launch
@@ -308,8 +306,6 @@ def qssd_chunked(
     """``qssd_chunked_ref``'s contract; on CUDA the four chunked Triton kernels, each dequantizing what it loads
     (products in fp16, or fp32 for an fp32 y); elsewhere the reference."""
     from .selective_scan import _state_tensors
-    from .triton import use_triton
-
     scales = (x_scale, dt_scale, B_scale, C_scale)
     if use_triton(x, dt, A_log, B, C, D, dt_bias, *_state_tensors(initial_state)):
         from .triton.ssd import _ssd_chunked_launch
@@ -328,8 +324,6 @@ def qssd_state_update(
     """``qssd_state_update_ref``'s contract (``state`` fp32 or an int8 pair, updated in place); one Triton kernel
     on CUDA."""
     from .selective_scan import _state_tensors
-    from .triton import use_triton
-
     scales = (x_scale, dt_scale, B_scale, C_scale)
     if use_triton(x, *_state_tensors(state), dt, A_log, B, C, D, dt_bias):
         from .triton.ssd import _ssd_state_update_launch

@@ -10,6 +10,7 @@ import torch
 
 from quamba.errors import QuambaError
 from quamba.quantization.weight_formats import resolve_group_size, unpack_int4, w4a8_int8_weight
+from .triton import use_triton, w4_dense_min_m
 
 # float64 represents every integer below 2^53 exactly, so an int8 x int8 dot product of length K
 # (|term| <= 128 * 128 = 2^14) is computed exactly in float64 whatever the summation order while K < 2^39.
@@ -122,8 +123,6 @@ def w4a16_gemm(
     """``w4a16_gemm_ref``'s contract: the Triton kernels on CUDA, the reference elsewhere. Not bit-identical to the
     fp32 reference: for few rows (decode) the GEMV keeps q * s in fp32 and only sums in another order; larger M
     runs the tensor cores on weights rounded to x's dtype, with fp32 accumulation (tests state both bounds)."""
-    from .triton import use_triton, w4_dense_min_m
-
     if use_triton(x, w_packed, scales, bias):
         from .triton.gemm_w4 import _w4a16_gemm_launch
 
@@ -150,8 +149,6 @@ def w4a8_gemm(
     result instead of ``out_dtype``, the int8-output W4A8Linear; the kernel fuses it into its epilogue.
     conv: a ``quamba.ops.conv1d.ConvStep`` (with out_scale): also return its step's output, as ``w8a8_gemm``.
     """
-    from .triton import use_triton, w4_dense_min_m
-
     if use_triton(x_q, w_packed, group_scales, channel_scales, bias, out_scale):
         from .triton.gemm_w4 import _w4a8_gemm_launch
 
