@@ -86,13 +86,17 @@ def to_transformers(model):
     return hf.eval()
 
 
-def build_variant(name: str, variant: str, args, device, dtype):
-    fp = build_random(model_config(name), device=device, dtype=dtype, seed=args.seed)
+def build_variant(name, variant: str, args, device, dtype):
+    """``variant`` of a random model of ``name`` (an architecture name or a MambaConfig), built afresh. ``args``:
+    calib_samples, calib_seqlen, seed, and optionally quantize_embedding / quantize_lm_head."""
+    fp = build_random(model_config(name) if isinstance(name, str) else name, device=device, dtype=dtype, seed=args.seed)
     if variant == "fp16":
         return fp
     recipe, w, a = RECIPES[variant]
     options = dict(calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, seed=args.seed,
-                   dtype=str(dtype).removeprefix("torch."))
+                   dtype=str(dtype).removeprefix("torch."),
+                   quantize_embedding=getattr(args, "quantize_embedding", False),
+                   quantize_lm_head=getattr(args, "quantize_lm_head", False))
     if recipe == "quamba2":
         options.update(w_bits=w, a_bits=a)
     q = quamba.quantize(fp, recipe, calib_data=None, **options)
@@ -240,6 +244,8 @@ def markdown(report: dict) -> str:
              f"{report['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s. x fp16 = ratio to this project's fp16; "
              "x floor = TPOT / (bytes a step must read / bandwidth)."
              + (" A8 decode steps unfused (QUAMBA_FUSED_DECODE=0)." if s.get("unfused_decode") else "")
+             + (" Quantized variants quantize the embedding too." if s.get("quantize_embedding") else "")
+             + (" Quantized variants quantize the lm_head too." if s.get("quantize_lm_head") else "")
              + (f" W4 GEMMs of {s['w4_dense_min_m']} or more rows dequantize, then run dense "
                 f"(QUAMBA_W4_DENSE_MIN_M={s['w4_dense_min_m']})." if s.get("w4_dense_min_m") else ""), "",
              f"| model | variant | size MiB | TTFT ms | x fp16 | TPOT b1 ms | x fp16 | x floor | TPOT b{n} ms | x fp16 "
@@ -342,6 +348,11 @@ def parse_args(argv=None):
                    help="QUAMBA_W4_DENSE_MIN_M=M: W4A8 / W4A16 GEMMs of M or more rows (prefill) dequantize the "
                         "packed weights once and run the dense tensor-core kernel (results go to "
                         "e2e_..._w4-dense-<M>_<gpu>.*)")
+    p.add_argument("--quantize-embedding", action="store_true",
+                   help="quantized variants also quantize the embedding rows at their weight width (files get _emb)")
+    p.add_argument("--quantize-lm-head", action="store_true",
+                   help="quantized variants also quantize the lm_head at their weight width, as Quamba2's published "
+                        "configuration does with both (files get _head)")
     p.add_argument("--calib-samples", type=int, default=4, help="self-sampled calibration windows (default 4)")
     p.add_argument("--calib-seqlen", type=int, default=64, help="tokens per calibration window (default 64)")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
@@ -387,6 +398,8 @@ def main(argv=None) -> dict:
     if args.unfused_decode:
         os.environ["QUAMBA_FUSED_DECODE"] = "0"
         models += "unfused-decode_"
+    if args.quantize_embedding or args.quantize_lm_head:
+        models += "emb_" * args.quantize_embedding + "head_" * args.quantize_lm_head
     if args.w4_dense_min_m:
         os.environ["QUAMBA_W4_DENSE_MIN_M"] = str(args.w4_dense_min_m)
         models += f"w4-dense-{args.w4_dense_min_m}_"

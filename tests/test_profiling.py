@@ -1,5 +1,6 @@
 """Profiling (quamba.profiling), architecture presets (quamba.presets) and ``quamba profile``: statistics, size by
 part, state size, random models of the published shapes, and the JSON record on CPU with a tiny config."""
+import dataclasses
 import importlib.util
 import json
 import os
@@ -187,3 +188,27 @@ def test_fused_decode_benchmark_smoke_run(tmp_path, monkeypatch):
     assert fp16["b1_fused_vs_fp16"] == 1.0
     md = Path(stem + ".md").read_text()
     assert "| tiny-mamba1 | W8A8 |" in md and "b2 fused ms" in md
+
+
+def test_sizes_benchmark_extrapolation_is_exact(tmp_path):
+    """benchmarks/sizes.py carries sizes from 1-2 layer, small-vocabulary builds to the full shape: the result equals a
+    direct build's size_breakdown, part by part (Mamba1 tied, Mamba2 untied with a padded vocabulary; fp16 and
+    quantized with and without the embedding and lm_head), and the script writes its tables."""
+    spec = importlib.util.spec_from_file_location("sizes", Path(__file__).resolve().parents[1] / "benchmarks" / "sizes.py")
+    sizes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sizes)
+    cases = [("mamba-130m", dict(n_layer=3, vocab_size=2500), "W4A8", True),
+             ("mamba2-130m", dict(n_layer=3, vocab_size=2500, tie_embeddings=False), "W8A8", False),
+             ("mamba2-130m", dict(n_layer=2, vocab_size=3000, tie_embeddings=False), "fp16", False)]
+    for name, shape, variant, emb_head in cases:
+        config = dataclasses.replace(preset_config(name), **shape)
+        direct = sizes.built_size(config, variant, emb_head)
+        carried = sizes.extrapolated_size(config, variant, emb_head)
+        assert carried["parts"] == {p: v["bytes"] for p, v in direct["parts"].items()}, (name, variant, emb_head)
+        assert carried["total_bytes"] == direct["total_bytes"] and carried["lm_head_tied"] == direct["lm_head_tied"]
+    stem = sizes.main(["--models", "mamba-130m", "--variants", "W4A8", "--out-dir", str(tmp_path)])
+    rows = json.loads(Path(f"{stem}.json").read_text())["rows"]
+    assert [(r["variant"], r["embedding_lm_head_quantized"]) for r in rows] == [
+        ("fp16", False), ("W4A8", False), ("W4A8", True)]
+    assert rows[0]["vs_fp16"] == 1 and rows[2]["vs_fp16"] < rows[1]["vs_fp16"] < 1
+    assert "| mamba-130m | W4A8 | quantized |" in Path(f"{stem}.md").read_text()
