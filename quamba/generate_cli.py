@@ -166,6 +166,9 @@ def _quantize(model, args, dtype):
         options["a_bits"] = args.a_bits
     if args.group_size is not None:
         options["group_size"] = args.group_size
+    for flag in ("quantize_embedding", "quantize_lm_head"):
+        if getattr(args, flag):
+            options[flag] = True
     return quamba.quantize(model, args.quantize, calib_data=None, **options)
 
 
@@ -218,8 +221,10 @@ def cmd_profile(args) -> dict:
         raise QuambaError(f"--json {args.json} already exists; choose another path or pass --overwrite")
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise QuambaError(f"--json {args.json}: directory {Path(args.json).resolve().parent} does not exist")
-    if args.quantize is None and (args.w_bits or args.a_bits or args.group_size):
-        raise QuambaError("--w-bits / --a-bits / --group-size need --quantize RECIPE")
+    if args.quantize is None and (args.w_bits or args.a_bits or args.group_size or args.quantize_embedding
+                                  or args.quantize_lm_head):
+        raise QuambaError("--w-bits / --a-bits / --group-size / --quantize-embedding / --quantize-lm-head need "
+                          "--quantize RECIPE")
     settings = ProfileSettings(prompt_len=args.prompt_len, gen_len=args.gen_len, batch_size=args.batch_size,
                                repeats=args.repeats, warmup=args.warmup, cache_graph=args.cache_graph, seed=args.seed)
     metrics = [m for m in METRICS if getattr(args, m)] or list(METRICS)
@@ -299,6 +304,11 @@ def add_commands(subparsers) -> None:
     p.add_argument("--w-bits", type=int, choices=[4, 8], help="weight bits with --quantize")
     p.add_argument("--a-bits", type=int, choices=[8, 16], help="activation bits with --quantize")
     p.add_argument("--group-size", type=int, help="quamba2 int4 group size (default 128)")
+    p.add_argument("--quantize-embedding", action="store_true",
+                   help="with --quantize: also quantize the embedding rows at the weight width")
+    p.add_argument("--quantize-lm-head", action="store_true",
+                   help="with --quantize: also quantize the lm_head at the weight width (with --quantize-embedding: "
+                        "Quamba2's published configuration)")
     p.add_argument("--calib-samples", type=int, default=8, help="calibration windows with --quantize (default 8)")
     p.add_argument("--calib-seqlen", type=int, default=64, help="tokens per calibration window (default 64)")
     p.add_argument("--json", metavar="FILE", help="also write the results to this new JSON file")

@@ -107,13 +107,17 @@ def test_profile_command_writes_json(tmp_path, capsys):
     out = tmp_path / "p.json"
     args = ["profile", "--config", str(cfg), "--prompt-len", "8", "--gen-len", "2", "--repeats", "2", "--warmup", "0",
             "--ttft", "--tpot", "--size", "--json", str(out), "--quantize", "quamba2", "--w-bits", "4", "--a-bits", "8",
-            "--group-size", "32", "--calib-samples", "2", "--calib-seqlen", "8"]
+            "--group-size", "32", "--calib-samples", "2", "--calib-seqlen", "8", "--quantize-embedding",
+            "--quantize-lm-head"]
     assert cli_main(args) == 0
     printed = capsys.readouterr().out
     assert "TTFT" in printed and "TPOT" in printed and "TTLT" not in printed and "(random weights)" in printed
     rec = json.loads(out.read_text())
     assert rec["model"]["random_weights"] is True and rec["model"]["config"]["arch"] == "mamba2"
     assert rec["model"]["quantization"]["recipe"]["data"]["w_bits"] == 4
+    recipe = rec["model"]["quantization"]["recipe"]["data"]
+    assert recipe["quantize_embedding"] and recipe["quantize_lm_head"]
+    assert rec["size"]["parts"]["lm_head"]["bytes"] > 0  # its own int4 tensors, no longer the tied fp embedding
     assert rec["model"]["quantization"]["calibration"]["source"] == "self-sampled"
     assert {"ttft_ms", "tpot_ms", "size"} <= set(rec) and "ttlt_ms" not in rec
     assert rec["settings"]["prompt_len"] == 8 and rec["device"]["type"] == "cpu"
@@ -124,6 +128,7 @@ def test_profile_command_writes_json(tmp_path, capsys):
 @pytest.mark.parametrize("extra,message", [
     (["--cache-graph"], "needs a CUDA device"),
     (["--w-bits", "4"], "need --quantize"),
+    (["--quantize-lm-head"], "need --quantize"),
     (["--repeats", "0"], "repeats must be >= 1"),
 ])
 def test_profile_user_mistakes(tmp_path, capsys, extra, message):
