@@ -398,8 +398,7 @@ def main(argv=None) -> dict:
     if args.unfused_decode:
         os.environ["QUAMBA_FUSED_DECODE"] = "0"
         models += "unfused-decode_"
-    if args.quantize_embedding or args.quantize_lm_head:
-        models += "emb_" * args.quantize_embedding + "head_" * args.quantize_lm_head
+    models += "emb_" * args.quantize_embedding + "head_" * args.quantize_lm_head
     if args.w4_dense_min_m:
         os.environ["QUAMBA_W4_DENSE_MIN_M"] = str(args.w4_dense_min_m)
         models += f"w4-dense-{args.w4_dense_min_m}_"

@@ -162,7 +162,7 @@ def describe(fmt: str, m: int, n: int, k: int, device: torch.device, config=None
         return "dequant + cuBLAS"
     if dense:  # the int8 kernel on the dequantized weights: no groups
         g = None
-        config = config or gemm_w8a8.pick_config(m, n, k, device, float_dot=fmt == "w4a16")[0]
+        config = config or gemm_w8a8.pick_config(m, n, k, device)[0]
     config = config or mma_config(fmt, m, n, k, device)
     if fmt == "w4a16":
         config = dataclasses.replace(config, split_k=1)

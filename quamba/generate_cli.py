@@ -166,9 +166,7 @@ def _quantize(model, args, dtype):
         options["a_bits"] = args.a_bits
     if args.group_size is not None:
         options["group_size"] = args.group_size
-    for flag in ("quantize_embedding", "quantize_lm_head"):
-        if getattr(args, flag):
-            options[flag] = True
+    options.update(quantize_embedding=args.quantize_embedding, quantize_lm_head=args.quantize_lm_head)
     return quamba.quantize(model, args.quantize, calib_data=None, **options)
 
 

@@ -72,37 +72,35 @@ def dequant_int4(p, s, W_KIND: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.
 def w4_accumulate(
     acc, x_ptr, w_ptr, s_ptr, rows, cols, k_lo, k_hi, K, G,
     sxm, sxk, swn, swk, ssn, ssg,
-    W_KIND: tl.constexpr, PACKED: tl.constexpr, SCALES_PER_TILE: tl.constexpr, EVEN_K: tl.constexpr,
+    W_KIND: tl.constexpr, SCALES_PER_TILE: tl.constexpr, EVEN_K: tl.constexpr,
     IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """acc + x[rows, k_lo:k_hi] @ W[cols, k_lo:k_hi]^T, W unpacked tile by tile (PACKED) or already dense."""
+    """acc + x[rows, k_lo:k_hi] @ W[cols, k_lo:k_hi]^T, the packed W unpacked tile by tile."""
     offs_k = tl.arange(0, BLOCK_K)
-    per_byte: tl.constexpr = 2 if PACKED else 1  # k values per stored weight element
-    offs_w = tl.arange(0, BLOCK_K // per_byte)  # stored elements of a tile row (contiguous: vector loads)
+    offs_w = tl.arange(0, BLOCK_K // 2)  # bytes of a tile row, two k each (contiguous: vector loads)
     x_ptrs = x_ptr + rows[:, None] * sxm + (k_lo + offs_k)[None, :] * sxk
-    w_ptrs = w_ptr + cols[:, None] * swn + (k_lo // per_byte + offs_w)[None, :] * swk
+    w_ptrs = w_ptr + cols[:, None] * swn + (k_lo // 2 + offs_w)[None, :] * swk
     for k0 in range(k_lo, k_hi, BLOCK_K):
         if EVEN_K:
             a = tl.load(x_ptrs)
             wt = tl.load(w_ptrs)
         else:
             a = tl.load(x_ptrs, mask=((k0 + offs_k) < K)[None, :], other=0)
-            wt = tl.load(w_ptrs, mask=((k0 + offs_w * per_byte) < K)[None, :], other=0)
-        if PACKED:
-            if SCALES_PER_TILE:
-                s = tl.load(s_ptr + cols * ssn + (k0 // G) * ssg)[:, None]
-            else:
-                in_k = (k0 + offs_k) < K
-                s = tl.load(s_ptr + cols[:, None] * ssn + ((k0 + offs_k) // G)[None, :] * ssg,
-                            mask=in_k[None, :], other=1)
-            wt = dequant_int4(wt, s, W_KIND, BLOCK_N, BLOCK_K)
+            wt = tl.load(w_ptrs, mask=((k0 + offs_w * 2) < K)[None, :], other=0)
+        if SCALES_PER_TILE:
+            s = tl.load(s_ptr + cols * ssn + (k0 // G) * ssg)[:, None]
+        else:
+            in_k = (k0 + offs_k) < K
+            s = tl.load(s_ptr + cols[:, None] * ssn + ((k0 + offs_k) // G)[None, :] * ssg,
+                        mask=in_k[None, :], other=1)
+        wt = dequant_int4(wt, s, W_KIND, BLOCK_N, BLOCK_K)
         # out_dtype spelled out: triton < 3.7 does not take it from acc (int32 for W_INT8, else fp32)
         if IEEE:
             acc = tl.dot(a, tl.trans(wt), acc, input_precision="ieee", out_dtype=acc.dtype)
         else:
             acc = tl.dot(a, tl.trans(wt), acc, out_dtype=acc.dtype)
         x_ptrs += BLOCK_K * sxk
-        w_ptrs += (BLOCK_K // per_byte) * swk
+        w_ptrs += (BLOCK_K // 2) * swk
     return acc
 
 
@@ -125,7 +123,7 @@ def _w4a8_gemm_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     acc = w4_accumulate(acc, x_ptr, w_ptr, gs_ptr, offs_m % M, offs_n % N, k_lo, tl.minimum(k_lo + k_split, K), K, G,
                         sxm, sxk, swn, swk, sgn, sgg,
-                        0, True, SCALES_PER_TILE, EVEN_K, False, BLOCK_N, BLOCK_K)  # 0: W_INT8
+                        0, SCALES_PER_TILE, EVEN_K, False, BLOCK_N, BLOCK_K)  # 0: W_INT8
     if SPLIT:
         store_partial(acc, part_ptr, pid_k, offs_m, offs_n, M, N, spk, spm)
     else:
@@ -138,7 +136,7 @@ def _w4a16_gemm_kernel(
     x_ptr, w_ptr, s_ptr, bias_ptr, y_ptr,
     M, N, K, G,
     sxm, sxk, swn, swk, ssn, ssg, sym, syn,
-    W_KIND: tl.constexpr, PACKED: tl.constexpr, HAS_BIAS: tl.constexpr,
+    W_KIND: tl.constexpr, HAS_BIAS: tl.constexpr,
     SCALES_PER_TILE: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -149,7 +147,7 @@ def _w4a16_gemm_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc = w4_accumulate(acc, x_ptr, w_ptr, s_ptr, offs_m % M, offs_n % N, 0, K, K, G,
                         sxm, sxk, swn, swk, ssn, ssg,
-                        W_KIND, PACKED, SCALES_PER_TILE, EVEN_K, W_KIND == 3, BLOCK_N, BLOCK_K)
+                        W_KIND, SCALES_PER_TILE, EVEN_K, W_KIND == 3, BLOCK_N, BLOCK_K)
     float_epilogue(acc, offs_m, offs_n, M, N, bias_ptr, y_ptr, sym, syn, HAS_BIAS)
 
 
@@ -210,7 +208,7 @@ def _w4a16_gemm_launch(
     x: [..., K] fp16 / bf16 / fp32; w_packed: uint8 [N, K // 2]; scales: fp16 [N, K // G]; bias: [N] or None.
     Returns [..., N] in x's dtype. ``config``: a ``GemvConfig`` (CUDA-core GEMV) or a ``GemmConfig`` without
     split-K (tensor cores) overrides the choice; by default M <= ``gemv.GEMV_MAX_M["w4a16"]`` takes the GEMV.
-    With ``dense_min_m``, M >= it dequantizes the weights once and runs the dense kernel.
+    With ``dense_min_m``, M >= it dequantizes the weights once and runs torch's matmul (cuBLAS) on them.
     """
     if x.dtype not in FLOAT_DTYPES:
         check_float("x", x)
@@ -259,7 +257,7 @@ def _w4a16_mma(x2, w_packed, scales, g: int, bias, y, config: GemmConfig | None,
             x2, w_packed, scales, bias if bias is not None else scales, y,
             m, n, k, g,
             *x2.stride(), *w_packed.stride(), *scales.stride(), *y.stride(),
-            W_KIND=_W_KIND[x2.dtype], PACKED=True, HAS_BIAS=bias is not None,
+            W_KIND=_W_KIND[x2.dtype], HAS_BIAS=bias is not None,
             SCALES_PER_TILE=per_tile, EVEN_K=k % cfg.block_k == 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
