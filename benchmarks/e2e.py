@@ -133,7 +133,9 @@ def measure_quamba(model, args) -> dict:
                           warmup=args.warmup, cache_graph=args.cache_graph, seed=args.seed)
     r16 = profile_model(model, ["tpot", "memory"], s16)
     size = r1["size"]
-    return {"ttft_ms": r1["ttft_ms"], "tpot_b1_ms": t1["tpot_ms"], "tpot_bN_ms": r16["tpot_ms"],
+    graph = {k: r1[k] for k in ("ttft_graph_ms", "ttft_graph_token_matches_eager", "ttft_graph_error")
+             if k in r1}
+    return {"ttft_ms": r1["ttft_ms"], **graph, "tpot_b1_ms": t1["tpot_ms"], "tpot_bN_ms": r16["tpot_ms"],
             "memory_b1": r1["memory"], "memory_bN": r16["memory"], "size_bytes": size["total_bytes"], "size": size,
             "state_b1_bytes": size["state"]["total_bytes"],
             "bytes_per_step_b1": bytes_per_step(size, size["state"]),
@@ -219,8 +221,9 @@ def add_ratios(rows: list[dict], bandwidth: float):
         if "ttft_ms" not in r:
             continue
         base = fp.get(r["model"])
-        for key in ("ttft_ms", "tpot_b1_ms", "tpot_bN_ms"):
-            r[f"{key[:-3]}_vs_fp16"] = _ratio(r[key]["median"], base and base[key]["median"])
+        for key in ("ttft_ms", "ttft_graph_ms", "tpot_b1_ms", "tpot_bN_ms"):
+            if key in r:
+                r[f"{key[:-3]}_vs_fp16"] = _ratio(r[key]["median"], base and key in base and base[key]["median"])
         for b in ("b1", "bN"):
             floor_ms = r[f"bytes_per_step_{b}"] / bandwidth * 1e3
             r[f"floor_tpot_{b}_ms"] = floor_ms
@@ -247,18 +250,22 @@ def markdown(report: dict) -> str:
              + (" Quantized variants quantize the embedding too." if s.get("quantize_embedding") else "")
              + (" Quantized variants quantize the lm_head too." if s.get("quantize_lm_head") else "")
              + (f" W4 GEMMs of {s['w4_dense_min_m']} or more rows dequantize, then run dense "
-                f"(QUAMBA_W4_DENSE_MIN_M={s['w4_dense_min_m']})." if s.get("w4_dense_min_m") else ""), "",
-             f"| model | variant | size MiB | TTFT ms | x fp16 | TPOT b1 ms | x fp16 | x floor | TPOT b{n} ms | x fp16 "
-             f"| x floor | peak b1 GiB | peak b{n} GiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                f"(QUAMBA_W4_DENSE_MIN_M={s['w4_dense_min_m']})." if s.get("w4_dense_min_m") else "")
+             + (" Prefill GEMMs through TMA descriptors (QUAMBA_GEMM_TMA=1)." if s.get("gemm_tma") else "")
+             + (" TTFT graph = the same prefill replayed from a CUDA graph (no host launch work)."
+                if s["cache_graph"] else ""), "",
+             f"| model | variant | size MiB | TTFT ms | x fp16 | TTFT graph ms | x fp16 | TPOT b1 ms | x fp16 | x floor "
+             f"| TPOT b{n} ms | x fp16 | x floor | peak b1 GiB | peak b{n} GiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         if "ttft_ms" not in r:
             why = r.get("skipped") or r.get("error", "?")
-            lines.append(f"| {r['model']} | {r['variant']} | {why} |" + " |" * 10)
+            lines.append(f"| {r['model']} | {r['variant']} | {why} |" + " |" * 12)
             continue
         lines.append(
             f"| {r['model']} | {r['variant']} | {r['size_bytes'] / 2**20:.0f} | {r['ttft_ms']['median']:.2f} "
-            f"| {_f(r.get('ttft_vs_fp16'))} | {r['tpot_b1_ms']['median']:.3f} | {_f(r.get('tpot_b1_vs_fp16'))} "
+            f"| {_f(r.get('ttft_vs_fp16'))} | {_f(r.get('ttft_graph_ms', {}).get('median'))} "
+            f"| {_f(r.get('ttft_graph_vs_fp16'))} | {r['tpot_b1_ms']['median']:.3f} | {_f(r.get('tpot_b1_vs_fp16'))} "
             f"| {_f(r.get('tpot_b1_vs_floor'))} | {r['tpot_bN_ms']['median']:.3f} | {_f(r.get('tpot_bN_vs_fp16'))} "
             f"| {_f(r.get('tpot_bN_vs_floor'))} | {_f(_peak_gib(r.get('memory_b1')))} "
             f"| {_f(_peak_gib(r.get('memory_bN')))} |")
@@ -309,7 +316,10 @@ def print_summary(report: dict):
         if "ttft_ms" not in r:
             print(f"{r['model']:>12} {r['variant']:>8}  {r.get('skipped') or r.get('error')}")
             continue
+        graph = (f" graph {r['ttft_graph_ms']['median']:7.2f} ms (x{_f(r.get('ttft_graph_vs_fp16'))})"
+                 if "ttft_graph_ms" in r else "")
         print(f"{r['model']:>12} {r['variant']:>8}  TTFT {r['ttft_ms']['median']:9.2f} ms (x{_f(r.get('ttft_vs_fp16'))} fp16)"
+              f"{graph}"
               f"  TPOT b1 {r['tpot_b1_ms']['median']:8.3f} ms (x{_f(r.get('tpot_b1_vs_fp16'))} fp16, "
               f"x{_f(r.get('tpot_b1_vs_floor'))} floor)  TPOT b{report['settings']['big_batch']} "
               f"{r['tpot_bN_ms']['median']:8.3f} ms (x{_f(r.get('tpot_bN_vs_fp16'))} fp16, "
@@ -348,6 +358,9 @@ def parse_args(argv=None):
                    help="QUAMBA_W4_DENSE_MIN_M=M: W4A8 / W4A16 GEMMs of M or more rows (prefill) dequantize the "
                         "packed weights once and run the dense tensor-core kernel (results go to "
                         "e2e_..._w4-dense-<M>_<gpu>.*)")
+    p.add_argument("--gemm-tma", action="store_true",
+                   help="QUAMBA_GEMM_TMA=1: W8A8 (and dense W4A8) prefill GEMMs fetch their tiles through TMA "
+                        "descriptors (sm_90+; results go to e2e_..._tma_<gpu>.*)")
     p.add_argument("--quantize-embedding", action="store_true",
                    help="quantized variants also quantize the embedding rows at their weight width (files get _emb)")
     p.add_argument("--quantize-lm-head", action="store_true",
@@ -402,6 +415,9 @@ def main(argv=None) -> dict:
     if args.w4_dense_min_m:
         os.environ["QUAMBA_W4_DENSE_MIN_M"] = str(args.w4_dense_min_m)
         models += f"w4-dense-{args.w4_dense_min_m}_"
+    if args.gemm_tma:
+        os.environ["QUAMBA_GEMM_TMA"] = "1"
+        models += "tma_"
     stem = str(args.out_dir / f"e2e_{models}{gpu}")  # a str: model names hold dots, which Path.with_suffix would cut
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.models:

@@ -10,6 +10,8 @@ quamba/ops/triton/gemv.py for M <= GEMV_MAX_M, else the tensor-core kernels), an
 path forced ("mma": the tensor-core kernel with its own decode config; "gemv": the GEMV's default config), so
 the crossover is visible. The "dense" rows time the alternative prefill path of the W4 launchers (dequantize the
 weights once, then the int8 kernel (W4A8) or cuBLAS (W4A16); ``dense_min_m``), charged the same floor as the op.
+The "tma" rows (W8A8, prefill M, CUDA) time the kernel of gemm_w8a8_tma.py (operand tiles through TMA tensor
+descriptors; ``QUAMBA_GEMM_TMA``) with the picked tile, plain and persistent (--tma-sweep: more tiles).
 
 Floors: memory = bytes the call must move (weights + scales + activations + output) / the bandwidth of a large
 device copy; compute = 2 M N K / the measured peak of a large cuBLAS fp16 matmul (torch.matmul) or int8 matmul
@@ -168,7 +170,8 @@ def describe(fmt: str, m: int, n: int, k: int, device: torch.device, config=None
         config = dataclasses.replace(config, split_k=1)
     cfg, *_, per_tile = gemm_w8a8.mma_plan(config, m, n, k, device, fmt == "w4a16", g)
     return (f"mma {cfg.block_m}x{cfg.block_n}x{cfg.block_k} split{cfg.split_k} w{cfg.num_warps} s{cfg.num_stages}"
-            + ("" if per_tile else " gathered-scales"))
+            + ("" if per_tile else " gathered-scales") + (" tma" if cfg.tma else "")
+            + (" persistent" if cfg.persistent else ""))
 
 
 def check(out: torch.Tensor, ref: torch.Tensor, exact: bool) -> dict:
@@ -184,7 +187,8 @@ FORMATS = {"w8a8": "w8a8 -> fp16", "w8a8 int8": "w8a8 -> int8", "w4a8": "w4a8 ->
            "w4a16": "w4a16 fp16"}
 
 
-def variants(m: int, n: int, k: int, o: dict, device: torch.device, formats=tuple(FORMATS)) -> list:
+def variants(m: int, n: int, k: int, o: dict, device: torch.device, formats=tuple(FORMATS),
+             tma_sweep: bool = False) -> list:
     """(kernel name, format, config, launcher kwargs) rows of one shape and M."""
     rows = [("torch fp16 (cuBLAS)", "fp16", None, {})]
     for fmt in formats:
@@ -198,7 +202,23 @@ def variants(m: int, n: int, k: int, o: dict, device: torch.device, formats=tupl
                              gemv.config_for(base, m, n, k, None if base == "w8a8" else group_for(k), device), {}))
         if base != "w8a8" and m > gemv.GEMV_MAX_M[base]:  # the other tensor-core path: dequantize once, then dense
             rows.append((name + ", dense", fmt, None, {"dense_min_m": 1}))
+        if base == "w8a8" and m > DECODE_MAX_M and device.type == "cuda":
+            rows += [(name + ", tma", fmt, cfg, {}) for cfg in tma_configs(m, n, k, device, tma_sweep)]
     return rows
+
+
+# TMA kernel tiles timed by --tma-sweep besides the picked one: (block_m, block_n, block_k, num_warps, num_stages)
+TMA_SWEEP = [(128, 256, 128, 8, 3), (128, 256, 128, 8, 4), (128, 128, 128, 8, 4), (128, 128, 128, 4, 4),
+             (128, 128, 256, 8, 3), (64, 256, 128, 4, 4), (128, 256, 64, 8, 5)]
+
+
+def tma_configs(m: int, n: int, k: int, device: torch.device, sweep: bool) -> list:
+    """The TMA kernel with the picked prefill tile (one K slice), plain and persistent, and with ``sweep`` the
+    TMA_SWEEP tiles, each plain and persistent."""
+    picked = dataclasses.replace(gemm_w8a8.pick_config(m, n, k, device)[0], split_k=1, tma=True)
+    tiles = [picked] + [gemm_w8a8.GemmConfig(bm, bn, bk, num_warps=w, num_stages=st, tma=True)
+                        for bm, bn, bk, w, st in (TMA_SWEEP if sweep else [])]
+    return [dataclasses.replace(c, persistent=p) for c in tiles for p in (False, True)]
 
 
 STREAM_BYTES = 256 * 2 ** 20  # operand copies per stream timing: about this many weight bytes (> 5x an H100's L2)
@@ -228,7 +248,7 @@ def time_rows(args, timer: Timer, bandwidth: float, peaks: dict, device: torch.d
         for m in ms:
             o = make_operands(weights, m, device)
             copies = operand_copies(o, n, k, device) if m <= DECODE_MAX_M else None
-            for name, fmt, config, kw in variants(m, n, k, o, device, args.formats):
+            for name, fmt, config, kw in variants(m, n, k, o, device, args.formats, args.tma_sweep):
                 fn = call_for(fmt, o, config, kw)
                 if fmt == "fp16":
                     status, cfg_text = {}, "cuBLAS"
@@ -416,6 +436,8 @@ def main(argv=None):
                         help=f"comma-separated formats of the main table (default {','.join(FORMATS)})")
     parser.add_argument("--tag", default="", help="a word added to the file names (kernels_gemm_<tag>_<gpu>), so "
                         "that a partial run (--shapes / --formats / --ms) does not replace the full table")
+    parser.add_argument("--tma-sweep", action="store_true",
+                        help="at prefill M, also time the W8A8 TMA kernel with every TMA_SWEEP tile (plain and persistent)")
     parser.add_argument("--sweep", action="store_true", help="also time every candidate GEMV config")
     parser.add_argument("--only-sweep", action="store_true", help="the sweep without the main table")
     parser.add_argument("--sweep-ms", type=ints, default=[1, 16], help="M values of the sweep")

@@ -187,6 +187,8 @@ def format_profile(rec: dict) -> list[str]:
              f"device       {rec['device']['name']} ({rec['device']['type']}), {rec['dtype']}"]
     if "ttft_ms" in rec:
         lines.append(f"TTFT         {_fmt_ms(rec['ttft_ms'])}  [prompt {st['prompt_len']} x batch {st['batch_size']}]")
+    if "ttft_graph_ms" in rec:
+        lines.append(f"TTFT (graph) {_fmt_ms(rec['ttft_graph_ms'])}  [the prefill replayed from a CUDA graph]")
     if "tpot_ms" in rec:
         lines.append(f"TPOT         {_fmt_ms(rec['tpot_ms'])}  [{rec['decode_tokens_per_s']:.1f} tokens/s at batch "
                      f"{st['batch_size']}{', CUDA graph' if st['cache_graph'] else ''}]")
@@ -293,7 +295,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="rows (default 1)")
     p.add_argument("--repeats", type=int, default=100, help="timed runs per metric (default 100)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
-    p.add_argument("--cache-graph", action="store_true", help="decode with a CUDA graph (CUDA only)")
+    p.add_argument("--cache-graph", action="store_true",
+                   help="decode with a CUDA graph (CUDA only); with --ttft, also time the prefill replayed from a "
+                        "CUDA graph (TTFT without the host's launch work)")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu ... (default: cuda when available)")
     p.add_argument("--dtype", help="float dtype (default float16 on CUDA, float32 on CPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights, prompts and calibration (default 0)")

@@ -128,6 +128,45 @@ def test_w8a8_split_k_and_batch_dims(k, poisoned, output):
     assert torch.equal(w8a8_gemm(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype), ref)
 
 
+@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize("output", ["int8", "float16"])
+def test_w8a8_tma_kernel_bit_exact(k, poisoned, output, persistent):
+    """The TMA kernel (tiles through tensor descriptors, zero-filled past the edges): M, N and K not multiples of
+    the tiles, a row-strided x (a slice of a wider tensor, as dt_proj reads x_proj's output), the same integers."""
+    x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype = _w8a8_operands(37, 40, 96, True, True, output)
+    x_q = _q(37, 112)[:, :96]  # row stride 112 bytes: 16-byte aligned, not contiguous
+    cfg = _config(k, block_m=16, block_n=32, block_k=32, num_warps=1, num_stages=1, tma=True, persistent=persistent)
+    ref = w8a8_gemm_ref(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype)
+    assert torch.equal(k[0]._w8a8_gemm_launch(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype, config=cfg),
+                       ref)
+
+
+def test_w8a8_tma_switch_and_refusals(k, monkeypatch):
+    """QUAMBA_GEMM_TMA picks the TMA kernel for prefill shapes (M > 64) where the operands allow it, the pointer
+    kernel where they do not (a row stride that is no multiple of 16 bytes); an explicit TMA config refuses them."""
+    calls = []
+    real = k[0].gemm_w8a8_tma.w8a8_gemm_tma_into
+    monkeypatch.setattr(k[0].gemm_w8a8_tma, "w8a8_gemm_tma_into", lambda *a: calls.append(1) or real(*a))
+    args = _w8a8_operands(65, 24, 64, True, False, "float16")
+    ref = w8a8_gemm_ref(*args)
+    for env, expected in (("1", 1), ("0", 0)):
+        monkeypatch.setenv("QUAMBA_GEMM_TMA", env)
+        calls.clear()
+        assert torch.equal(k[0]._w8a8_gemm_launch(*args), ref) and len(calls) == expected
+    monkeypatch.setenv("QUAMBA_GEMM_TMA", "1")
+    calls.clear()
+    odd = _q(65, 72)[:, :64]  # row stride 72 bytes
+    assert torch.equal(k[0]._w8a8_gemm_launch(odd, *args[1:]), w8a8_gemm_ref(odd, *args[1:])) and not calls
+    cfg = _config(k, block_m=16, block_n=32, block_k=32, num_warps=1, num_stages=1, tma=True)
+    with pytest.raises(QuambaError, match="tma=True"):
+        k[0]._w8a8_gemm_launch(odd, *args[1:], config=cfg)
+    with pytest.raises(QuambaError, match="tma=True"):
+        k[0]._w8a8_gemm_launch(*args, config=dataclasses.replace(cfg, split_k=2))
+    monkeypatch.setenv("QUAMBA_GEMM_TMA", "maybe")
+    with pytest.raises(QuambaError, match="QUAMBA_GEMM_TMA"):
+        k[0]._w8a8_gemm_launch(*args)
+
+
 def test_w8a8_requant_rounds_half_to_even(k, poisoned):
     """Scales of 1 and an output scale of 2 (or 4) put many results exactly on .5 (or .25 / .75) steps."""
     x_q, w_q = _q(9, 64, lo=-3, hi=4), _q(24, 64, lo=-3, hi=4)
@@ -405,6 +444,20 @@ def test_cuda_tile_shapes_bit_exact(k, m):
         _check_w4a16(w4a16_gemm(x, packed, s, 128, bias), x, q, s, 128, bias, bound, gemv=gemv_m)
         _check_w4a16(k[1]._w4a16_gemm_launch(x, packed, s, 128, bias, dense_min_m=1), x, q, s, 128, bias, bound)
         _check_w4a16(k[1]._w4a16_gemm_launch(x, packed, s, 128, bias, config=w16_cfg), x, q, s, 128, bias, bound)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="the TMA kernel's prefill tiles are compiled for CUDA only")
+@pytest.mark.parametrize("m", [300, 1024])
+def test_cuda_tma_prefill_tiles_bit_exact(k, m):
+    """The prefill configs through the TMA kernel, plain and persistent, N and K not multiples of the tiles."""
+    n, kdim = 392, 640
+    cfg = k[0].pick_config(m, n, kdim, torch.device(DEVICE))[0]
+    for output in ("int8", "float16"):
+        args = _w8a8_operands(m, n, kdim, True, True, output)
+        ref = w8a8_gemm_ref(*args)
+        for persistent in (False, True):
+            tma_cfg = dataclasses.replace(cfg, split_k=1, tma=True, persistent=persistent)
+            assert torch.equal(k[0]._w8a8_gemm_launch(*args, config=tma_cfg), ref)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="a compiled-only question")

@@ -156,6 +156,37 @@ def test_every_sweep_candidate_matches_reference(launch, poisoned):
                torch.float32)
 
 
+@pytest.mark.parametrize("segments", [2, 3, 16])
+@pytest.mark.parametrize("flags", [FLAGS[0], FLAGS[3], FLAGS[2]])
+def test_time_segments_match_reference(launch, poisoned, segments, flags):
+    """Two passes over time segments (end states from zero and dt sums, then each segment from the folded entering
+    state): y and the final state as one scan's, with and without an initial state, segments of whole chunks
+    (3 of 130 tokens at 16 a chunk: 48 + 48 + 34), more segments asked for than there are chunks (16)."""
+    b, d, n, length = 2, 37, 12, 130
+    *opts, channels_last = flags
+    a = _inputs(b, d, n, length, torch.float32, channels_last)
+    kw = _options(a, b, d, n, *opts)
+    args = (a["u"], a["delta"], a["A"], a["B"], a["C"])
+    out = launch(*args, block_d=8, block_l=16, segments=segments, **kw)
+    _check(out, selective_scan_ref(*args, **kw), kw["return_final_state"], 1e-5, torch.float32)
+
+
+def test_time_segments_with_int8_inputs(launch, poisoned):
+    b, d, n, length = 1, 20, 16, 50
+    a = _inputs(b, d, n, length, torch.float32, True)
+    names = ("u", "delta", "B", "C", "z")
+    q, scales = zip(*(_quantize(a[k], s) for k, s in zip(names, (0.03, 0.02, 0.025, 0.025, 0.03))))
+    kw = dict(D=a["D"], delta_bias=a["delta_bias"], delta_softplus=True,
+              initial_state=torch.randn(b, d, n, device=DEVICE), return_final_state=True)
+    qu, qdt, qB, qC, qz = q
+    one = launch(qu, qdt, a["A"], qB, qC, z=qz, scales=scales, out_dtype=torch.float32, segments=1, **kw)
+    four = launch(qu, qdt, a["A"], qB, qC, z=qz, scales=scales, out_dtype=torch.float32, segments=4, block_l=8,
+                  **kw)
+    assert rel_err(four[0], one[0]) < 1e-5 and rel_err(four[1], one[1]) < 1e-5
+    with pytest.raises(QuambaError, match="segments"):
+        launch(qu, qdt, a["A"], qB, qC, z=qz, scales=scales, segments=0)
+
+
 def test_associative_scan_itself(launch, poisoned, monkeypatch):
     """The interpreter normally scans by doubling (its associative_scan is per element in Python): cover
     tl.associative_scan with the kernel's combine on a shape small enough for that."""

@@ -92,13 +92,27 @@ def w4_dense_min_m() -> int | None:
     return value or None
 
 
+GEMM_TMA_DEFAULT = False
+
+
+def gemm_tma() -> bool:
+    """Whether the W8A8 (and dense W4A8) prefill GEMMs take the TMA kernel (``gemm_w8a8_tma``) where the GPU and
+    the operands allow it: ``QUAMBA_GEMM_TMA=1`` / ``0``, unset: ``GEMM_TMA_DEFAULT``. The integers are the same."""
+    text = os.environ.get("QUAMBA_GEMM_TMA", "").strip().lower()
+    if not text:
+        return GEMM_TMA_DEFAULT
+    if text not in _TRUE + ("0", "false", "no", "off"):
+        raise QuambaError(f"QUAMBA_GEMM_TMA={text!r}: expected 1 (on) or 0 (off)")
+    return text in _TRUE
+
+
 @functools.lru_cache(maxsize=None)
 def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
 _KERNEL_FILES = ("_common", "conv1d", "rmsnorm", "hadamard", "embedding", "selective_scan", "ssd", "gemm_w8a8",
-                 "gemm_w4", "gemv", "selective_scan_parallel", "norm_hadamard")  # helpers first: the others import them
+                 "gemm_w8a8_tma", "gemm_w4", "gemv", "selective_scan_parallel", "norm_hadamard")  # helpers first: the others import them
 
 
 @contextlib.contextmanager

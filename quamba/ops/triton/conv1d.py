@@ -23,6 +23,10 @@ from ._common import (cdiv, check_float, check_runnable, check_same_device, chec
                       pdl_start, quantize_int8, silu, stride_or_zero, use_pdl)
 
 _MAX_WIDTH = 4  # d_conv of every Mamba checkpoint is 4; the kernels unroll the taps
+QCONV_TILE = (64, 16, 8)  # the int8 prefill kernel's (block_d, block_l, num_warps) on long inputs
+# (block_d, block_l, num_warps) of the int8 prefill kernel to time on a GPU (the default first)
+QCONV_SWEEP = [(64, 16, 8), (64, 32, 8), (128, 16, 8), (128, 32, 8), (64, 64, 8), (256, 16, 8), (128, 8, 4),
+               (32, 32, 4), (64, 16, 4), (256, 32, 16)]
 
 
 @triton.jit
@@ -364,8 +368,13 @@ def _qcausal_conv1d_launch(
     bias: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
     return_final_state: bool = False,
+    *,
+    block_d: int | None = None,
+    block_l: int | None = None,
+    num_warps: int | None = None,
 ):
     """Checks and launches ``_qcausal_conv1d_kernel``; same contract as ``qcausal_conv1d_ref``.
+    ``block_d`` / ``block_l`` / ``num_warps`` override the tile (powers of two), for tuning (``QCONV_SWEEP``).
 
     y is allocated [B, L, D] (returned as the [B, D, L] view): the x projection / the scan read it
     channels-last without a copy. The final state is a new [B, D, K] int8 tensor.
@@ -390,8 +399,9 @@ def _qcausal_conv1d_launch(
     if batch * dim * seqlen > 0:
         # [64, 16] tiles over 8 warps: four outputs a thread (the fp32 epilogue with two IEEE divisions is
         # register-hungry: larger tiles per thread spill on sm_90)
-        block_d = min(64, next_pow2(dim))
-        block_l = min(16, next_pow2(seqlen))
+        block_d = block_d or min(QCONV_TILE[0], next_pow2(dim))
+        block_l = block_l or min(QCONV_TILE[1], next_pow2(seqlen))
+        num_warps = num_warps or (QCONV_TILE[2] if block_d * block_l >= 1024 else 4)
         grid = (batch, cdiv(dim, block_d), cdiv(seqlen, block_l))
         init = initial_state
         with device_of(x_q):
@@ -405,7 +415,7 @@ def _qcausal_conv1d_launch(
                 stride_or_zero(final, 0), stride_or_zero(final, 1), stride_or_zero(final, 2),
                 K=width, KP=next_pow2(width), HAS_BIAS=bias is not None, HAS_INIT=init is not None,
                 WRITE_FINAL=final is not None, BLOCK_D=block_d, BLOCK_L=block_l,
-                num_warps=8 if block_d * block_l >= 1024 else 4, enable_fp_fusion=False,
+                num_warps=num_warps, enable_fp_fusion=False,
             )
     return (y, final) if return_final_state else y
 

@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
+from . import gemm_tma
 from ._common import FLOAT_DTYPES, cdiv, check_runnable, check_same_device, next_pow2, quantize_int8
 
 # int8 x int8 products are at most 2^14 in magnitude, so K < 2^17 terms cannot overflow int32.
@@ -56,6 +57,8 @@ class GemmConfig:
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 3
+    tma: bool = False  # operand tiles through tensor descriptors (gemm_w8a8_tma; int8 weights, sm_90+, one K slice)
+    persistent: bool = False  # with tma: one program per SM walks the tiles
 
 
 # ---------------------------------------------------------------------------------------------- jit helpers
@@ -401,6 +404,18 @@ def int8_gemm_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, con
     m, k = x2.shape
     n = w8.shape[0]
     cfg, ks, grid, even_k, _ = mma_plan(config, m, n, k, x2.device)
+    if config is None:  # the default: TMA for prefill shapes when the switch is on and the operands allow it
+        tma = m > 64 and cfg.split_k == 1 and gemm_tma() and tma_ok(x2, w8)
+    else:
+        tma = cfg.tma
+        if tma and (cfg.split_k > 1 or not tma_ok(x2, w8)):
+            raise QuambaError("GemmConfig(tma=True) needs one K slice, an sm_90+ GPU (or the interpreter) and "
+                              "operands with unit column stride and 16-byte aligned rows")
+    if tma:
+        with launch_device(x2):
+            gemm_w8a8_tma.w8a8_gemm_tma_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order, cfg,
+                                              _sm_count(x2.get_device()) if x2.is_cuda else 1)
+        return
     part = torch.empty(cfg.split_k, m, n, device=x2.device, dtype=torch.int32) if cfg.split_k > 1 else y
     with launch_device(x2):
         _w8a8_gemm_kernel[grid](
@@ -469,5 +484,7 @@ def finish_output(y: torch.Tensor, x_q: torch.Tensor, n: int, conv, u: torch.Ten
     return y, u if u is not None else conv.run(y)
 
 
-# gemv's kernels use this file's epilogue, so it imports this module: import it last, once everything is defined
-from . import gemv  # noqa: E402
+# gemv's and the TMA kernel use this file's epilogue, so they import this module: import them last, once everything
+# is defined
+from . import gemm_w8a8_tma, gemv  # noqa: E402
+from .gemm_w8a8_tma import tma_ok  # noqa: E402

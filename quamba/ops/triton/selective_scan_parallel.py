@@ -131,18 +131,25 @@ def _prepare_chunk(u, dt, b, c, t, seqlen, bias, u_s, dt_s, b_s, c_s, HAS_BIAS: 
 
 @triton.jit
 def _selective_scan_parallel_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, y_ptr, final_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, y_ptr, final_ptr, hseg_ptr, dtseg_ptr,
     us_ptr, dts_ptr, bs_ptr, cs_ptr, zs_ptr,
-    dim, dstate, seqlen,
+    dim, dstate, seqlen, seg_len,
     sub, sud, sul, sdb, sdd, sdl, sad, san, sbb, sbn, sbl, scb, scn, scl,
     szb, szd, szl, sib, sid, sin, syb, syd, syl, sfb, sfd, sfn,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_INIT: tl.constexpr, WRITE_FINAL: tl.constexpr, HAS_SCALES: tl.constexpr, A_IS_LOG: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, SCAN_DOUBLING: tl.constexpr,
+    PASS: tl.constexpr,
 ):
-    """Grid (B, cdiv(D, BLOCK_D)); one program scans BLOCK_D channels of one sequence, BLOCK_L tokens a step.
-    3-d tiles are [BLOCK_L, BLOCK_N, BLOCK_D] (D last, so Triton spreads lanes over D, then N, not L)."""
+    """Grid (B, cdiv(D, BLOCK_D), segments); one program scans BLOCK_D channels of one time segment of one
+    sequence (seg_len tokens, a multiple of BLOCK_L), BLOCK_L tokens a step. 3-d tiles are [BLOCK_L, BLOCK_N,
+    BLOCK_D] (D last, so Triton spreads lanes over D, then N, not L).
+    PASS 0: one segment, the whole scan. PASS 1: each segment's own end state from zero -> hseg [B, S, N, D] and
+    its dt sum -> dtseg [B, S, D] (no y). PASS 2: the state entering the segment, folded from the earlier
+    segments' (h <- exp(A sum dt) h + h_end), then the scan with y (see the module docstring)."""
     pid_b = tl.program_id(0).to(tl.int64)
+    pid_s = tl.program_id(2)
+    n_seg = tl.num_programs(2)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     offs_l = tl.arange(0, BLOCK_L)
@@ -155,11 +162,18 @@ def _selective_scan_parallel_kernel(
     if A_IS_LOG:  # the quantized model passes A_log: A = -exp(A_log), computed here instead of in two launches
         A2 = -tl.exp(A2)
     A2 = A2 * 1.4426950408889634  # log2(e): exp(dt A) = exp2(dt A2), a bare MUFU.EX2
-    if HAS_INIT:
+    h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    if HAS_INIT and PASS != 1:
         h = tl.load(init_ptr + pid_b * sib + offs_d[None, :] * sid + offs_n[:, None] * sin, mask=mask_nd,
                     other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    # [B, S, N, D] / [B, S, D] scratch, contiguous
+    hseg_p = hseg_ptr + (pid_b * n_seg) * (BLOCK_N * dim) + offs_n[:, None] * dim + offs_d[None, :]
+    dtseg_p = dtseg_ptr + (pid_b * n_seg) * dim + offs_d
+    if PASS == 2:  # fold the earlier segments into the entering state
+        for s in range(0, pid_s):
+            dsum = tl.load(dtseg_p + s * dim, mask=mask_d, other=0.0)
+            h_end = tl.load(hseg_p + s * (BLOCK_N * dim), mask=mask_nd, other=0.0)
+            h = tl.exp2(A2 * dsum[None, :]) * h + h_end
     bias = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
@@ -187,14 +201,17 @@ def _selective_scan_parallel_kernel(
     first = (offs_l == 0)[:, None, None]
     last = (offs_l == BLOCK_L - 1)[:, None, None]
 
-    u, dt_raw, z, b_raw, c_raw = _load_chunk(u_p, dt_p, z_p, b_p, c_p, offs_l, seqlen, sul, sdl, szl, sbl, scl,
-                                             mask_d, mask_n, HAS_Z)
-    dt, dtu, Bc, Cc = _prepare_chunk(u, dt_raw, b_raw, c_raw, offs_l, seqlen, bias, u_s, dt_s, b_s, c_s,
+    l_begin = pid_s * seg_len
+    l_end = tl.minimum(l_begin + seg_len, seqlen)  # tokens from l_end on read as past the end (dt = 0)
+    u, dt_raw, z, b_raw, c_raw = _load_chunk(u_p, dt_p, z_p, b_p, c_p, l_begin + offs_l, l_end, sul, sdl, szl, sbl,
+                                             scl, mask_d, mask_n, HAS_Z)
+    dt, dtu, Bc, Cc = _prepare_chunk(u, dt_raw, b_raw, c_raw, l_begin + offs_l, l_end, bias, u_s, dt_s, b_s, c_s,
                                      HAS_BIAS, SOFTPLUS)
-    for l0 in range(0, seqlen, BLOCK_L):
+    dsum = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for l0 in range(l_begin, l_end, BLOCK_L):
         t = l0 + offs_l
         # Next chunk's loads first: they land while this chunk computes.
-        u_nx, dt_nx, z_nx, b_nx, c_nx = _load_chunk(u_p, dt_p, z_p, b_p, c_p, t + BLOCK_L, seqlen, sul, sdl, szl,
+        u_nx, dt_nx, z_nx, b_nx, c_nx = _load_chunk(u_p, dt_p, z_p, b_p, c_p, t + BLOCK_L, l_end, sul, sdl, szl,
                                                     sbl, scl, mask_d, mask_n, HAS_Z)
         a = tl.exp2(dt[:, None, :] * A2[None, :, :])
         b = dtu[:, None, :] * Bc[:, :, None]
@@ -203,22 +220,29 @@ def _selective_scan_parallel_kernel(
             hs = _scan_by_doubling(a, b, offs_l, BLOCK_L)
         else:
             _, hs = tl.associative_scan((a, b), 0, _combine)
-        y = tl.sum(hs * Cc[:, :, None], axis=1)
         h = tl.sum(tl.where(last, hs, 0.0), axis=0)  # the last row: a register select when L is in-thread
-
-        if HAS_D:
-            y += Dv[None, :] * (u.to(tl.float32) * u_s)
-        if HAS_Z:
-            y *= silu(z.to(tl.float32) * z_s)
-        tl.store(y_p + t[:, None] * syl, y.to(y_ptr.dtype.element_ty), mask=(t < seqlen)[:, None] & mask_d[None, :])
+        if PASS == 1:
+            dsum += tl.sum(dt, axis=0)
+        else:
+            y = tl.sum(hs * Cc[:, :, None], axis=1)
+            if HAS_D:
+                y += Dv[None, :] * (u.to(tl.float32) * u_s)
+            if HAS_Z:
+                y *= silu(z.to(tl.float32) * z_s)
+            tl.store(y_p + t[:, None] * syl, y.to(y_ptr.dtype.element_ty),
+                     mask=(t < l_end)[:, None] & mask_d[None, :])
 
         u = u_nx
         z = z_nx
-        dt, dtu, Bc, Cc = _prepare_chunk(u_nx, dt_nx, b_nx, c_nx, t + BLOCK_L, seqlen, bias, u_s, dt_s, b_s, c_s,
+        dt, dtu, Bc, Cc = _prepare_chunk(u_nx, dt_nx, b_nx, c_nx, t + BLOCK_L, l_end, bias, u_s, dt_s, b_s, c_s,
                                          HAS_BIAS, SOFTPLUS)
 
-    if WRITE_FINAL:
-        tl.store(final_ptr + pid_b * sfb + offs_d[None, :] * sfd + offs_n[:, None] * sfn, h, mask=mask_nd)
+    if PASS == 1:
+        tl.store(hseg_p + pid_s * (BLOCK_N * dim), h, mask=mask_nd)
+        tl.store(dtseg_p + pid_s * dim, dsum, mask=mask_d)
+    elif WRITE_FINAL:
+        if pid_s == n_seg - 1:
+            tl.store(final_ptr + pid_b * sfb + offs_d[None, :] * sfd + offs_n[:, None] * sfn, h, mask=mask_nd)
 
 
 # ---------------------------------------------------------------------------------------------- launcher
@@ -248,7 +272,7 @@ def _default_tiles(dim: int, block_n: int, on_gpu: bool) -> tuple[int, int, int]
 def selective_scan_parallel_launch(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None,
     return_final_state=False, *, scales=None, out_dtype=None, A_is_log=False, block_d=None, block_l=None,
-    num_warps=None,
+    num_warps=None, segments=None,
 ):
     """``selective_scan_ref``'s contract, chunked over time (see the module docstring).
 
@@ -260,7 +284,8 @@ def selective_scan_parallel_launch(
     Returns y [B, D, L] in ``out_dtype`` (default u's dtype; float16 for int8 inputs), laid out [B, L, D] in
     memory when u's channels are contiguous (as in the model, so out_proj reads it without a copy), and with
     ``return_final_state`` the last state [B, D, N] fp32. ``block_d`` / ``block_l`` / ``num_warps`` override the
-    launch heuristic (powers of two), for tuning (``SWEEP``).
+    launch heuristic (powers of two), for tuning (``SWEEP``); so does ``segments``, the number of time segments
+    scanned in parallel (1: one pass; more: two passes, see the module docstring).
     """
     if u.dim() != 3:
         raise QuambaError(f"u has shape {list(u.shape)}, expected [B, D, L]")
@@ -309,22 +334,48 @@ def selective_scan_parallel_launch(
     for name, v in (("block_d", block_d), ("block_l", block_l), ("num_warps", num_warps)):
         if v & (v - 1):
             raise QuambaError(f"{name} = {v}: the tile sizes and warp count must be powers of two")
+    if segments is None:
+        segments = _default_segments(batch * cdiv(dim, block_d), u.device) if u.is_cuda else 1
+    if segments < 1:
+        raise QuambaError(f"segments = {segments}: expected at least 1")
+    chunks = max(cdiv(seqlen, block_l), 1)
+    seg_len = cdiv(chunks, min(segments, chunks)) * block_l  # whole chunks per segment
+    segments = max(cdiv(seqlen, seg_len), 1)
+    if segments > 1:  # per segment: its end state from zero and its dt sum (pass 1), read by pass 2
+        hseg = torch.empty(batch, segments, block_n, dim, device=u.device, dtype=torch.float32)
+        dtseg = torch.empty(batch, segments, dim, device=u.device, dtype=torch.float32)
+    else:
+        hseg = dtseg = A
     zz = z if z is not None else u
     init = initial_state
     us, dts, bs, cs, zs = scales if scales is not None else (A,) * 5
     with device_of(u):
-        _selective_scan_parallel_kernel[(batch, cdiv(dim, block_d))](
-            u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A,
-            init if init is not None else A, y, final if final is not None else y,
-            us, dts, bs, cs, zs,
-            dim, dstate, seqlen,
-            *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(),
-            stride_or_zero(init, 0), stride_or_zero(init, 1), stride_or_zero(init, 2), *y.stride(),
-            stride_or_zero(final, 0), stride_or_zero(final, 1), stride_or_zero(final, 2),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, WRITE_FINAL=final is not None,
-            HAS_SCALES=scales is not None, A_IS_LOG=bool(A_is_log), BLOCK_D=block_d, BLOCK_N=block_n,
-            BLOCK_L=block_l,
-            SCAN_DOUBLING=not u.is_cuda and _INTERPRETER_SCANS_BY_DOUBLING, num_warps=num_warps,
-        )
+        for pass_ in ((1, 2) if segments > 1 else (0,)):
+            _selective_scan_parallel_kernel[(batch, cdiv(dim, block_d), segments)](
+                u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A,
+                init if init is not None else A, y, final if final is not None else y, hseg, dtseg,
+                us, dts, bs, cs, zs,
+                dim, dstate, seqlen, seg_len,
+                *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(),
+                stride_or_zero(init, 0), stride_or_zero(init, 1), stride_or_zero(init, 2), *y.stride(),
+                stride_or_zero(final, 0), stride_or_zero(final, 1), stride_or_zero(final, 2),
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, WRITE_FINAL=final is not None,
+                HAS_SCALES=scales is not None, A_IS_LOG=bool(A_is_log), BLOCK_D=block_d, BLOCK_N=block_n,
+                BLOCK_L=block_l,
+                SCAN_DOUBLING=not u.is_cuda and _INTERPRETER_SCANS_BY_DOUBLING, PASS=pass_, num_warps=num_warps,
+            )
     return (y, final) if return_final_state else y
+
+
+# Time segments: the default launch gives one warp per BLOCK_D channels of a sequence, ~1.2 per SM sub-partition at
+# batch 1 (d_inner 5120), too few to hide the scan's latencies; segments multiply them at the price of a second pass.
+# SEGMENT_PROGRAMS_PER_SM = 0 keeps one pass.
+SEGMENT_PROGRAMS_PER_SM = 0
+
+
+def _default_segments(programs: int, device: torch.device) -> int:
+    if not SEGMENT_PROGRAMS_PER_SM:
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(16, round(SEGMENT_PROGRAMS_PER_SM * sms / max(programs, 1))))

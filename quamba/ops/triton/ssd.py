@@ -15,7 +15,8 @@ int8 inputs (``qssd_chunked_ref`` / ``qssd_state_update_ref``: x with a per-chan
 B / C per group [G]) take the same kernels with another load path: each kernel dequantizes what it reads
 (q.float() * scale, the reference's arithmetic) in registers, A may come as A_log (A = -exp(A_log)), and y is
 written in the requested dtype. Their products run in fp16 with fp32 accumulation (as the fp16 model's), or in
-full fp32 when y is fp32. An int8 state (q [B, H, P, N], scale [B, H, P, 1]) is read as q * scale and the
+full fp32 when y is fp32; in the chunk scan (N >= 32, fp16 / bf16 y) C B^T is instead an exact int8 product scaled
+after, and x enters its product as its integers (exact in fp16), its scale applied to the sum. An int8 state (q [B, H, P, N], scale [B, H, P, 1]) is read as q * scale and the
 final / updated state re-quantized per row in registers (``quantize_state_rows``).
 """
 from __future__ import annotations
@@ -242,10 +243,17 @@ def _ssd_chunk_scan_kernel(
         c_scale = tl.load(ccs_ptr + pid_g * sccs)
 
     cs_m = tl.load(cs_ptr + o_base + offs_m * sol, mask=in_m, other=0.0)
-    c_tile = tl.load(c_base + offs_m[:, None] * scl + offs_n[None, :] * scn, mask=in_m[:, None] & in_n[None, :],
-                     other=0)  # [M, N]
+    c_q = tl.load(c_base + offs_m[:, None] * scl + offs_n[None, :] * scn, mask=in_m[:, None] & in_n[None, :],
+                  other=0)  # [M, N]
+    c_tile = c_q
     if QUANT:
-        c_tile = _dot_operand(dequant(c_tile, c_scale, QUANT), DOT)  # rounded once, not in every product
+        c_tile = _dot_operand(dequant(c_q, c_scale, QUANT), DOT)  # rounded once, not in every product
+    # int8 inputs with half-precision products: C B^T is an exact int8 product (int32 on the tensor cores) times
+    # c_scale * b_scale, and the x products take x's integers (exact in fp16) with x_scale applied to their sum, so
+    # neither operand is dequantized and rounded inside the loop (fewer roundings than the reference's fp16 path)
+    # (int8 tensor-core products take K = N in steps of 32)
+    INT_DOTS: tl.constexpr = QUANT and DOT != 0 and BLOCK_N >= 32
+    acc_x = tl.zeros([BLOCK_M, BLOCK_P], dtype=tl.float32)
 
     # The state entering the chunk, decayed to each position: exp(cs_m) * C_m . state
     st = tl.load(st_ptr + pid_b * ssb + pid_c * ssc + pid_h * ssh + offs_n[:, None] * ssn + offs_p[None, :] * ssp,
@@ -260,9 +268,13 @@ def _ssd_chunk_scan_kernel(
         in_s = ss < chunk_len
         b_t = tl.load(b_base + ss[None, :] * sbl + offs_n[:, None] * sbn, mask=in_n[:, None] & in_s[None, :],
                       other=0)  # [N, S]
-        if QUANT:
-            b_t = dequant(b_t, b_scale, QUANT)
-        cb = _mm(c_tile, b_t, tl.zeros([BLOCK_M, BLOCK_S], dtype=tl.float32), DOT)
+        if INT_DOTS:
+            cb = tl.dot(c_q, b_t, tl.zeros([BLOCK_M, BLOCK_S], dtype=tl.int32), out_dtype=tl.int32).to(tl.float32)
+            cb = cb * (c_scale * b_scale)
+        else:
+            if QUANT:
+                b_t = dequant(b_t, b_scale, QUANT)
+            cb = _mm(c_tile, b_t, tl.zeros([BLOCK_M, BLOCK_S], dtype=tl.float32), DOT)
         cs_s = tl.load(cs_ptr + o_base + ss * sol, mask=in_s, other=0.0)
         dt_s = tl.load(dt_ptr + o_base + ss * sol, mask=in_s, other=0.0)
         causal = (offs_m[:, None] >= ss[None, :]) & in_s[None, :]
@@ -271,9 +283,14 @@ def _ssd_chunk_scan_kernel(
         w = tl.where(causal, cb * decay * dt_s[None, :], 0.0)
         xs = tl.load(x_base + ss[:, None] * sxl + offs_p[None, :] * sxp, mask=in_s[:, None] & in_p[None, :],
                      other=0)  # [S, P]
-        if QUANT:
-            xs = dequant(xs, x_scale, QUANT)
-        acc = _mm(w, xs, acc, DOT)
+        if INT_DOTS:
+            acc_x = _mm(w, xs, acc_x, DOT)
+        else:
+            if QUANT:
+                xs = dequant(xs, x_scale, QUANT)
+            acc = _mm(w, xs, acc, DOT)
+    if INT_DOTS:
+        acc += acc_x * x_scale
 
     x_m = tl.load(x_base + offs_m[:, None] * sxl + offs_p[None, :] * sxp, mask=in_m[:, None] & in_p[None, :],
                   other=0)
