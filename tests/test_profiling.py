@@ -158,19 +158,45 @@ def test_e2e_benchmark_smoke_run_with_switches(tmp_path, monkeypatch):
     --w4-dense-min-m QUAMBA_W4_DENSE_MIN_M for the run, and the results are named and labelled as such."""
     monkeypatch.setenv("QUAMBA_FUSED_DECODE", "1")  # restored after the test: main() sets them
     monkeypatch.setenv("QUAMBA_W4_DENSE_MIN_M", "0")
+    monkeypatch.setenv("QUAMBA_GEMM_TMA", "0")
     spec = importlib.util.spec_from_file_location("e2e", Path(__file__).resolve().parents[1] / "benchmarks" / "e2e.py")
     e2e = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(e2e)
     report = e2e.main(["--models", "tiny-mamba1", "--variants", "fp16,W8A8", "--device", "cpu", "--prompt-len", "8",
                        "--repeats", "1", "--tpot-repeats", "2", "--warmup", "1", "--big-batch", "2", "--gen-len", "2",
                        "--calib-samples", "2", "--calib-seqlen", "16", "--unfused-decode", "--w4-dense-min-m", "64",
-                       "--out-dir", str(tmp_path)])
+                       "--gemm-tma", "--out-dir", str(tmp_path)])
     assert os.environ["QUAMBA_FUSED_DECODE"] == "0" and report["settings"]["unfused_decode"] is True
     assert os.environ["QUAMBA_W4_DENSE_MIN_M"] == "64" and report["settings"]["w4_dense_min_m"] == 64
+    assert os.environ["QUAMBA_GEMM_TMA"] == "1" and report["settings"]["gemm_tma"] is True
     assert [r["variant"] for r in report["rows"]] == ["fp16", "W8A8"]
     assert all(r["tpot_b1_ms"]["median"] > 0 for r in report["rows"])
-    md = next(tmp_path.glob("e2e_tiny-mamba1_unfused-decode_w4-dense-64_*.md")).read_text()
+    md = next(tmp_path.glob("e2e_tiny-mamba1_unfused-decode_w4-dense-64_tma_*.md")).read_text()
     assert "A8 decode steps unfused (QUAMBA_FUSED_DECODE=0)" in md and "(QUAMBA_W4_DENSE_MIN_M=64)" in md
+    assert "(QUAMBA_GEMM_TMA=1)" in md
+
+
+def test_e2e_table_shows_the_graph_ttft(tmp_path):
+    """With --cache-graph (a GPU) the rows carry the prefill replayed from a CUDA graph: its column and its ratio to
+    fp16 come out in the markdown (here on hand-made rows: the CPU cannot capture graphs)."""
+    spec = importlib.util.spec_from_file_location("e2e", Path(__file__).resolve().parents[1] / "benchmarks" / "e2e.py")
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+
+    def row(variant, ttft, graph, tpot):
+        ms = lambda v: {"median": v}  # noqa: E731
+        return {"model": "m", "variant": variant, "ttft_ms": ms(ttft), "ttft_graph_ms": ms(graph),
+                "tpot_b1_ms": ms(tpot), "tpot_bN_ms": ms(tpot), "size_bytes": 2**20, "bytes_per_step_b1": 1e6,
+                "bytes_per_step_bN": 1e6, "memory_b1": {}, "memory_bN": {}}
+
+    rows = [row("fp16", 40.0, 20.0, 3.0), row("W8A8", 50.0, 16.0, 2.0)]
+    e2e.add_ratios(rows, 1e12)
+    assert rows[1]["ttft_graph_vs_fp16"] == 16.0 / 20.0 and rows[1]["ttft_vs_fp16"] == 50.0 / 40.0  # time ratios
+    report = {"device": {"name": "GPU"}, "dtype": "float16", "bandwidth_bytes_per_s": 1e12, "rows": rows,
+              "settings": {"prompt_len": 1024, "cache_graph": True, "repeats": 5, "tpot_repeats": 30, "big_batch": 16}}
+    md = e2e.markdown(report)
+    assert "| TTFT graph ms | x fp16 |" in md and "| 16.00 | 0.80 |" in md
+    assert "replayed from a CUDA graph" in md
 
 
 def test_fused_decode_benchmark_smoke_run(tmp_path, monkeypatch):

@@ -77,12 +77,15 @@ def fused_decode() -> bool:
     return _env_on("QUAMBA_FUSED_DECODE", default="1")
 
 
+W4_DENSE_MIN_M_DEFAULT: int | None = None
+
+
 def w4_dense_min_m() -> int | None:
     """The row count from which the W4 GEMMs take their dequantize-then-dense path (``QUAMBA_W4_DENSE_MIN_M``, a
-    positive integer; unset, empty or 0: the packed kernels at every M)."""
+    positive integer; 0: the packed kernels at every M; unset or empty: ``W4_DENSE_MIN_M_DEFAULT``)."""
     text = os.environ.get("QUAMBA_W4_DENSE_MIN_M", "").strip()
     if not text:
-        return None
+        return W4_DENSE_MIN_M_DEFAULT
     try:
         value = int(text)
     except ValueError:

@@ -162,9 +162,12 @@ def _as_3d(x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, lead, x.shape[-1])
 
 
-def _hadamard_quant_launch(y: torch.Tensor, out_scale: torch.Tensor) -> torch.Tensor:
+def _hadamard_quant_launch(y: torch.Tensor, out_scale: torch.Tensor, *, sub_rows: int | None = None,
+                           rows_per_program: int | None = None, num_warps: int | None = None) -> torch.Tensor:
     """Checks and launches ``_hadamard_quant_kernel``; same contract as ``hadamard_quant_ref``. y may be
-    any strided view (the mixers pass transposed / sliced ones); the output is a new contiguous int8."""
+    any strided view (the mixers pass transposed / sliced ones); the output is a new contiguous int8.
+    ``sub_rows`` (MI) / ``rows_per_program`` / ``num_warps`` override the launch heuristic (powers of two), for
+    tuning."""
     if y.dim() == 0:
         raise QuambaError("hadamard_quant takes y of shape [..., n], got a scalar")
     n = y.shape[-1]
@@ -187,9 +190,9 @@ def _hadamard_quant_launch(y: torch.Tensor, out_scale: torch.Tensor) -> torch.Te
     num_rows = x3.shape[0] * x3.shape[1]
     if num_rows == 0:
         return out
-    mi = _sub_rows_per_program(num_rows, m, mp)
+    mi = sub_rows or _sub_rows_per_program(num_rows, m, mp)
     tile = mi * p
-    rows = _rows_per_program(num_rows, tile, y.is_cuda)
+    rows = rows_per_program or _rows_per_program(num_rows, tile, y.is_cuda)
     pdl = use_pdl(y)
     with device_of(y):
         _hadamard_quant_kernel[(cdiv(num_rows, rows), cdiv(m, mi))](
@@ -197,7 +200,7 @@ def _hadamard_quant_launch(y: torch.Tensor, out_scale: torch.Tensor) -> torch.Te
             num_rows, x3.shape[1], 1.0 / math.sqrt(n),
             *x3.stride(),
             M=m, P=p, LOG_P=p.bit_length() - 1, Q=q, QR=qr, ROWS=rows, MI=mi,
-            num_warps=min(32, max(4, rows * tile // 512)),  # <= 16 fp32 per thread: no register spills,
+            num_warps=num_warps or min(32, max(4, rows * tile // 512)),  # <= 16 fp32 per thread: no spills,
             USE_PDL=pdl, launch_pdl=pdl,
         )
     return out

@@ -35,9 +35,15 @@ L), instructions per (token, channel, state) element, one of them MUFU.EX2; regi
 
 Parallelism. At batch 1 a program of one warp per 8 channels gives D / 8 warps (640 at d_inner 5120): ~1.2 per
 SM sub-partition, so the time is set by those that hold two. Bigger tiles (16, 8, 1) halve the warps and cut the
-instructions; smaller ones (4, 16, 1) double the warps and add shuffles. Splitting L across programs (a second
-pass for the carries) would add warps but recompute every exponential, and the MUFU is the floor (84 M
-exponentials at d_inner 5120 x 1024 tokens x N 16: ~20 us of an H100's MUFU throughput), so it is not done.
+instructions; smaller ones (4, 16, 1) double the warps and add shuffles.
+
+Time segments (``segments`` > 1). The sequence is cut into S segments of whole chunks, one program each, in two
+launches of this kernel: pass 1 scans each segment from a zero state without y, keeping its end state and its dt
+sum; pass 2 first folds the earlier segments into the state entering its own (h <- exp(A * sum dt) h + h_end, S
+steps of one [N, BLOCK_D] tile: the product of a segment's decays is the exponential of its dt sum), then scans the
+segment with y as in one pass. S times the warps, for a second pass that recomputes the exponentials (the MUFU
+floor is ~20 us a pass at d_inner 5120 x 1024 tokens x N 16: 84 M exponentials); whether that pays is measured
+(``SEGMENT_PROGRAMS_PER_SM``; benchmarks: gpu sweep in the closing notes).
 
 Tuning: time each ``SWEEP`` entry (block_d, block_l, num_warps) on the GPU at the model's shapes, e.g.
     for bd, bl, nw in SWEEP: selective_scan_parallel_launch(..., block_d=bd, block_l=bl, num_warps=nw)
