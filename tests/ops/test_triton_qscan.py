@@ -243,8 +243,12 @@ def _mamba2_inputs(b, length, h, p, g, n, conv_channels_last=True):
     (5, 12, torch.float32, "fp32", True, True, (0.01, 0.5), False),
     (5, 16, torch.float16, None, False, False, (0.0, math.inf), False),
 ])
-def test_qssd_chunked_matches_reference(poisoned, g, n, out_dtype, init, final_int8, d_per_channel, dt_limit,
-                                        conv_channels_last):
+@pytest.mark.parametrize("int8_dots", [False, True])
+def test_qssd_chunked_matches_reference(poisoned, monkeypatch, g, n, out_dtype, init, final_int8, d_per_channel,
+                                        dt_limit, conv_channels_last, int8_dots):
+    from quamba.ops.triton import ssd as ssd_kernels
+
+    monkeypatch.setattr(ssd_kernels, "INT8_DOTS", int8_dots)  # the chunk scan's integer products (N >= 32)
     b, length, h, p, chunk = 2, 45, 5, 12, 16  # L not a multiple of the chunk, P / N / H not powers of two
     a = _mamba2_inputs(b, length, h, p, g, n, conv_channels_last)
     if d_per_channel:

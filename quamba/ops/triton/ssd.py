@@ -15,8 +15,8 @@ int8 inputs (``qssd_chunked_ref`` / ``qssd_state_update_ref``: x with a per-chan
 B / C per group [G]) take the same kernels with another load path: each kernel dequantizes what it reads
 (q.float() * scale, the reference's arithmetic) in registers, A may come as A_log (A = -exp(A_log)), and y is
 written in the requested dtype. Their products run in fp16 with fp32 accumulation (as the fp16 model's), or in
-full fp32 when y is fp32; in the chunk scan (N >= 32, fp16 / bf16 y) C B^T is instead an exact int8 product scaled
-after, and x enters its product as its integers (exact in fp16), its scale applied to the sum. An int8 state (q [B, H, P, N], scale [B, H, P, 1]) is read as q * scale and the
+full fp32 when y is fp32; with ``INT8_DOTS`` the chunk scan (N >= 32, fp16 / bf16 y) instead takes C B^T as an
+exact int8 product scaled after, and x's integers (exact in fp16) with x's scale applied to the sum. An int8 state (q [B, H, P, N], scale [B, H, P, 1]) is read as q * scale and the
 final / updated state re-quantized per row in registers (``quantize_state_rows``).
 """
 from __future__ import annotations
@@ -213,6 +213,7 @@ def _ssd_chunk_scan_kernel(
     ssb, ssc, ssh, ssp, ssn, sdh, sdp, syb, syl, syh, syp, sxs, sbs, sccs,
     HAS_D: tl.constexpr, QUANT: tl.constexpr, DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+    INT_DOTS: tl.constexpr,
 ):
     """Outputs of BLOCK_M positions x BLOCK_P channels of one chunk and head.
     Grid (cdiv(chunk, BLOCK_M) * cdiv(P, BLOCK_P), nchunks, B * H)."""
@@ -248,11 +249,9 @@ def _ssd_chunk_scan_kernel(
     c_tile = c_q
     if QUANT:
         c_tile = _dot_operand(dequant(c_q, c_scale, QUANT), DOT)  # rounded once, not in every product
-    # int8 inputs with half-precision products: C B^T is an exact int8 product (int32 on the tensor cores) times
-    # c_scale * b_scale, and the x products take x's integers (exact in fp16) with x_scale applied to their sum, so
-    # neither operand is dequantized and rounded inside the loop (fewer roundings than the reference's fp16 path)
-    # (int8 tensor-core products take K = N in steps of 32)
-    INT_DOTS: tl.constexpr = QUANT and DOT != 0 and BLOCK_N >= 32
+    # INT_DOTS (int8 inputs, half-precision products, N >= 32: see int_dots): C B^T is an exact int8 product (int32
+    # on the tensor cores) times c_scale * b_scale, and the x products take x's integers (exact in fp16) with x_scale
+    # applied to their sum, so neither operand is dequantized and rounded inside the loop
     acc_x = tl.zeros([BLOCK_M, BLOCK_P], dtype=tl.float32)
 
     # The state entering the chunk, decayed to each position: exp(cs_m) * C_m . state
@@ -514,9 +513,20 @@ def _ssd_chunked_launch(
             *x.stride(), *B.stride(), *C.stride(), *dt_c.stride(), *states.stride(), sdh, sdp, *y.stride(),
             xs.stride(0), bs.stride(0), ccs.stride(0),
             HAS_D=D is not None, QUANT=quant, DOT=dot, BLOCK_M=bm, BLOCK_P=bp, BLOCK_N=bn, BLOCK_S=bs_,
-            num_warps=4 if dot == DOT_IEEE or bn <= 64 else 8,
+            INT_DOTS=int_dots(quant, dot, bn), num_warps=4 if dot == DOT_IEEE or bn <= 64 else 8,
         )
     return _result(y, final, final_scale, return_final_state)
+
+
+# The int8 chunk scan's integer products (see _ssd_chunk_scan_kernel); checked against the reference in Triton's
+# interpreter, not yet timed or compiled on a GPU, so off by default.
+INT8_DOTS = False
+
+
+def int_dots(quant: bool, dot: int, block_n: int) -> bool:
+    """Whether the chunk scan takes its integer products: int8 inputs, fp16 / bf16 products, and N >= 32 (int8
+    tensor-core products take K = N in steps of 32)."""
+    return INT8_DOTS and quant and dot != DOT_IEEE and block_n >= 32
 
 
 def _strides(t: torch.Tensor | None, ndim: int) -> tuple[int, ...]:
