@@ -96,15 +96,21 @@ def _prompt(model, settings: ProfileSettings) -> torch.Tensor:
 
 
 # ---- latency ------------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def time_ttft(model, settings: ProfileSettings) -> list[float]:
-    """Milliseconds from a prompt [B, prompt_len] to the first token: cache allocation + prefill + argmax."""
+def _first_token(model, settings: ProfileSettings):
+    """What TTFT times, as a call: cache allocation + prefill of the prompt [B, prompt_len] + argmax."""
     ids = _prompt(model, settings)
 
     def first_token():
         cache = model.allocate_cache(settings.batch_size)
         return model(ids, cache, num_last_tokens=1).logits[:, -1].argmax(-1)
 
+    return first_token
+
+
+@torch.no_grad()
+def time_ttft(model, settings: ProfileSettings) -> list[float]:
+    """Milliseconds from a prompt [B, prompt_len] to the first token: cache allocation + prefill + argmax."""
+    first_token = _first_token(model, settings)
     for _ in range(settings.warmup):
         first_token()
     return timed(first_token, settings.repeats, model.device)
@@ -116,12 +122,7 @@ def time_ttft_graph(model, settings: ProfileSettings) -> tuple[list[float], bool
     fixed prompt captured once as a CUDA graph, each sample one replay. Eager prefill launches hundreds of kernels
     and the host's launch work can exceed the GPU's; a serving stack that captures prefill graphs per prompt length
     pays this instead. Returns (milliseconds, whether the replay's token equals the eager call's)."""
-    ids = _prompt(model, settings)
-
-    def first_token():
-        cache = model.allocate_cache(settings.batch_size)
-        return model(ids, cache, num_last_tokens=1).logits[:, -1].argmax(-1)
-
+    first_token = _first_token(model, settings)
     eager = first_token()
     device = model.device
     side = torch.cuda.Stream(device)

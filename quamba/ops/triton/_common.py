@@ -101,9 +101,14 @@ def pdl_start(USE_PDL: tl.constexpr):
 
 
 @functools.lru_cache(maxsize=None)
+def is_sm90(index: int) -> bool:
+    """Whether CUDA device ``index`` is Hopper or newer (dependent launch, TMA)."""
+    return torch.cuda.get_device_capability(index) >= (9, 0)
+
+
+@functools.lru_cache(maxsize=None)
 def _pdl_device(index: int) -> bool:
-    return (gdc_wait is not None and os.environ.get("QUAMBA_PDL", "1") != "0"
-            and torch.cuda.get_device_capability(index) >= (9, 0))
+    return gdc_wait is not None and os.environ.get("QUAMBA_PDL", "1") != "0" and is_sm90(index)
 
 
 def use_pdl(t: torch.Tensor) -> bool:

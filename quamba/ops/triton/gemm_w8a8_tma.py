@@ -16,13 +16,12 @@ the same kernel on CPU tensors (tests).
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from ._common import is_sm90
 from .gemm_w8a8 import int_epilogue, tile_ids
 
 
@@ -68,12 +67,7 @@ def tma_ok(*operands: torch.Tensor) -> bool:
         if t.stride(1) != 1 or t.data_ptr() % 16 or (t.stride(0) * t.element_size()) % 16:
             return False
     t = operands[0]
-    return not t.is_cuda or _has_tma(t.get_device())
-
-
-@functools.lru_cache(maxsize=None)
-def _has_tma(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index) >= (9, 0)
+    return not t.is_cuda or is_sm90(t.get_device())
 
 
 def w8a8_gemm_tma_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, cfg, sms: int) -> None:
