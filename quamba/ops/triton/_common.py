@@ -100,9 +100,8 @@ def pdl_start(USE_PDL: tl.constexpr):
         gdc_launch_dependents()
 
 
-@functools.lru_cache(maxsize=None)
 def is_sm90(index: int) -> bool:
-    """Whether CUDA device ``index`` is Hopper or newer (dependent launch, TMA)."""
+    """Whether CUDA device ``index`` is Hopper or newer (dependent launch, TMA; torch caches the properties)."""
     return torch.cuda.get_device_capability(index) >= (9, 0)
 
 
