@@ -74,9 +74,15 @@ def check_runnable(kernel, t: torch.Tensor) -> None:
             "kernel files are first imported, or call the *_ref op")
 
 
+_NO_CONTEXT = contextlib.nullcontext()
+
+
 def device_of(t: torch.Tensor):
-    """Launch on t's GPU (multi-GPU safe); nothing to do on the CPU."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+    """The device context a launch on ``t`` needs: none on the CPU or when t is on the current CUDA device (the
+    usual case; entering torch.cuda.device costs microseconds per launch), else t's GPU (multi-GPU safe)."""
+    if t.is_cuda and t.get_device() != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return _NO_CONTEXT
 
 
 def stride_or_zero(t: torch.Tensor | None, dim: int) -> int:

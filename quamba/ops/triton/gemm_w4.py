@@ -30,9 +30,9 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from ..w4_gemm import _check_packed
-from ._common import FLOAT_DTYPES, cdiv, check_float, check_runnable, check_same_device
+from ._common import FLOAT_DTYPES, cdiv, check_float, check_runnable, check_same_device, device_of
 from .gemm_w8a8 import (MAX_K, SCALES_W4A8, GemmConfig, as_bias, check_index_range, float_epilogue, gemv,
-                        int8_gemm_into, int_epilogue, int_epilogue_args, launch_device, launch_int_reduce,
+                        int8_gemm_into, int_epilogue, int_epilogue_args, launch_int_reduce,
                         finish_output, mma_plan, new_output, rows_of, store_partial, tile_ids)
 
 # What a K tile of weights is unpacked to: the W_KIND constexpr of the kernels (which compare it with the
@@ -180,7 +180,7 @@ def _int4_dequant_launch(w_packed: torch.Tensor, scales: torch.Tensor, g: int, d
     if out.numel():
         bn, bk = (64, 128) if w_packed.is_cuda else (32, 64)
         kind = W_INT8 if dtype == torch.int8 else _W_KIND[dtype]
-        with launch_device(w_packed):
+        with device_of(w_packed):
             _int4_dequant_kernel[(cdiv(n, bn), cdiv(k, bk))](
                 w_packed, scales, out, n, k, g,
                 *w_packed.stride(), *scales.stride(), *out.stride(),
@@ -245,14 +245,14 @@ def _w4a16_mma(x2, w_packed, scales, g: int, bias, y, config: GemmConfig | None,
                           "with split > 1 for small M")
     if dense:
         w = _int4_dequant_launch(w_packed, scales, g, x2.dtype)
-        with launch_device(x2):
+        with device_of(x2):
             if bias is None:
                 torch.matmul(x2, w.t(), out=y)
             else:
                 torch.addmm(bias.to(y.dtype), x2, w.t(), out=y)
         return
     cfg, _, grid, _, per_tile = mma_plan(config, m, n, k, x2.device, True, g, False)
-    with launch_device(x2):
+    with device_of(x2):
         _w4a16_gemm_kernel[grid](
             x2, w_packed, scales, bias if bias is not None else scales, y,
             m, n, k, g,
@@ -324,7 +324,7 @@ def _w4a8_mma(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y, con
     (m, k), n = x2.shape, w_packed.shape[0]
     cfg, ks, grid, even_k, per_tile = mma_plan(config, m, n, k, x2.device, False, g)
     part = torch.empty(cfg.split_k, m, n, device=x2.device, dtype=torch.int32) if cfg.split_k > 1 else y
-    with launch_device(x2):
+    with device_of(x2):
         _w4a8_gemm_kernel[grid](
             x2, w_packed, group_scales, xs, cs, bias if bias is not None else cs, os_ if os_ is not None else cs,
             y, part,

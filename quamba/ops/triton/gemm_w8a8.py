@@ -25,7 +25,6 @@ are already fp32, contiguous and on the device (the modules' buffers) are passed
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import dataclass, replace
@@ -36,7 +35,7 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from . import gemm_tma
-from ._common import FLOAT_DTYPES, cdiv, check_runnable, check_same_device, next_pow2, quantize_int8
+from ._common import FLOAT_DTYPES, cdiv, check_runnable, check_same_device, device_of, next_pow2, quantize_int8
 
 # int8 x int8 products are at most 2^14 in magnitude, so K < 2^17 terms cannot overflow int32.
 MAX_K = 2 ** 17 - 1
@@ -284,17 +283,6 @@ def split_plan(cfg: GemmConfig, k: int) -> tuple[GemmConfig, int]:
 
 # ---------------------------------------------------------------------------------------------- launch
 
-_SAME_DEVICE = contextlib.nullcontext()
-
-
-def launch_device(t: torch.Tensor):
-    """The device context a launch on ``t`` needs: none when t is on the current CUDA device (the usual case;
-    entering torch.cuda.device costs microseconds per launch), else that device (multi-GPU safe)."""
-    if t.is_cuda and t.get_device() != torch.cuda.current_device():
-        return torch.cuda.device(t.device)
-    return _SAME_DEVICE
-
-
 def _as_scale(name: str, s: torch.Tensor | float, n: int, device: torch.device, allow_channels: bool):
     """fp32 scale tensor on ``device`` and its stride for the kernel (0: one value, 1: one per channel).
 
@@ -412,12 +400,12 @@ def int8_gemm_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, con
             raise QuambaError("GemmConfig(tma=True) needs one K slice, an sm_90+ GPU (or the interpreter) and "
                               "operands with unit column stride and 16-byte aligned rows")
     if tma:
-        with launch_device(x2):
+        with device_of(x2):
             gemm_w8a8_tma.w8a8_gemm_tma_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order, cfg,
                                               _sm_count(x2.get_device()) if x2.is_cuda else 1)
         return
     part = torch.empty(cfg.split_k, m, n, device=x2.device, dtype=torch.int32) if cfg.split_k > 1 else y
-    with launch_device(x2):
+    with device_of(x2):
         _w8a8_gemm_kernel[grid](
             x2, w8, xs, ws, bias if bias is not None else ws, os_ if os_ is not None else ws, y, part,
             m, n, k, ks,

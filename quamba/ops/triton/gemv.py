@@ -60,9 +60,9 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import cdiv, next_pow2, pdl_start, use_pdl
+from ._common import cdiv, device_of, next_pow2, pdl_start, use_pdl
 from .conv1d import conv_step_args, conv_step_tile
-from .gemm_w8a8 import _sm_count, float_epilogue, int_epilogue, launch_device
+from .gemm_w8a8 import _sm_count, float_epilogue, int_epilogue
 
 # The formats: the FMT constexpr of the shared loop (jit code cannot read module globals: the kernels pass literals)
 FMT_W8A8, FMT_W4A8, FMT_W4A16 = 0, 1, 2
@@ -641,7 +641,7 @@ def w8a8_gemv_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, con
     p = _launch_plan("w8a8", x2, w8, None, y, config)
     cfg = p.cfg
     u, conv_args, conv_flags = _conv_args(conv, p, y)
-    with launch_device(p.x2):
+    with device_of(p.x2):
         _w8a8_gemv_kernel[p.grid](
             p.x2, w8, xs, ws, ws if bias is None else bias, ws if os_ is None else os_, y, p.part, p.cnt,
             p.m, p.n, p.k, p.w_slice, p.x2.stride(0) // 4, w8.stride(0) // 4, sws, sos, *conv_args,
@@ -660,7 +660,7 @@ def w4a8_gemv_into(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y
     p = _launch_plan("w4a8", x2, w_packed, g, y, config)
     cfg = p.cfg
     u, conv_args, conv_flags = _conv_args(conv, p, y)
-    with launch_device(p.x2):
+    with device_of(p.x2):
         _w4a8_gemv_kernel[p.grid](
             p.x2, w_packed, group_scales, xs, cs, cs if bias is None else bias, cs if os_ is None else os_, y,
             p.part, p.cnt,
@@ -678,7 +678,7 @@ def w4a16_gemv_into(x2, w_packed, scales, g: int, bias, y, config: GemvConfig | 
     """y [M, N] = x2 [M, K] @ (q4 * scales)^T (+ bias) in y's dtype."""
     p = _launch_plan("w4a16", x2, w_packed, g, y, config)
     cfg = p.cfg
-    with launch_device(p.x2):
+    with device_of(p.x2):
         _w4a16_gemv_kernel[p.grid](
             p.x2, w_packed, scales, scales if bias is None else bias, y, p.part, p.cnt,
             p.m, p.n, p.k, p.w_slice, p.x2.stride(0), w_packed.stride(0) // 4, *scales.stride(), 0x3FC00000,
