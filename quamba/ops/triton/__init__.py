@@ -35,7 +35,10 @@ _TRUE = ("1", "true", "yes", "on")
 
 
 def _env_on(name: str, default: str = "0") -> bool:
-    return os.environ.get(name, default).strip().lower() in _TRUE
+    value = os.environ.get(name)
+    if value is None:  # the common case, at every launch
+        return default in _TRUE
+    return value.strip().lower() in _TRUE
 
 
 def interpreting() -> bool:
@@ -53,21 +56,21 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
     """
     if _env_on("QUAMBA_FORCE_REFERENCE"):
         return False
-    present = [t for t in tensors if t is not None]
-    if not present:
+    first = tensors[0] if tensors and tensors[0] is not None else next((t for t in tensors if t is not None), None)
+    if first is None:
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in present):
-        if present[0].is_cuda:
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        if first.is_cuda:
             warnings.warn("quamba ops run their PyTorch references while autograd records (the Triton kernels are "
                           "forward-only): wrap inference in torch.inference_mode() for the kernels", stacklevel=3)
         return False
-    if present[0].is_cuda:
+    if first.is_cuda:
         if not _triton_installed():
             raise QuambaError(
                 "CUDA tensors need triton for quamba's kernels: pip install 'quamba[gpu]', "
                 "or set QUAMBA_FORCE_REFERENCE=1 to run the PyTorch reference ops")
         return True
-    return present[0].device.type == "cpu" and interpreting() and _triton_installed()
+    return first.device.type == "cpu" and interpreting() and _triton_installed()
 
 
 def fused_decode() -> bool:
