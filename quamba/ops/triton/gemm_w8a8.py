@@ -290,7 +290,7 @@ def _as_scale(name: str, s: torch.Tensor | float, n: int, device: torch.device, 
     used as it is. Otherwise a one-value CPU tensor (or Python float) is moved (torch broadcasts CPU scalars
     onto the GPU too); anything larger must already be on the activations' device.
     """
-    if torch.is_tensor(s) and s.dtype == torch.float32 and s.device == device:
+    if isinstance(s, torch.Tensor) and s.dtype is torch.float32 and s.device == device:
         numel = s.numel()
         if numel == 1:
             return s, 0
@@ -341,15 +341,16 @@ def new_output(m: int, n: int, device, requant: bool, out_dtype: torch.dtype) ->
 
 
 def check_index_range(*tensors: torch.Tensor) -> None:
-    for t in tensors:
-        if t.numel() >= _INT32_INDEX_LIMIT:
-            raise QuambaError(f"a GEMM operand of {t.numel()} elements exceeds the kernels' int32 indexing: "
-                              "split the batch")
+    largest = max(t.numel() for t in tensors)
+    if largest >= _INT32_INDEX_LIMIT:
+        raise QuambaError(f"a GEMM operand of {largest} elements exceeds the kernels' int32 indexing: split the batch")
 
 
 def rows_of(x: torch.Tensor, k: int) -> torch.Tensor:
     """[..., K] -> [M, K] (a view when possible; x itself when already 2-D)."""
-    return x if x.dim() == 2 else x.reshape(math.prod(x.shape[:-1]), k)
+    if x.dim() == 2:
+        return x
+    return x.reshape(-1, k) if k else x.reshape(math.prod(x.shape[:-1]), k)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -409,8 +410,8 @@ def int8_gemm_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, con
         _w8a8_gemm_kernel[grid](
             x2, w8, xs, ws, bias if bias is not None else ws, os_ if os_ is not None else ws, y, part,
             m, n, k, ks,
-            x2.stride(0), x2.stride(1), w8.stride(0), w8.stride(1), sws, sos, y.stride(0), y.stride(1),
-            part.stride(0), part.stride(1) if part.dim() == 3 else 0,
+            *x2.stride(), *w8.stride(), sws, sos, *y.stride(),
+            *(part.stride()[:2] if part.dim() == 3 else (part.stride(0), 0)),
             HAS_BIAS=bias is not None, REQUANT=os_ is not None, SCALE_ORDER=scale_order, SPLIT=cfg.split_k > 1,
             EVEN_K=even_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
