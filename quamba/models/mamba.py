@@ -141,7 +141,9 @@ class Mamba1Mixer(nn.Module):
         else:
             x, cache.conv_states[self.layer_idx] = self.conv1d(x, cache.conv_states[self.layer_idx])
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([c.dt_rank, c.d_state, c.d_state], dim=-1)
-        dt = self.dt_proj(dt).transpose(1, 2)  # dt_proj's bias is the scan's delta_bias
+        # dt_proj on the rows as a 2-D view: a 3-D strided input makes torch add the bias in a separate kernel over
+        # all of dt, a 2-D one lets the GEMM add it in its epilogue
+        dt = self.dt_proj(dt.reshape(-1, c.dt_rank)).view(*dt.shape[:2], -1).transpose(1, 2)
         A = self._neg_exp_A(self.A_log)
         y = selective_scan(
             x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D, z=z, delta_softplus=True, initial_state=None if cache is None else cache.ssm_states[self.layer_idx],
