@@ -153,3 +153,84 @@ def test_force_reference_switch(monkeypatch):
     monkeypatch.delenv("QUAMBA_FORCE_REFERENCE")
     _assert_matches(hadamard_quant(y, scale), y, scale)
     assert calls == [1]
+
+
+# The tensor-core kernel (hadamard_mma.py, QUAMBA_HADAMARD_MMA=1): prefill rows (16 or more) of 256 * m or more.
+# Its sums run in another order for every n, 2^k included, so every size gets the one-step-near-a-tie bound.
+MMA_SIZES = [256, 512, 12 * 256, 20 * 256, 28 * 256, 4096]
+
+
+def _assert_close(q, y, scale):
+    q_ref = hadamard_quant_ref(y, scale)
+    assert q.dtype == torch.int8 and q.shape == q_ref.shape
+    diff = (q.int() - q_ref.int()).abs()
+    assert diff.max() <= 1, f"int8 outputs differ by {diff.max().item()} steps"
+    assert (diff > 0).float().mean() <= MAX_OFF_BY_ONE
+
+
+@pytest.fixture
+def mma_launches(monkeypatch):
+    """QUAMBA_HADAMARD_MMA=1, and the list of the tensor-core kernel's launches."""
+    import quamba.ops.triton.hadamard_mma as mma
+
+    monkeypatch.setenv("QUAMBA_HADAMARD_MMA", "1")
+    calls = []
+    launch = mma.launch_mma
+    monkeypatch.setattr(mma, "launch_mma", lambda *a, **k: calls.append(a[0].shape) or launch(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("n", MMA_SIZES)
+def test_mma_kernel(poisoned_int8, mma_launches, dtype, n):
+    y = torch.randn(2, 9, n, device=DEVICE).to(dtype)  # 18 rows: the last program of 4 rows holds 2
+    scale = _scale_for(y)
+    _assert_close(hadamard_quant(y, scale), y, scale)
+    assert len(mma_launches) == 1
+
+
+def test_mma_kernel_strided_and_row_tiles(poisoned_int8, mma_launches):
+    """Mamba1's transposed scan output, and every rows-per-program the launcher may pick."""
+    import quamba.ops.triton.hadamard as kernels
+
+    y = torch.randn(2, 20 * 256, 17, device=DEVICE).half().transpose(1, 2)
+    scale = _scale_for(y)
+    _assert_close(hadamard_quant(y, scale), y, scale)
+    for rows in (1, 2, 4):
+        q = kernels._hadamard_quant_launch(y, scale, rows_per_program=rows)
+        _assert_close(q, y, scale)
+    assert len(mma_launches) == 4
+
+
+@pytest.mark.parametrize("n", [12, 20])
+def test_mma_kernel_builds_the_base_matrices(mma_launches, n):
+    """As test_kernel_builds_the_base_matrices, through the tensor-core kernel's H_m tile: e_j (x) e_0 -> column
+    j of H_m times H_256's first column (all ones)."""
+    p = 256
+    eye = torch.zeros(n, n * p, device=DEVICE)
+    eye[torch.arange(n), torch.arange(n) * p] = 1.0
+    eye = torch.cat([eye, eye])  # 16 rows or more
+    q = hadamard_quant(eye, torch.tensor(1.0 / (127 * (n * p) ** 0.5), device=DEVICE))
+    base = torch.round(hadamard_matrix(n).to(DEVICE) * n ** 0.5).T * 127
+    expected = base.repeat_interleave(p, dim=1)
+    assert torch.equal(q.float(), torch.cat([expected, expected])) and len(mma_launches) == 1
+
+
+def test_mma_kernel_leaves_decode_and_short_rows_to_the_butterflies(mma_launches):
+    for shape in [(15, 4096), (1, 20 * 256), (32, 20 * 8)]:
+        y = torch.randn(*shape, device=DEVICE).half()
+        scale = _scale_for(y)
+        _assert_matches(hadamard_quant(y, scale), y, scale)
+    assert mma_launches == []
+
+
+def test_mma_switch(monkeypatch):
+    from quamba.ops.triton import use_hadamard_mma
+
+    monkeypatch.delenv("QUAMBA_HADAMARD_MMA", raising=False)
+    assert use_hadamard_mma() is False
+    monkeypatch.setenv("QUAMBA_HADAMARD_MMA", "on")
+    assert use_hadamard_mma() is True
+    monkeypatch.setenv("QUAMBA_HADAMARD_MMA", "maybe")
+    with pytest.raises(QuambaError, match="QUAMBA_HADAMARD_MMA"):
+        use_hadamard_mma()
