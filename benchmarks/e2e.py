@@ -252,7 +252,6 @@ def markdown(report: dict) -> str:
              + (f" W4 GEMMs of {s['w4_dense_min_m']} or more rows dequantize, then run dense "
                 f"(QUAMBA_W4_DENSE_MIN_M={s['w4_dense_min_m']})." if s.get("w4_dense_min_m") else "")
              + (" Prefill GEMMs through TMA descriptors (QUAMBA_GEMM_TMA=1)." if s.get("gemm_tma") else "")
-             + (" Prefill Hadamard + int8 on tensor cores (QUAMBA_HADAMARD_MMA=1)." if s.get("hadamard_mma") else "")
              + (" TTFT graph = the same prefill replayed from a CUDA graph (no host launch work)."
                 if s["cache_graph"] else ""), "",
              f"| model | variant | size MiB | TTFT ms | x fp16 | TTFT graph ms | x fp16 | TPOT b1 ms | x fp16 | x floor "
@@ -362,9 +361,6 @@ def parse_args(argv=None):
     p.add_argument("--gemm-tma", action="store_true",
                    help="QUAMBA_GEMM_TMA=1: W8A8 (and dense W4A8) prefill GEMMs fetch their tiles through TMA "
                         "descriptors (sm_90+; results go to e2e_..._tma_<gpu>.*)")
-    p.add_argument("--hadamard-mma", action="store_true",
-                   help="QUAMBA_HADAMARD_MMA=1: prefill's Hadamard + int8 runs as tensor-core products instead of "
-                        "butterflies (results go to e2e_..._hmma_<gpu>.*)")
     p.add_argument("--quantize-embedding", action="store_true",
                    help="quantized variants also quantize the embedding rows at their weight width (files get _emb)")
     p.add_argument("--quantize-lm-head", action="store_true",
@@ -422,9 +418,6 @@ def main(argv=None) -> dict:
     if args.gemm_tma:
         os.environ["QUAMBA_GEMM_TMA"] = "1"
         models += "tma_"
-    if args.hadamard_mma:
-        os.environ["QUAMBA_HADAMARD_MMA"] = "1"
-        models += "hmma_"
     stem = str(args.out_dir / f"e2e_{models}{gpu}")  # a str: model names hold dots, which Path.with_suffix would cut
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.models:
