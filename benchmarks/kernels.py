@@ -55,9 +55,6 @@ from quamba.modules.norm import QGatedRMSNorm, QRMSNorm  # noqa: E402
 from quamba.modules.scan import QSelectiveScan  # noqa: E402
 from quamba.ops import selective_scan, selective_state_update, ssd_chunked, ssd_state_update  # noqa: E402
 from quamba.ops.hadamard import qgated_norm_hadamard_quant  # noqa: E402
-from quamba.ops.triton.hadamard import _hadamard_quant_launch as hadamard_quant_launch  # noqa: E402
-from quamba.ops.triton.hadamard import _plan as hadamard_plan  # noqa: E402
-from quamba.ops.triton.hadamard_mma import mma_applies  # noqa: E402
 from quamba.ops.triton.selective_scan import _selective_scan_launch  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -288,11 +285,7 @@ def hadamard_case(s: Shape, b: int, l: int, dev) -> Case:
     had = QHadamard(s.d_inner).to(dev)
     had.output_scale.fill_(0.05)
     y = torch.randn(b, l, s.d_inner, device=dev).half()
-    more = ()
-    if dev.type == "cuda" and mma_applies(b * l, *hadamard_plan(s.d_inner)[:2]):  # prefill: the tensor-core kernel too
-        more = (("int8, tensor cores", lambda: hadamard_quant_launch(y, had.output_scale, mma=True),
-                 b * l * s.d_inner * (2 + 1)),)
-    return Case("hadamard + quantize", None, lambda: had(y), 0, b * l * s.d_inner * (2 + 1), more=more)
+    return Case("hadamard + quantize", None, lambda: had(y), 0, b * l * s.d_inner * (2 + 1))
 
 
 def norm_hadamard_case(s: Shape, b: int, l: int, dev) -> Case:

@@ -15,10 +15,6 @@ Switches, read on every call (environment variables, so that a run can be flippe
                             one kernels fewer per layer (see :func:`fused_decode`).
   QUAMBA_W4_DENSE_MIN_M=M   W4A8 / W4A16 GEMMs of M or more rows dequantize the packed weights once and run the
                             dense tensor-core kernel (same results; see :func:`w4_dense_min_m`). Unset: never.
-  QUAMBA_GEMM_TMA=1         the W8A8 prefill GEMMs load their tiles through TMA descriptors (``gemm_w8a8_tma``; the
-                            same integers). Unset: ``GEMM_TMA_DEFAULT``.
-  QUAMBA_HADAMARD_MMA=1     prefill's Hadamard + int8 runs on tensor cores (``hadamard_mma``; an int8 output may
-                            differ by one step near a rounding tie). Unset: ``HADAMARD_MMA_DEFAULT``.
 Autograd: the kernels are forward-only, so an op whose inputs need gradients takes the reference
 (with a warning on the GPU); run inference under ``torch.inference_mode()`` or ``torch.no_grad()``.
 """
@@ -102,30 +98,18 @@ def w4_dense_min_m() -> int | None:
     return value or None
 
 
-def _switch(name: str, default: bool) -> bool:
-    """An on/off environment variable: 1/true/yes/on or 0/false/no/off; unset or empty: default."""
-    text = os.environ.get(name, "").strip().lower()
-    if not text:
-        return default
-    if text not in _TRUE + ("0", "false", "no", "off"):
-        raise QuambaError(f"{name}={text!r}: expected 1 (on) or 0 (off)")
-    return text in _TRUE
-
-
 GEMM_TMA_DEFAULT = False
-HADAMARD_MMA_DEFAULT = False
 
 
 def gemm_tma() -> bool:
     """Whether the W8A8 (and dense W4A8) prefill GEMMs take the TMA kernel (``gemm_w8a8_tma``) where the GPU and
     the operands allow it: ``QUAMBA_GEMM_TMA=1`` / ``0``, unset: ``GEMM_TMA_DEFAULT``. The integers are the same."""
-    return _switch("QUAMBA_GEMM_TMA", GEMM_TMA_DEFAULT)
-
-
-def use_hadamard_mma() -> bool:
-    """Whether prefill's Hadamard + int8 (rows of 256 * m or more, 16 rows or more) takes the tensor-core kernel
-    (``hadamard_mma``): ``QUAMBA_HADAMARD_MMA=1`` / ``0``, unset: ``HADAMARD_MMA_DEFAULT``."""
-    return _switch("QUAMBA_HADAMARD_MMA", HADAMARD_MMA_DEFAULT)
+    text = os.environ.get("QUAMBA_GEMM_TMA", "").strip().lower()
+    if not text:
+        return GEMM_TMA_DEFAULT
+    if text not in _TRUE + ("0", "false", "no", "off"):
+        raise QuambaError(f"QUAMBA_GEMM_TMA={text!r}: expected 1 (on) or 0 (off)")
+    return text in _TRUE
 
 
 @functools.lru_cache(maxsize=None)
@@ -133,8 +117,8 @@ def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-_KERNEL_FILES = ("_common", "conv1d", "rmsnorm", "hadamard", "hadamard_mma", "embedding", "selective_scan", "ssd",
-                 "gemm_w8a8", "gemm_w8a8_tma", "gemm_w4", "gemv", "selective_scan_parallel", "norm_hadamard")  # helpers first: the others import them
+_KERNEL_FILES = ("_common", "conv1d", "rmsnorm", "hadamard", "embedding", "selective_scan", "ssd", "gemm_w8a8",
+                 "gemm_w8a8_tma", "gemm_w4", "gemv", "selective_scan_parallel", "norm_hadamard")  # helpers first: the others import them
 
 
 @contextlib.contextmanager

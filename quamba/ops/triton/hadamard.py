@@ -29,7 +29,6 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from . import use_hadamard_mma
 from ._common import (cdiv, check_float, check_runnable, check_same_device, device_of, next_pow2, pdl_start,
                       quantize_int8, use_pdl)
 
@@ -164,13 +163,11 @@ def _as_3d(x: torch.Tensor) -> torch.Tensor:
 
 
 def _hadamard_quant_launch(y: torch.Tensor, out_scale: torch.Tensor, *, sub_rows: int | None = None,
-                           rows_per_program: int | None = None, num_warps: int | None = None,
-                           mma: bool | None = None) -> torch.Tensor:
+                           rows_per_program: int | None = None, num_warps: int | None = None) -> torch.Tensor:
     """Checks and launches ``_hadamard_quant_kernel``; same contract as ``hadamard_quant_ref``. y may be
     any strided view (the mixers pass transposed / sliced ones); the output is a new contiguous int8.
     ``sub_rows`` (MI) / ``rows_per_program`` / ``num_warps`` override the launch heuristic (powers of two), for
-    tuning; ``mma`` overrides ``QUAMBA_HADAMARD_MMA`` (the tensor-core kernel still only takes the rows it applies to:
-    ``hadamard_mma.mma_applies``)."""
+    tuning."""
     if y.dim() == 0:
         raise QuambaError("hadamard_quant takes y of shape [..., n], got a scalar")
     n = y.shape[-1]
@@ -193,9 +190,6 @@ def _hadamard_quant_launch(y: torch.Tensor, out_scale: torch.Tensor, *, sub_rows
     num_rows = x3.shape[0] * x3.shape[1]
     if num_rows == 0:
         return out
-    if sub_rows is None and (use_hadamard_mma() if mma is None else mma) and hadamard_mma.mma_applies(num_rows, m, p):
-        hadamard_mma.launch_mma(x3, out_scale, out, plan, rows_per_program=rows_per_program, num_warps=num_warps)
-        return out
     mi = sub_rows or _sub_rows_per_program(num_rows, m, mp)
     tile = mi * p
     rows = rows_per_program or _rows_per_program(num_rows, tile, y.is_cuda)
@@ -210,7 +204,3 @@ def _hadamard_quant_launch(y: torch.Tensor, out_scale: torch.Tensor, *, sub_rows
             USE_PDL=pdl, launch_pdl=pdl,
         )
     return out
-
-
-# the tensor-core variant builds on _base_column: import it once this module is defined
-from . import hadamard_mma  # noqa: E402
