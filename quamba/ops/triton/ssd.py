@@ -518,9 +518,9 @@ def _ssd_chunked_launch(
     return _result(y, final, final_scale, return_final_state)
 
 
-# The int8 chunk scan's integer products (see _ssd_chunk_scan_kernel); checked against the reference in Triton's
-# interpreter, not yet timed or compiled on a GPU, so off by default.
-INT8_DOTS = False
+# The int8 chunk scan's integer products (see _ssd_chunk_scan_kernel). On an H100 at mamba2-2.7b's prefill (1024
+# tokens): 140.3 us with them, 156.0 without, fp16 SSD 124.4 (2026-12-07); the two differ by 5e-4 relative.
+INT8_DOTS = True
 
 
 def int_dots(quant: bool, dot: int, block_n: int) -> bool:
