@@ -38,6 +38,7 @@ import torch
 
 import quamba
 from quamba.models import tiny_config
+from quamba.ops.triton import w4_dense_min_m
 from quamba.presets import PRESETS, build_random, preset_config
 from quamba.profiling import ProfileSettings, device_info, profile_model, size_breakdown, state_bytes, summarize, timed
 
@@ -249,10 +250,9 @@ def markdown(report: dict) -> str:
              + (" A8 decode steps unfused (QUAMBA_FUSED_DECODE=0)." if s.get("unfused_decode") else "")
              + (" Quantized variants quantize the embedding too." if s.get("quantize_embedding") else "")
              + (" Quantized variants quantize the lm_head too." if s.get("quantize_lm_head") else "")
-             + (f" W4 GEMMs of {s['w4_dense_min_m']} or more rows dequantize, then run dense "
-                f"(QUAMBA_W4_DENSE_MIN_M={s['w4_dense_min_m']})." if s.get("w4_dense_min_m") else "")
-             + "".join(f" {fmt} GEMMs of {m} or more rows dequantize, then run dense (the default)."
-                       for fmt, m in (s.get("w4_dense_from_rows") or {}).items() if m and not s.get("w4_dense_min_m"))
+             + "".join(f" {fmt} GEMMs of {m} or more rows dequantize, then run dense "
+                       + (f"(QUAMBA_W4_DENSE_MIN_M={m})." if s.get("w4_dense_min_m") else "(the default).")
+                       for fmt, m in (s.get("w4_dense_from_rows") or {}).items() if m)
              + (" Prefill GEMMs through TMA descriptors (QUAMBA_GEMM_TMA=1)." if s.get("gemm_tma") else "")
              + (" TTFT graph = the same prefill replayed from a CUDA graph (no host launch work)."
                 if s["cache_graph"] else ""), "",
@@ -388,7 +388,6 @@ def parse_args(argv=None):
 def write_report(rows: list[dict], args, info: dict, bandwidth: float, stem: str) -> dict:
     add_ratios(rows, bandwidth)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    from quamba.ops.triton import w4_dense_min_m  # what the run's W4 GEMMs did, the defaults included
     settings["w4_dense_from_rows"] = {"W4A8": w4_dense_min_m(w4a8=True), "W4A16": w4_dense_min_m(w4a8=False)}
     report = {"device": info, "dtype": args.dtype, "bandwidth_bytes_per_s": bandwidth, "random_weights": True,
               "settings": settings, "rows": rows, "quamba_version": quamba.__version__,
