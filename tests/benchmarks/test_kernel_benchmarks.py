@@ -32,3 +32,11 @@ def test_kernels_benchmark_smoke(tmp_path):
             assert r["rel_err"] < 5e-3, r
         assert r["time_us"] > 0 and r["bytes"] >= 0
     assert next(tmp_path.glob("kernels_*.md")).read_text().startswith("# Kernels on ")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message shown without a GPU")
+def test_prefill_sweep_without_a_gpu_is_a_one_line_error():
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep_prefill.py")], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip() == "sweep_prefill.py times Triton kernels: it needs a CUDA GPU (none is visible to torch)"

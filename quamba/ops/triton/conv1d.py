@@ -24,7 +24,8 @@ from ._common import (cdiv, check_float, check_runnable, check_same_device, chec
 
 _MAX_WIDTH = 4  # d_conv of every Mamba checkpoint is 4; the kernels unroll the taps
 QCONV_TILE = (128, 8, 4)  # the int8 prefill kernel's (block_d, block_l, num_warps) on long inputs: the fastest of
-# QCONV_SWEEP on an H100 at mamba-2.8b's prefill (20.0 us; (64, 16, 8) 22.5, fp16 conv 15.6; 2026-12-07)
+# QCONV_SWEEP on an H100 at mamba-2.8b's prefill (20.0 us; (64, 16, 8) 22.5, fp16 conv 15.6; 2026-12-07;
+# benchmarks/sweep_prefill.py)
 # (block_d, block_l, num_warps) of the int8 prefill kernel to time on a GPU (the default first)
 QCONV_SWEEP = [(64, 16, 8), (64, 32, 8), (128, 16, 8), (128, 32, 8), (64, 64, 8), (256, 16, 8), (128, 8, 4),
                (32, 32, 4), (64, 16, 4), (256, 32, 16)]

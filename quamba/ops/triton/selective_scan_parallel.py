@@ -377,7 +377,7 @@ def selective_scan_parallel_launch(
 # Time segments: the default launch gives one warp per BLOCK_D channels of a sequence, ~1.2 per SM sub-partition at
 # batch 1 (d_inner 5120), too few to hide the scan's latencies; segments multiply them at the price of a second pass.
 # SEGMENT_PROGRAMS_PER_SM = 0 keeps one pass: on an H100 (2026-12-07, fp16, mamba-2.8b, 1024 tokens) 2-16 segments took
-# 112-274 us against 96 us in one pass (tile (8, 16, 1)).
+# 112-274 us against 96 us in one pass (tile (8, 16, 1); benchmarks/sweep_prefill.py).
 SEGMENT_PROGRAMS_PER_SM = 0
 
 
