@@ -337,6 +337,29 @@ def _names(text: str, known, what: str) -> list[str]:
     return names
 
 
+def decode_parser(doc: str, out_dir: Path, rounds: int) -> argparse.ArgumentParser:
+    """The options of the decode-step benchmarks (fused_decode.py, decode_ablation.py); ``decode_args`` checks them."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="mamba-2.8b,mamba2-2.7b",
+                   help="comma-separated architecture names (default %(default)s)")
+    p.add_argument("--variants", default="fp16,W8A8,W4A8",
+                   help="comma-separated, from fp16,W8A8,W4A8,W4A16,quamba1 (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=rounds, help=f"alternated rounds (default {rounds})")
+    p.add_argument("--steps", type=int, default=30, help="decode steps timed per measurement (default 30)")
+    p.add_argument("--device", default="cuda", help="cuda (default); cpu only for a smoke run of this script")
+    p.add_argument("--out-dir", type=Path, default=out_dir, help=f"where results go (default {out_dir})")
+    return p
+
+
+def decode_args(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    args = p.parse_args(argv)
+    args.models = _names(args.models, [*PRESETS, *SMOKE], "models")
+    args.variants = _names(args.variants, ["fp16", *RECIPES], "variants")
+    if args.rounds < 1 or args.steps < 1:
+        p.error("--rounds and --steps must be positive")
+    return args
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", help=f"comma-separated architecture names (default {','.join(MODELS)})")

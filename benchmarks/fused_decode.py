@@ -9,7 +9,6 @@ writes benchmarks/results/fused_decode_<models>_<gpu>.{json,md,png}.
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -30,23 +29,15 @@ OUT_DIR = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="mamba-2.8b,mamba2-2.7b", help="comma-separated architecture names")
-    p.add_argument("--variants", default="fp16,W8A8,W4A8", help="comma-separated, from fp16,W8A8,W4A8,W4A16,quamba1")
+    p = e2e.decode_parser(__doc__, OUT_DIR, rounds=2)
     p.add_argument("--batches", default="1,16", help="decode batch sizes (default 1,16)")
-    p.add_argument("--rounds", type=int, default=2, help="off/on rounds per batch size (default 2)")
-    p.add_argument("--steps", type=int, default=30, help="decode steps timed per measurement (default 30)")
-    p.add_argument("--device", default="cuda", help="cuda (default); cpu only for a smoke run of this script")
-    p.add_argument("--out-dir", type=Path, default=OUT_DIR, help=f"where results go (default {OUT_DIR})")
-    args = p.parse_args(argv)
-    args.models = e2e._names(args.models, [*e2e.PRESETS, *e2e.SMOKE], "models")
-    args.variants = e2e._names(args.variants, ["fp16", *e2e.RECIPES], "variants")
+    args = e2e.decode_args(p, argv)
     try:
         args.batches = [int(b) for b in args.batches.split(",")]
     except ValueError:
         p.error(f"--batches {args.batches!r}: expected comma-separated positive integers, e.g. 1,16")
-    if min(args.batches) < 1 or args.rounds < 1 or args.steps < 1:
-        p.error("--batches, --rounds and --steps must be positive")
+    if min(args.batches) < 1:
+        p.error("--batches must be positive")
     return args
 
 

@@ -1,32 +1,11 @@
 """benchmarks/breakdown.py: its report renders every phase and kernel, and a CPU-only machine gets a clear refusal."""
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module():
-    """benchmarks/breakdown.py as a module, leaving no trace: the script puts benchmarks/ on sys.path to import its
-    siblings, whose names (common, e2e, kernels) other packages import too (transformers probes for a `kernels`
-    package), so sys.path and those modules are restored afterwards."""
-    import transformers  # noqa: F401  (its optional-package probes run now, before benchmarks/ is on the path)
-
-    path, modules = list(sys.path), set(sys.modules)
-    try:
-        spec = importlib.util.spec_from_file_location("breakdown", ROOT / "benchmarks" / "breakdown.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path[:] = path
-        for name in set(sys.modules) - modules:
-            if str(getattr(sys.modules[name], "__file__", "") or "").startswith(str(ROOT / "benchmarks")):
-                del sys.modules[name]
+from . import ROOT, load_benchmark
 
 
 def _phase(wall, kernels):
@@ -36,7 +15,7 @@ def _phase(wall, kernels):
 
 
 def test_markdown_lists_each_phase_and_its_kernels():
-    bd = _module()
+    bd = load_benchmark("breakdown")
     row = {"model": "mamba2-2.7b", "variant": "W4A8",
            "prefill": _phase(60.0, [("_w4a8_gemm_kernel", 128, 20000.0), ("_rms_norm_kernel", 65, 900.0)]),
            "decode": _phase(49.0, [("_w4a8_gemv_kernel", 128, 2200.0)]),
@@ -52,7 +31,7 @@ def test_markdown_lists_each_phase_and_its_kernels():
 
 
 def test_host_clock_times_each_module_class():
-    bd = _module()
+    bd = load_benchmark("breakdown")
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     clock = bd.HostClock(model)
     model(torch.randn(3, 4))
