@@ -224,7 +224,7 @@ class Mamba2Mixer(nn.Module):
         x, B, C = self._split_xbc(xBC)
         A = self._neg_exp_A(self.A_log)
         y = ssd_state_update(cache.ssm_states[self.layer_idx], x, dt, A, B, C, self._D(), self.dt_bias,
-                                 dt_softplus=True, dt_limit=c.dt_limit)
+                             dt_softplus=True, dt_limit=c.dt_limit, prefetch_state=True)  # the conv comes just before
         y = self.norm(y.reshape(-1, c.d_inner), z)
         return self.out_proj(y).unsqueeze(1)
 

@@ -85,8 +85,9 @@ class QSSDScan(nn.Module):
 
     def step(self, x_q, dt_q, B_q, C_q, state):
         """x_q [B, H, P], dt_q [B, H], B_q/C_q [B, G, N] int8; ``state`` (fp32 or Int8State) updated in place;
-        returns y [B, H, P] ``dtype``."""
-        return qssd_state_update(op_state(state), x_q, dt_q, self.A_log, B_q, C_q, **self._args())
+        returns y [B, H, P] ``dtype``. The kernel before this one in a decode step (in_proj, or the conv) writes no
+        state, so the state is read while it runs (``prefetch_state``)."""
+        return qssd_state_update(op_state(state), x_q, dt_q, self.A_log, B_q, C_q, **self._args(), prefetch_state=True)
 
 
 @register

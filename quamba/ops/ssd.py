@@ -190,13 +190,17 @@ def ssd_state_update(
     dt_bias: torch.Tensor | None = None,
     dt_softplus: bool = False,
     dt_limit: tuple[float, float] = (0.0, math.inf),
+    *,
+    prefetch_state: bool = False,
 ) -> torch.Tensor:
-    """``ssd_state_update_ref``'s contract (``state`` [B, H, P, N] updated in place); Triton on CUDA."""
+    """``ssd_state_update_ref``'s contract (``state`` [B, H, P, N] updated in place); Triton on CUDA.
+    ``prefetch_state``: see ``quamba.ops.triton.ssd._ssd_state_update_launch`` (a decode step's promise that the
+    kernel just before writes none of the state and parameters; no effect on the result)."""
     args = (state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit)
     if use_triton(x, state, dt, A, B, C, D, dt_bias):
         from .triton.ssd import _ssd_state_update_launch
 
-        return _ssd_state_update_launch(*args)
+        return _ssd_state_update_launch(*args, prefetch_state=prefetch_state)
     return ssd_state_update_ref(*args)
 
 
@@ -319,16 +323,16 @@ def qssd_chunked(
 
 def qssd_state_update(
     state, x, dt, A_log, B, C, x_scale, dt_scale, B_scale, C_scale, D=None, dt_bias=None, dt_softplus=True,
-    dt_limit=(0.0, math.inf), out_dtype=torch.float16,
+    dt_limit=(0.0, math.inf), out_dtype=torch.float16, *, prefetch_state=False,
 ) -> torch.Tensor:
     """``qssd_state_update_ref``'s contract (``state`` fp32 or an int8 pair, updated in place); one Triton kernel
-    on CUDA."""
+    on CUDA. ``prefetch_state``: as in ``ssd_state_update``."""
     from .selective_scan import _state_tensors
     scales = (x_scale, dt_scale, B_scale, C_scale)
     if use_triton(x, *_state_tensors(state), dt, A_log, B, C, D, dt_bias):
         from .triton.ssd import _ssd_state_update_launch
 
         return _ssd_state_update_launch(state, x, dt, A_log, B, C, D, dt_bias, dt_softplus, dt_limit, scales=scales,
-                                        A_is_log=True, out_dtype=out_dtype)
+                                        A_is_log=True, out_dtype=out_dtype, prefetch_state=prefetch_state)
     return _qssd_state_update_torch(ssd_state_update, state, x, dt, A_log, B, C, scales, D, dt_bias, dt_softplus,
                                     dt_limit, out_dtype)

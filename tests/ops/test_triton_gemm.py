@@ -248,8 +248,8 @@ def test_w4a8_other_paths_bit_exact(k, poisoned, variant):
 
 def test_w4_dense_switch_routes_the_public_ops(k, monkeypatch):
     """QUAMBA_W4_DENSE_MIN_M sends w4a8_gemm / w4a16_gemm calls of that many rows or more through the dequantize-
-    then-dense path (same results), fewer rows through the packed kernels; unset, W4A8 goes dense from 128 rows and
-    W4A16 never; bad values name the variable."""
+    then-dense path (same results), fewer rows through the packed kernels; unset, both go dense from 128 rows (the
+    measured defaults); bad values name the variable."""
     dequants = []
     dequant = k[1]._int4_dequant_launch
     monkeypatch.setattr(k[1], "_int4_dequant_launch", lambda *a: dequants.append(a[-1]) or dequant(*a))
@@ -269,14 +269,14 @@ def test_w4_dense_switch_routes_the_public_ops(k, monkeypatch):
         y16 = w4a16_gemm(x, packed16, s16, g)
         assert rel_err(y16, w4a16_gemm_ref(x, packed16, s16, g)) < 1e-5
         assert dequants == ([torch.int8, torch.float32] if dense else []), (setting, m)
-    monkeypatch.delenv("QUAMBA_W4_DENSE_MIN_M")  # the defaults: W4A8 from 128 rows (measured), W4A16 never
+    monkeypatch.delenv("QUAMBA_W4_DENSE_MIN_M")  # the defaults: both formats from 128 rows (measured)
     for m in (127, 128):
         dequants.clear()
         x_q, x = _q(m, kdim), _rand(m, kdim)
         assert torch.equal(w4a8_gemm(x_q, 0.02, packed, gs, cs, g),
                            w4a8_gemm_ref(x_q, 0.02, packed, gs, cs, g, None, torch.float16))
         assert rel_err(w4a16_gemm(x, packed16, s16, g), w4a16_gemm_ref(x, packed16, s16, g)) < 1e-5
-        assert dequants == ([torch.int8] if m == 128 else []), m
+        assert dequants == ([torch.int8, torch.float32] if m == 128 else []), m
     for bad in ("many", "-3"):
         monkeypatch.setenv("QUAMBA_W4_DENSE_MIN_M", bad)
         with pytest.raises(QuambaError, match="QUAMBA_W4_DENSE_MIN_M"):

@@ -273,9 +273,13 @@ def test_qssd_state_update_matches_reference(poisoned, g, int8_state, out_dtype)
     a["out_dtype"] = out_dtype
     state = _random_state((b, h, p, n), int8_state)
     start, state_ref = _copy_state(state), _copy_state(state)
+    early = _copy_state(state)
     y = qssd_state_update(state, **a)
     y_ref = qssd_state_update_ref(state_ref, **a)
     assert y.dtype == out_dtype and rel_err(y, y_ref) < Y_BOUND_M1[out_dtype]  # same fp32 arithmetic as Mamba1's
+    # the decode step's variant: state and parameters read before the wait for the previous kernel, same bits
+    assert _same(qssd_state_update(early, **a, prefetch_state=True), y)
+    assert all(_same(e, s) for e, s in zip(_state_tensors(early), _state_tensors(state)))
     if not int8_state:
         assert rel_err(state, state_ref) < STATE_BOUND_M1
         return

@@ -92,10 +92,13 @@ def test_state_update_matches_reference(poisoned, dtype, bound, g, d_per_channel
     state = torch.randn(b, h, p, n, device=DEVICE)
     state_ref = state.clone()
     args = (a["x"][:, 0], a["dt"][:, 0], a["A"], a["B"][:, 0], a["C"][:, 0], a["D"], a["dt_bias"], True, dt_limit)
+    early = state.clone()
     y = ssd_state_update(state, *args)
     y_ref = ssd_state_update_ref(state_ref, *args)
     assert y.dtype == y_ref.dtype and rel_err(y, y_ref) < bound
     assert rel_err(state, state_ref) < 1e-5
+    # the decode step's variant (state and parameters read before the wait for the previous kernel): same bits
+    assert torch.equal(ssd_state_update(early, *args, prefetch_state=True), y) and torch.equal(early, state)
 
 
 def test_prefill_then_steps_equals_full_prefill(poisoned):

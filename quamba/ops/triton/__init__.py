@@ -81,12 +81,12 @@ def fused_decode() -> bool:
     return _env_on("QUAMBA_FUSED_DECODE", default="1")
 
 
-# W4A8 prefill dequantizes, then runs the int8 tensor-core kernel (the same integers): on an H100 (2026-12-07,
-# mamba2-2.7b, 1024 tokens) its prefill replayed from a CUDA graph took 25.1 ms against 34.4 with the packed kernel,
-# the eager one 52.2 against 49.7 (host-bound, within the host's spread), peak memory 2.11 against 2.10 GiB.
-# W4A16's dense path (cuBLAS on dequantized weights) has not been measured end to end: off.
+# W4 prefill dequantizes, then runs the dense kernel (W4A8: the int8 tensor-core kernel, the same integers; W4A16:
+# cuBLAS on the dequantized fp16 weights). On an H100 (2026-12-07, mamba2-2.7b, 1024 tokens, prefill replayed from a
+# CUDA graph): W4A8 25.1 ms against 34.4 with the packed kernel (peak memory 2.11 against 2.10 GiB); W4A16 22.8 ms
+# against 28.6 (2.15 against 2.13 GiB). Decode (fewer rows) is untouched: W4A16 TPOT 1.938 against 1.942 ms.
 W4A8_DENSE_MIN_M_DEFAULT: int | None = 128
-W4A16_DENSE_MIN_M_DEFAULT: int | None = None
+W4A16_DENSE_MIN_M_DEFAULT: int | None = 128
 
 
 def w4_dense_min_m(w4a8: bool = True) -> int | None:
