@@ -66,13 +66,12 @@ class Cached:
     output again, launching nothing. ``restore()`` puts the method back."""
 
     def __init__(self, obj, name: str):
-        self.obj, self.name, self.real, self.outputs, self.real_calls = obj, name, getattr(obj, name), {}, 0
+        self.obj, self.name, self.real, self.outputs = obj, name, getattr(obj, name), {}
         setattr(obj, name, self)
 
     def __call__(self, *args, **kwargs):
         key = _signature(args)
         if key not in self.outputs:
-            self.real_calls += 1
             self.outputs[key] = self.real(*args, **kwargs)
         return self.outputs[key]
 
@@ -134,11 +133,9 @@ def rows_for(name: str, variant: str, tpots: dict[str, float], n_layer: int, pro
         rows.append({"model": name, "variant": variant, "cached": k, "tpot_ms": ms, "saved_ms": saved,
                      "saved_us_per_layer": 1e3 * saved / n_layer, "share": saved / base})
     floor = proj_bytes / bandwidth * 1e3 if bandwidth else None
-    gemv = next((r for r in rows if r["cached"] == "gemv"), None) or next(
-        (r for r in rows if r["cached"] == "in_proj"), None)
     summary = {"model": name, "variant": variant, "tpot_ms": base, "fixed_ms": tpots.get("all"),
                "projection_bytes": proj_bytes, "projection_floor_ms": floor,
-               "projections_ms": gemv["saved_ms"] if gemv and gemv["cached"] == "gemv" else None}
+               "projections_ms": base - tpots["gemv"] if "gemv" in tpots else None}
     if floor and summary["projections_ms"]:
         summary["projections_vs_floor"] = summary["projections_ms"] / floor
     return rows, summary

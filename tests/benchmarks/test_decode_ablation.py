@@ -62,8 +62,22 @@ def test_smoke_run_writes_json_and_markdown(tmp_path):
     for r in report["rows"]:
         assert r["saved_ms"] == pytest.approx(none["tpot_ms"] - r["tpot_ms"])
     assert report["summaries"][0]["projection_bytes"] > 0
+    gemv = next(r for r in report["rows"] if r["cached"] == "gemv")
+    assert report["summaries"][0]["projections_ms"] == pytest.approx(gemv["saved_ms"])
     md = Path(stem + ".md").read_text()
     assert "| tiny-mamba1 | W8A8 | x_proj |" in md and "fixed ms (all cached)" in md
+
+
+def test_rows_give_marginal_costs_and_the_floor_ratio():
+    bench = load_benchmark("decode_ablation")
+    tpots = {"none": 2.0, "norm": 1.9, "gemv": 1.0, "all": 0.2}
+    rows, s = bench.rows_for("m", "W4A8", tpots, 10, proj_bytes=1_000_000_000, bandwidth=2e12)
+    norm = next(r for r in rows if r["cached"] == "norm")
+    assert norm["saved_ms"] == pytest.approx(0.1) and norm["saved_us_per_layer"] == pytest.approx(10.0)
+    assert norm["share"] == pytest.approx(0.05)
+    # 1 GB at 2 TB/s = 0.5 ms; the projections took 2.0 - 1.0 = 1.0 ms
+    assert s["projection_floor_ms"] == pytest.approx(0.5) and s["projections_vs_floor"] == pytest.approx(2.0)
+    assert s["fixed_ms"] == 0.2
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
