@@ -250,9 +250,9 @@ def markdown(report: dict) -> str:
              + (" A8 decode steps unfused (QUAMBA_FUSED_DECODE=0)." if s.get("unfused_decode") else "")
              + (" Quantized variants quantize the embedding too." if s.get("quantize_embedding") else "")
              + (" Quantized variants quantize the lm_head too." if s.get("quantize_lm_head") else "")
-             + "".join(f" {fmt} GEMMs of {m} or more rows dequantize, then run dense "
-                       + (f"(QUAMBA_W4_DENSE_MIN_M={m})." if s.get("w4_dense_min_m") else "(the default).")
-                       for fmt, m in (s.get("w4_dense_from_rows") or {}).items() if m)
+             + (f" W4 GEMMs of {s['w4_dense_from_rows']} or more rows dequantize, then run dense "
+                + (f"(QUAMBA_W4_DENSE_MIN_M={s['w4_dense_from_rows']})." if s.get("w4_dense_min_m") else "(the default).")
+                if s.get("w4_dense_from_rows") else "")
              + (" Prefill GEMMs through TMA descriptors (QUAMBA_GEMM_TMA=1)." if s.get("gemm_tma") else "")
              + (" TTFT graph = the same prefill replayed from a CUDA graph (no host launch work)."
                 if s["cache_graph"] else ""), "",
@@ -411,7 +411,7 @@ def parse_args(argv=None):
 def write_report(rows: list[dict], args, info: dict, bandwidth: float, stem: str) -> dict:
     add_ratios(rows, bandwidth)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    settings["w4_dense_from_rows"] = {"W4A8": w4_dense_min_m(w4a8=True), "W4A16": w4_dense_min_m(w4a8=False)}
+    settings["w4_dense_from_rows"] = w4_dense_min_m()
     report = {"device": info, "dtype": args.dtype, "bandwidth_bytes_per_s": bandwidth, "random_weights": True,
               "settings": settings, "rows": rows, "quamba_version": quamba.__version__,
               "torch_version": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -126,7 +126,7 @@ def w4a16_gemm(
     if use_triton(x, w_packed, scales, bias):
         from .triton.gemm_w4 import _w4a16_gemm_launch
 
-        return _w4a16_gemm_launch(x, w_packed, scales, group_size, bias, dense_min_m=w4_dense_min_m(w4a8=False))
+        return _w4a16_gemm_launch(x, w_packed, scales, group_size, bias, dense_min_m=w4_dense_min_m())
     return w4a16_gemm_ref(x, w_packed, scales, group_size, bias)
 
 

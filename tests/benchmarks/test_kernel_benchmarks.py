@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                 reason="the benchmarks run the Triton kernels (pip install 'quamba[dev]')")
@@ -34,7 +35,7 @@ def test_kernels_benchmark_smoke(tmp_path):
     assert next(tmp_path.glob("kernels_*.md")).read_text().startswith("# Kernels on ")
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message shown without a GPU")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
 def test_prefill_sweep_without_a_gpu_is_a_one_line_error():
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep_prefill.py")], capture_output=True,
                          text=True, cwd=ROOT)

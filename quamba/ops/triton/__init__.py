@@ -14,8 +14,8 @@ Switches, read on every call (environment variables, so that a run can be flippe
                             update computes dt_proj (``quamba.ops.selective_scan.DtProj``); same integers, two /
                             one kernels fewer per layer (see :func:`fused_decode`).
   QUAMBA_W4_DENSE_MIN_M=M   W4A8 / W4A16 GEMMs of M or more rows dequantize the packed weights once and run the
-                            dense tensor-core kernel (same results; see :func:`w4_dense_min_m`). Unset: W4A8 from
-                            128 rows, W4A16 never.
+                            dense kernel (same results; see :func:`w4_dense_min_m`). Unset: from 128 rows
+                            (``W4_DENSE_MIN_M_DEFAULT``).
 Autograd: the kernels are forward-only, so an op whose inputs need gradients takes the reference
 (with a warning on the GPU); run inference under ``torch.inference_mode()`` or ``torch.no_grad()``.
 """
@@ -85,17 +85,16 @@ def fused_decode() -> bool:
 # cuBLAS on the dequantized fp16 weights). On an H100 (2026-12-07, mamba2-2.7b, 1024 tokens, prefill replayed from a
 # CUDA graph): W4A8 25.1 ms against 34.4 with the packed kernel (peak memory 2.11 against 2.10 GiB); W4A16 22.8 ms
 # against 28.6 (2.15 against 2.13 GiB). Decode (fewer rows) is untouched: W4A16 TPOT 1.938 against 1.942 ms.
-W4A8_DENSE_MIN_M_DEFAULT: int | None = 128
-W4A16_DENSE_MIN_M_DEFAULT: int | None = 128
+W4_DENSE_MIN_M_DEFAULT: int | None = 128
 
 
-def w4_dense_min_m(w4a8: bool = True) -> int | None:
-    """The row count from which the W4 GEMMs take their dequantize-then-dense path (``QUAMBA_W4_DENSE_MIN_M``, a
-    positive integer; 0: the packed kernels at every M; unset or empty: ``W4A8_DENSE_MIN_M_DEFAULT`` /
-    ``W4A16_DENSE_MIN_M_DEFAULT``)."""
+def w4_dense_min_m() -> int | None:
+    """The row count from which the W4A8 and W4A16 GEMMs take their dequantize-then-dense path
+    (``QUAMBA_W4_DENSE_MIN_M``, a positive integer; 0: the packed kernels at every M; unset or empty:
+    ``W4_DENSE_MIN_M_DEFAULT``)."""
     text = os.environ.get("QUAMBA_W4_DENSE_MIN_M", "").strip()
     if not text:
-        return W4A8_DENSE_MIN_M_DEFAULT if w4a8 else W4A16_DENSE_MIN_M_DEFAULT
+        return W4_DENSE_MIN_M_DEFAULT
     try:
         value = int(text)
     except ValueError:
