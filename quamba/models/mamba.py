@@ -160,7 +160,8 @@ class Mamba1Mixer(nn.Module):
         dt, B, C = self.x_proj(x).split([c.dt_rank, c.d_state, c.d_state], dim=-1)
         dt = self.dt_proj(dt)
         A = self._neg_exp_A(self.A_log)
-        y = selective_state_update(cache.ssm_states[self.layer_idx], x, dt, A, B, C, self.D, z=z, dt_softplus=True)
+        y = selective_state_update(cache.ssm_states[self.layer_idx], x, dt, A, B, C, self.D, z=z, dt_softplus=True,
+                                   prefetch_state=True)  # dt_proj comes just before
         return self.out_proj(y).unsqueeze(1)
 
 

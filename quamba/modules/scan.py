@@ -94,7 +94,7 @@ class QSelectiveScan(nn.Module):
         return qselective_state_update(op_state(state), u_q, dt_q, self.A_log, B_q, C_q, D=self.D, z=z_q,
                                        dt_bias=self.dt_bias, dt_softplus=True, out_dtype=self.out_dtype,
                                        x_scale=self.u_scale, dt_scale=self.dt_scale, B_scale=self.B_scale,
-                                       C_scale=self.C_scale, z_scale=self.z_scale, dt_proj=fused)
+                                       C_scale=self.C_scale, z_scale=self.z_scale, dt_proj=fused, prefetch_state=True)
 
 
 def _fusable_dt_proj(dt_proj: nn.Module | None) -> DtProj | None:

@@ -143,13 +143,17 @@ def selective_state_update(
     z: torch.Tensor | None = None,
     dt_bias: torch.Tensor | None = None,
     dt_softplus: bool = False,
+    *,
+    prefetch_state: bool = False,
 ) -> torch.Tensor:
-    """``selective_state_update_ref``'s contract (``state`` updated in place); Triton on CUDA."""
+    """``selective_state_update_ref``'s contract (``state`` updated in place); Triton on CUDA.
+    ``prefetch_state``: the decode step's promise that the kernel just before writes none of the state and
+    parameters (A, D, dt_bias), so the kernel reads them before its dependent-launch wait; no effect on the result."""
     args = (state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     if use_triton(x, state, dt, A, B, C, D, z, dt_bias):
         from .triton.selective_scan import _selective_state_update_launch
 
-        return _selective_state_update_launch(*args)
+        return _selective_state_update_launch(*args, prefetch_state=prefetch_state)
     return selective_state_update_ref(*args)
 
 
@@ -329,7 +333,7 @@ def qselective_scan(
 
 def qselective_state_update(
     state, x, dt, A_log, B, C, x_scale, dt_scale, B_scale, C_scale, D=None, z=None, z_scale=None, dt_bias=None,
-    dt_softplus=True, out_dtype=torch.float16, *, dt_proj: DtProj | None = None,
+    dt_softplus=True, out_dtype=torch.float16, *, dt_proj: DtProj | None = None, prefetch_state: bool = False,
 ) -> torch.Tensor:
     """``qselective_state_update_ref``'s contract (``state`` fp32 or an int8 pair, updated in place; with
     ``dt_proj``, dt is dt_low [B, R]); one Triton kernel on CUDA (an int8 state is re-quantized in registers, and
@@ -345,7 +349,8 @@ def qselective_state_update(
                                     dt_proj.out_scale), None
 
         return _selective_state_update_launch(state, x, dt, A_log, B, C, D, z, dt_bias, dt_softplus, scales=scales,
-                                              A_is_log=True, out_dtype=out_dtype, dt_proj=dt_proj)
+                                              A_is_log=True, out_dtype=out_dtype, dt_proj=dt_proj,
+                                              prefetch_state=prefetch_state)
     if dt_proj is not None:
         dt = dt_proj.apply_ref(dt)
     return _qselective_state_update_torch(selective_state_update, state, x, dt, A_log, B, C, scales, D, z, dt_bias,

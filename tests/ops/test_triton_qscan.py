@@ -133,10 +133,13 @@ def test_qselective_state_update_matches_reference(poisoned, int8_state, out_dty
                 x_scale=a["u_scale"], dt_scale=a["delta_scale"], B_scale=a["B_scale"], C_scale=a["C_scale"],
                 D=a["D"], z=xz[:, d:], z_scale=a["z_scale"], dt_bias=a["delta_bias"], out_dtype=out_dtype)
     state = _random_state((b, d, n), int8_state)
-    start, state_ref = _copy_state(state), _copy_state(state)
+    start, state_ref, early = _copy_state(state), _copy_state(state), _copy_state(state)
     y = qselective_state_update(state, **args)
     y_ref = qselective_state_update_ref(state_ref, **args)
     assert y.dtype == out_dtype and rel_err(y, y_ref) < Y_BOUND_M1[out_dtype]
+    # the decode step's variant: state and parameters read before the wait for the previous kernel, same bits
+    assert _same(qselective_state_update(early, **args, prefetch_state=True), y)
+    assert all(_same(e, s) for e, s in zip(_state_tensors(early), _state_tensors(state)))
     if not int8_state:
         assert rel_err(state, state_ref) < STATE_BOUND_M1
         return

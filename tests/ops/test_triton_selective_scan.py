@@ -73,13 +73,15 @@ def test_state_update_matches_reference(poisoned, dtype, bound, with_d, with_z, 
     if not softplus_bias:
         dt = dt.abs() * 0.5
     state = torch.randn(b, d, n, device=DEVICE)
-    state_ref = state.clone()
+    state_ref, early = state.clone(), state.clone()
     args = (x, dt, a["A"], B, C, a["D"] if with_d else None, z if with_z else None,
             a["delta_bias"] if softplus_bias else None, softplus_bias)
     y = selective_state_update(state, *args)
     y_ref = selective_state_update_ref(state_ref, *args)
     assert y.dtype == y_ref.dtype and rel_err(y, y_ref) < bound
     assert rel_err(state, state_ref) < STATE_BOUND
+    # the decode step's variant (state and parameters read before the wait for the previous kernel): same bits
+    assert torch.equal(selective_state_update(early, *args, prefetch_state=True), y) and torch.equal(early, state)
 
 
 def test_prefill_then_steps_equals_full_scan(poisoned):

@@ -219,12 +219,15 @@ def _selective_state_update_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     QUANT: tl.constexpr, A_LOG: tl.constexpr, STATE_INT8: tl.constexpr, DT_PROJ: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    USE_PDL: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """One step for a [BLOCK_D, N] slice of the state (fp32, or int8 rows with their scales, updated in place);
     grid (B, cdiv(D, BLOCK_D)). With DT_PROJ, dt_ptr is dt_low [B, R] (strides stb, std) and the int8 dt comes from
-    dt_proj (weight pw [D, R], scales pxs / pws / pos) in ``_dt_from_proj``."""
-    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
+    dt_proj (weight pw [D, R], scales pxs / pws / pos) in ``_dt_from_proj``. PREFETCH: the state, A, D, the bias
+    and the scales are loaded before waiting for the previous kernel (which must write none of them; see
+    ``ssd._ssd_state_update_launch``), else after."""
+    if not PREFETCH:
+        pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
@@ -242,6 +245,16 @@ def _selective_state_update_kernel(
     q_ptrs = sscale_ptr + pid_b * sqb + offs_d * sqd
     if STATE_INT8:
         h = h * tl.load(q_ptrs, mask=mask_d, other=0.0)[:, None]
+    A2 = _load_A2(A_ptr, offs_d, offs_n, sad, san, mask_dn, A_LOG)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    d_skip = 0.0
+    if HAS_D:
+        d_skip = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if PREFETCH:
+        pdl_start(USE_PDL)  # only the inputs below come from the kernels before this one
+
     x = dequant(tl.load(x_ptr + pid_b * sxb + offs_d * sxd, mask=mask_d, other=0), xs, QUANT)
     if DT_PROJ:  # the int8 dt that dt_proj would have stored
         dt = _dt_from_proj(dt_ptr, pw_ptr, pxs_ptr, pws_ptr, pos_ptr, pid_b, offs_d, mask_d, rank,
@@ -250,10 +263,9 @@ def _selective_state_update_kernel(
         dt = tl.load(dt_ptr + pid_b * stb + offs_d * std, mask=mask_d, other=0)
     dt = dequant(dt, ds, QUANT)
     if HAS_BIAS:
-        dt += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        dt += bias
     if SOFTPLUS:
         dt = softplus(dt)
-    A2 = _load_A2(A_ptr, offs_d, offs_n, sad, san, mask_dn, A_LOG)
     b = dequant(tl.load(B_ptr + pid_b * sbb + offs_n * sbn, mask=mask_n, other=0), bs, QUANT)
     c = dequant(tl.load(C_ptr + pid_b * scb + offs_n * scn, mask=mask_n, other=0), cs, QUANT)
 
@@ -266,7 +278,7 @@ def _selective_state_update_kernel(
         tl.store(s_ptrs, h.to(state_ptr.dtype.element_ty), mask=mask_dn)
     y = tl.sum(h * c[None, :], axis=1)  # from the fp32 state (before rounding to int8), as the reference does
     if HAS_D:
-        y += x * tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        y += x * d_skip
     if HAS_Z:
         y *= silu(dequant(tl.load(z_ptr + pid_b * szb + offs_d * szd, mask=mask_d, other=0), zs, QUANT))
     tl.store(y_ptr + pid_b * syb + offs_d * syd, y.to(y_ptr.dtype.element_ty), mask=mask_d)
@@ -450,7 +462,7 @@ DT_PROJ_BLOCK_R = 256
 
 def _selective_state_update_launch(
     state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, *, scales=None, A_is_log=False,
-    out_dtype=None, dt_proj=None,
+    out_dtype=None, dt_proj=None, prefetch_state=False,
 ) -> torch.Tensor:
     """Checks and launches ``_selective_state_update_kernel``; same contract as ``selective_state_update_ref``,
     or with ``scales`` = (x, dt, B, C, z scales) that of ``qselective_state_update_ref`` (``state`` fp32 or a
@@ -506,6 +518,6 @@ def _selective_state_update_launch(
             # No FMA contraction: which multiply-adds the compiler would fuse depends on the layouts it picks, which
             # differ with DT_PROJ, and the fused update must round exactly as dt_proj followed by the plain one
             # (on an H100 with contraction, y and the state differed in the last bits).
-            USE_PDL=pdl, launch_pdl=pdl, enable_fp_fusion=False,
+            USE_PDL=pdl, PREFETCH=bool(prefetch_state), launch_pdl=pdl, enable_fp_fusion=False,
         )
     return y
