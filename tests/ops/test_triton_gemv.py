@@ -62,12 +62,13 @@ def _default(gv, fmt, m, g=None):
 
 
 def _small(gv, block_m=4, block_n=32, block_k=64, split=3, prefetch=True):
-    """An explicit small config with split-K (3 K slices of 128 for K = 384 and block_k 64)."""
+    """An explicit small config with split-K (3 K slices of 128 for K = 384 and block_k 64); ``prefetch`` True /
+    False, or 2: two steps of weights ahead (lookahead 2)."""
     return gv[0].GemvConfig(block_m=block_m, block_n=block_n, block_k=block_k, split=split, num_warps=1,
-                            num_stages=1, prefetch=prefetch)
+                            num_stages=1, prefetch=bool(prefetch), lookahead=2 if prefetch == 2 else 1)
 
 
-PREFETCH = pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "no-prefetch"])
+PREFETCH = pytest.mark.parametrize("prefetch", [True, 2, False], ids=["prefetch", "ahead2", "no-prefetch"])
 
 
 @functools.lru_cache(maxsize=None)
@@ -334,6 +335,8 @@ def test_launchers_dispatch_by_rows(gv, poisoned, monkeypatch):
 def test_config_validation(gv):
     with pytest.raises(QuambaError, match="power of two"):
         gv[0].GemvConfig(block_n=24)
+    with pytest.raises(QuambaError, match="lookahead=3 must be 1 or 2"):
+        gv[0].GemvConfig(lookahead=3)
     with pytest.raises(QuambaError, match="less than one weight word"):
         args, _ = _w4a8_case(1, 128, False, "float16")
         gv[2]._w4a8_gemm_launch(*args, config=gv[0].GemvConfig(block_k=4))
@@ -499,3 +502,26 @@ def test_dependent_launch_chain_in_a_graph(gv, monkeypatch):
         assert torch.equal(y, expected) and (expected != 0).any()
     finally:
         _common._pdl_device.cache_clear()
+
+
+@pytest.mark.parametrize("g", [128, -1])  # group scales a step ahead with the weights; one scale per row
+def test_parameters_read_after_the_wait_give_the_same_bits(gv, poisoned, monkeypatch, g):
+    """``_common.EARLY_PARAMS`` off (the benchmarks' A/B switch) reads the W4 group scales and the epilogue's
+    parameters after the dependent-launch wait, the order before it existed: same results, W4A8 with a conv step
+    in the epilogue and W4A16."""
+    from quamba.ops.triton import _common
+
+    args, ref = _w4a8_case(3, g, True, "int8")
+    packed, s, _ = _w4a16_weights(g)
+    x = torch.randn(3, K, device=DEVICE).half()
+    cfg = _small(gv, block_k=64)
+    conv = _conv_step(3, 20, 9)
+    conv_ref = conv._replace(state=conv.state.clone())
+    outs = []
+    for early in (True, False):
+        monkeypatch.setattr(_common, "EARLY_PARAMS", early)
+        step = conv._replace(state=conv_ref.state.clone())
+        y, u = gv[2]._w4a8_gemm_launch(*args, config=cfg, conv=step)
+        _check_conv_step(y, u, step, ref, conv_ref._replace(state=conv_ref.state.clone()))
+        outs.append(gv[2]._w4a16_gemm_launch(x, packed, s, g, None, config=cfg))
+    assert torch.equal(outs[0], outs[1])

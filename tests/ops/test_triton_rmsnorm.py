@@ -180,3 +180,22 @@ def test_quant_scale_checks():
         rms_norm_quant(x, w, 1e-5, torch.ones(10, device=DEVICE))
     with pytest.raises(QuambaError, match="int8"):
         qgated_rms_norm(x, _randn(2, 10), torch.tensor(1.0, device=DEVICE), w)
+
+
+def test_parameters_read_after_the_wait_give_the_same_bits(monkeypatch):
+    """``_common.EARLY_PARAMS`` off (the benchmarks' A/B switch) reads the norm weights and scales after the
+    dependent-launch wait, the order before it existed: the same bits from the add + norm -> int8, the int8-gate
+    norm and the Hadamard -> int8."""
+    from quamba.ops import hadamard_quant
+    from quamba.ops.triton import _common
+
+    x, res, w = _randn(3, 160), _randn(3, 160), _weight(160)
+    z_q = torch.randint(-128, 128, (3, 160), dtype=torch.int8, device=DEVICE)
+    scale = torch.tensor(0.03, device=DEVICE)
+    outs = []
+    for early in (True, False):
+        monkeypatch.setattr(_common, "EARLY_PARAMS", early)
+        outs.append((*add_rms_norm_quant(x, res, w, 1e-5, out_scale=scale),
+                     qgated_rms_norm(x, z_q, scale, w, 1e-5, group_size=80), hadamard_quant(x, scale)))
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+    assert outs[0][0].dtype == torch.int8 and (outs[0][0].abs() < 100).any()

@@ -94,8 +94,18 @@ def stride_or_zero(t: torch.Tensor | None, dim: int) -> int:
 # (PDL, sm_90+) a kernel lets its successor launch as soon as all of its own programs are running; the successor's
 # programs are scheduled onto free SMs and wait in ``griddepcontrol.wait`` until their predecessor has finished and
 # its writes are visible. The launch and scheduling latency of each kernel then overlaps the kernel before it.
-# Every kernel launched this way waits first thing (``pdl_start``), before any load or store, so no read or write
-# can race its predecessor. QUAMBA_PDL=0 turns it off.
+# Every kernel launched this way waits (``pdl_start``) before it reads anything a kernel of the step writes and
+# before it stores, so no access can race its predecessor. What no kernel of a step writes, its parameters (weights,
+# scales, norm weights) and a state update's own state, is read before the wait, so that those loads (from DRAM: a
+# decode step streams more than L2 holds) overlap the kernel before; ``EARLY_PARAMS`` = False moves the parameters'
+# loads after the wait (an A/B switch for benchmarks, read at each launch). QUAMBA_PDL=0 turns dependent launch off.
+EARLY_PARAMS = True
+
+
+def early_params() -> bool:
+    """The EARLY constexpr of a kernel's launch: its parameters read before the wait (without PDL, merely earlier in
+    the program; the CPU tests run that order too)."""
+    return EARLY_PARAMS
 
 
 @triton.jit
@@ -104,6 +114,15 @@ def pdl_start(USE_PDL: tl.constexpr):
     if USE_PDL:
         gdc_wait()
         gdc_launch_dependents()
+
+
+@triton.jit
+def prefetch_l2(ptrs, USE_ASM: tl.constexpr):
+    """Asks L2 for the cache lines at ``ptrs`` (``prefetch.global.L2``: a hint, nothing is returned or waited for,
+    no register is held); a no-op in the interpreter (USE_ASM False). Pointers must be in range."""
+    if USE_ASM:
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                                  is_pure=False, pack=1)
 
 
 def is_sm90(index: int) -> bool:

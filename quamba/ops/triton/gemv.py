@@ -38,8 +38,11 @@ copied first if its rows are not 4-byte aligned words.
 Weights before the wait (``prefetch``): in a decode step every GEMV follows a small kernel that writes its x, and
 with dependent launch (``_common``) the GEMV's programs are resident while that kernel still runs. The weights do
 not depend on it, so each program requests its first step of weights before ``griddepcontrol.wait`` and only x
-waits; a program whose slice is one step has all of its weights in flight before its producer has finished. Only
-weights are read before the wait (never x, the split-K buffers or y), so no access races the producer.
+waits; a program whose slice is one step has all of its weights in flight before its producer has finished. With
+``_common.EARLY_PARAMS`` (on) the W4 group scales come a step ahead with their weights too, and K slice 0 of each
+tile asks L2 for what the epilogue will read (``_prefetch_tail``), which otherwise costs a DRAM round trip at the
+very end of the kernel. Only parameters are read before the wait (never x, the split-K buffers, y or the conv
+state's updates), so no access races the producer.
 
 Split-K (``split`` > 1, for shapes with few N blocks): program (tile, s) sums K slice s and stores its partial
 sums into a per-tile workspace; the program that finishes last (an int32 atomic counter per tile, acq_rel at GPU
@@ -60,7 +63,7 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import cdiv, device_of, next_pow2, pdl_start, use_pdl
+from ._common import cdiv, device_of, early_params, next_pow2, pdl_start, prefetch_l2, use_pdl
 from .conv1d import conv_step_args, conv_step_tile
 from .gemm_w8a8 import _sm_count, float_epilogue, int_epilogue
 
@@ -86,8 +89,9 @@ class GemvConfig:
     block_m: rows of x per program; block_n: output channels per program; block_k: K per loop step (a multiple
     of the 4 (W8A8) or 8 (W4) values of a word); split: K slices, summed by the last one to finish;
     num_stages: software pipelining of the loop's loads (``tl.range``; 1: none); unroll: the K loop unrolled that
-    many times (more loads in flight per thread); prefetch: each program requests its first step's weights before
-    it waits for the kernel that wrote x (dependent launch), then keeps one step of weights in flight ahead.
+    many times (more loads in flight per thread); prefetch: each program requests its first ``lookahead`` (1 or 2)
+    steps' weights before it waits for the kernel that wrote x (dependent launch), then keeps that many steps of
+    weights in flight ahead (2: a slice of two steps is requested whole before the wait, for two steps' registers).
     """
 
     block_m: int = 1
@@ -98,6 +102,7 @@ class GemvConfig:
     num_stages: int = 1
     unroll: int = 1
     prefetch: bool = True
+    lookahead: int = 1
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k"):
@@ -107,10 +112,12 @@ class GemvConfig:
         if self.block_k < 4 or min(self.split, self.num_stages, self.num_warps, self.unroll) < 1:
             raise QuambaError(f"GemvConfig {self} is invalid: block_k >= 4; split, num_stages, num_warps, "
                               "unroll >= 1")
+        if self.lookahead not in (1, 2):
+            raise QuambaError(f"GemvConfig.lookahead={self.lookahead} must be 1 or 2 (steps of weights in flight)")
 
     def describe(self) -> str:
         unroll = f" u{self.unroll}" if self.unroll > 1 else ""
-        prefetch = "" if self.prefetch else " no-prefetch"
+        prefetch = (f" ahead{self.lookahead}" if self.lookahead > 1 else "") if self.prefetch else " no-prefetch"
         return (f"gemv {self.block_m}x{self.block_n}x{self.block_k} split{self.split} w{self.num_warps} "
                 f"s{self.num_stages}{unroll}{prefetch}")
 
@@ -199,11 +206,28 @@ def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _w_ahead(w_ptrs, k0, D: tl.constexpr, k_hi, offs_w, EVEN_K: tl.constexpr, VPW: tl.constexpr,
+             BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The weight words D steps after step k0 (w_ptrs at step k0). Past the slice: EVEN_K re-reads step k0 (cached)
+    instead of masking, which would split the 16-byte loads; otherwise masked (0)."""
+    if EVEN_K:
+        return tl.load(w_ptrs + D * BLOCK_W * (k0 + D * BLOCK_K < k_hi).to(tl.int32))
+    return tl.load(w_ptrs + D * BLOCK_W, mask=((k0 + D * BLOCK_K + VPW * offs_w) < k_hi)[None, None, :], other=0)
+
+
+@triton.jit
+def _s_ahead(s_cols, k0, D: tl.constexpr, k_hi, G: tl.constexpr, ssg, BLOCK_K: tl.constexpr):
+    """The group scales ([1, BLOCK_N, 1]) of the step D steps after step k0 (past the slice: step k0's again)."""
+    return tl.load(s_cols + (tl.where(k0 + D * BLOCK_K < k_hi, k0 + D * BLOCK_K, k0) // G) * ssg)
+
+
+@triton.jit
 def _accumulate(
     x_ptr, w_ptr, s_ptr, rows, cols, w_slice, K, sxm, swn, ssn, ssg, bits,
     FMT: tl.constexpr, G: tl.constexpr, SCALE_MODE: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr, USE_PDL: tl.constexpr,
+    BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr, LOOKAHEAD: tl.constexpr, USE_PDL: tl.constexpr,
+    EARLY: tl.constexpr,
 ):
     """x[rows, slice] @ W[cols, slice]^T as [BLOCK_M, BLOCK_N] (int32 for W8A8 / W4A8, fp32 for W4A16; W4 sums
     times their group scales), for K slice ``program_id(1)`` of ``w_slice`` weight words.
@@ -233,22 +257,31 @@ def _accumulate(
         acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_W), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_W), dtype=tl.int32)
-    if PREFETCH:  # the first step's weights are requested before waiting for x's producer (see the docstring)
-        if EVEN_K:  # every slice holds at least one whole step
-            w_next = tl.load(w_ptrs)
-        else:
-            w_next = tl.load(w_ptrs, mask=((k_lo + VPW * offs_w) < k_hi)[None, None, :], other=0)
+    s_cols = s_ptr + cols[None, :, None] * ssn  # [1, BLOCK_N, 1]: W4 group scales of this program's rows
+    if PREFETCH:  # the first LOOKAHEAD steps' weights are requested before waiting for x's producer (docstring)
+        w_next = _w_ahead(w_ptrs, k_lo, 0, k_hi, offs_w, EVEN_K, VPW, BLOCK_W, BLOCK_K)
+        if LOOKAHEAD == 2:
+            w_next2 = _w_ahead(w_ptrs, k_lo, 1, k_hi, offs_w, EVEN_K, VPW, BLOCK_W, BLOCK_K)
+    SCALES_AHEAD: tl.constexpr = PREFETCH and EARLY and SCALE_MODE == 1
+    if SCALES_AHEAD:  # and their group scales (a gather of a few bytes per row), ahead like the weights
+        s_next = _s_ahead(s_cols, k_lo, 0, k_hi, G, ssg, BLOCK_K)
+        if LOOKAHEAD == 2:
+            s_next2 = _s_ahead(s_cols, k_lo, 1, k_hi, G, ssg, BLOCK_K)
+    if FMT != 0 and SCALE_MODE == 0 and EARLY:  # one group per row: its scale, used once after the loop
+        s_row = tl.load(s_ptr + cols * ssn)
     pdl_start(USE_PDL)
+    if FMT != 0 and SCALE_MODE == 0 and not EARLY:
+        s_row = tl.load(s_ptr + cols * ssn)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES, loop_unroll_factor=UNROLL):
         if not EVEN_K:
             in_k = (k0 + VPW * offs_w) < k_hi  # whole words (K is a multiple of VPW)
-        if PREFETCH:  # one step of lookahead: this step's weights arrived with the last one, the next are asked for
+        if PREFETCH:  # LOOKAHEAD steps ahead: this step's weights were asked for earlier, one more step now
             w = w_next
-            if EVEN_K:  # the last step re-reads itself (cached) instead of a mask, which would split 16-byte loads
-                w_next = tl.load(w_ptrs + BLOCK_W * (k0 + BLOCK_K < k_hi).to(tl.int32))
+            if LOOKAHEAD == 2:
+                w_next = w_next2
+                w_next2 = _w_ahead(w_ptrs, k0, 2, k_hi, offs_w, EVEN_K, VPW, BLOCK_W, BLOCK_K)
             else:
-                w_next = tl.load(w_ptrs + BLOCK_W, mask=((k0 + BLOCK_K + VPW * offs_w) < k_hi)[None, None, :],
-                                 other=0)
+                w_next = _w_ahead(w_ptrs, k0, 1, k_hi, offs_w, EVEN_K, VPW, BLOCK_W, BLOCK_K)
         elif EVEN_K:
             w = tl.load(w_ptrs)
         else:
@@ -283,8 +316,16 @@ def _accumulate(
             d += x5 * _nibble_f32(w, 5, bits)
             d += x6 * _nibble_f32(w, 6, bits)
             d += x7 * _nibble_f32(w, 7, bits)
-        if SCALE_MODE == 1:  # the step lies in one group: one scale per row
-            s = tl.load(s_ptr + cols[None, :, None] * ssn + (k0 // G) * ssg)  # 3-D: no layout change
+        if SCALE_MODE == 1:  # the step lies in one group: one scale per row (3-D: no layout change)
+            if SCALES_AHEAD:  # requested with their weights
+                s = s_next
+                if LOOKAHEAD == 2:
+                    s_next = s_next2
+                    s_next2 = _s_ahead(s_cols, k0, 2, k_hi, G, ssg, BLOCK_K)
+                else:
+                    s_next = _s_ahead(s_cols, k0, 1, k_hi, G, ssg, BLOCK_K)
+            else:
+                s = tl.load(s_cols + (k0 // G) * ssg)
         elif SCALE_MODE == 2:  # a scale per word
             s = tl.load(s_ptr + cols[None, :, None] * ssn + ((k0 + VPW * offs_w) // G)[None, None, :] * ssg,
                         mask=((k0 + VPW * offs_w) < K)[None, None, :], other=0)
@@ -300,11 +341,10 @@ def _accumulate(
         x_ptrs += BLOCK_K if FMT == 2 else BLOCK_K // 4
     out = tl.sum(acc, axis=2)
     if FMT != 0 and SCALE_MODE == 0:  # one group per row: its scale once
-        s = tl.load(s_ptr + cols * ssn)
         if FMT == 2:
-            out = out * (s.to(tl.float32) * 16.0)[None, :]
+            out = out * (s_row.to(tl.float32) * 16.0)[None, :]
         else:
-            out = out * s.to(tl.int32)[None, :]
+            out = out * s_row.to(tl.int32)[None, :]
     return out
 
 
@@ -328,6 +368,31 @@ def _sum_partials(part_ptr, cnt_ptr, tile, SPLIT: tl.constexpr, BLOCK_M: tl.cons
         total += tl.load(ptrs + s * (BLOCK_M * BLOCK_N), cache_modifier=".cg")
     tl.store(cnt_ptr + tile, 0)
     return total
+
+
+@triton.jit
+def _prefetch_tail(rows, cols, ws_ptr, sws, bias_ptr, os_ptr, sos, cv_state, cv_w, cv_is, cv_os, cv_bias, cv_lo,
+                   cv_dim, cv_ssb, cv_ssd, cv_swd, cv_sis, cv_sos, HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr,
+                   CONV: tl.constexpr, CONV_BIAS: tl.constexpr, USE_ASM: tl.constexpr):
+    """Before the wait, K slice 0 of each tile asks L2 (``prefetch_l2``) for what the tile's epilogue reads besides
+    the sums: per-channel scales, bias, and the conv step's taps, scales and state. The slice that finishes last
+    (any of them) then reads those from L2 instead of DRAM (a decode step last touched them a whole token ago), at
+    the end of the kernel, where every latency adds to the step. rows / cols are in range; so are the clamped
+    conv channels."""
+    if tl.program_id(1) == 0:
+        prefetch_l2(ws_ptr + cols * sws, USE_ASM)
+        if HAS_BIAS:
+            prefetch_l2(bias_ptr + cols, USE_ASM)
+        if REQUANT:
+            prefetch_l2(os_ptr + cols * sos, USE_ASM)
+        if CONV:
+            chans = tl.minimum(tl.maximum(cols - cv_lo, 0), cv_dim - 1)
+            prefetch_l2(cv_w + chans * cv_swd, USE_ASM)
+            prefetch_l2(cv_is + chans * cv_sis, USE_ASM)
+            prefetch_l2(cv_os + chans * cv_sos, USE_ASM)
+            if CONV_BIAS:
+                prefetch_l2(cv_bias + chans, USE_ASM)
+            prefetch_l2(cv_state + rows[:, None].to(tl.int64) * cv_ssb + chans[None, :] * cv_ssd, USE_ASM)
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -365,15 +430,19 @@ def _w8a8_gemv_kernel(
     HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SCALE_ORDER: tl.constexpr, USE_ASM: tl.constexpr,
     SPLIT: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PREFETCH: tl.constexpr, USE_PDL: tl.constexpr, CONV: tl.constexpr, CONV_K: tl.constexpr,
-    CONV_BIAS: tl.constexpr,
+    PREFETCH: tl.constexpr, LOOKAHEAD: tl.constexpr, USE_PDL: tl.constexpr, EARLY: tl.constexpr, CONV: tl.constexpr,
+    CONV_K: tl.constexpr, CONV_BIAS: tl.constexpr,
 ):
     """y [M, N] = int_epilogue(x_q @ w^T) for int8 w [N, K] (+ a conv step, see _finish_int); grid
     (M blocks x N blocks, SPLIT)."""
     tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
+    if EARLY:
+        _prefetch_tail(offs_m % M, offs_n % N, ws_ptr, sws, bias_ptr, os_ptr, sos, cv_state, cv_w, cv_is, cv_os,
+                       cv_bias, cv_lo, cv_dim, cv_ssb, cv_ssd, cv_swd, cv_sis, cv_sos,
+                       HAS_BIAS, REQUANT, CONV, CONV_BIAS, USE_ASM)
     acc = _accumulate(x_ptr, w_ptr, w_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, 0, 0, 0,
                       0, 1, 0, USE_ASM, EVEN_K,  # FMT_W8A8, no group scales
-                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, USE_PDL)
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY)
     _finish_int(acc, tile, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
                 sws, sos, cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr, cv_lo, cv_dim,
                 cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_,
@@ -389,15 +458,19 @@ def _w4a8_gemv_kernel(
     HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, USE_ASM: tl.constexpr, SPLIT: tl.constexpr,
     G: tl.constexpr, SCALE_MODE: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PREFETCH: tl.constexpr, USE_PDL: tl.constexpr, CONV: tl.constexpr, CONV_K: tl.constexpr,
-    CONV_BIAS: tl.constexpr,
+    PREFETCH: tl.constexpr, LOOKAHEAD: tl.constexpr, USE_PDL: tl.constexpr, EARLY: tl.constexpr, CONV: tl.constexpr,
+    CONV_K: tl.constexpr, CONV_BIAS: tl.constexpr,
 ):
     """y [M, N] = int_epilogue(x_q @ (q4 * s_g)^T), w4a8_gemm_ref's scale order (+ a conv step, see
     _finish_int); grid (M x N blocks, SPLIT)."""
     tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
+    if EARLY:
+        _prefetch_tail(offs_m % M, offs_n % N, cs_ptr, 1, bias_ptr, os_ptr, sos, cv_state, cv_w, cv_is, cv_os,
+                       cv_bias, cv_lo, cv_dim, cv_ssb, cv_ssd, cv_swd, cv_sis, cv_sos,
+                       HAS_BIAS, REQUANT, CONV, CONV_BIAS, USE_ASM)
     acc = _accumulate(x_ptr, w_ptr, gs_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, sgn, sgg, bits,
                       1, G, SCALE_MODE, USE_ASM, EVEN_K,  # 1: FMT_W4A8
-                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, USE_PDL)
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY)
     _finish_int(acc, tile, offs_m, offs_n, M, N, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
                 1, sos, cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr, cv_lo, cv_dim,
                 cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_,
@@ -410,13 +483,14 @@ def _w4a16_gemv_kernel(
     M, N, K, w_slice, sxm, swn, ssn, ssg, bits,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, G: tl.constexpr, SCALE_MODE: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr, USE_PDL: tl.constexpr,
+    BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr, LOOKAHEAD: tl.constexpr, USE_PDL: tl.constexpr,
+    EARLY: tl.constexpr,
 ):
     """y [M, N] = x @ (q4 * s)^T (+ bias) with fp32 sums, in y's dtype; grid (M x N blocks, SPLIT)."""
     tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
     acc = _accumulate(x_ptr, w_ptr, s_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, ssn, ssg, bits,
                       2, G, SCALE_MODE, False, EVEN_K,  # 2: FMT_W4A16 (no PTX needed)
-                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, USE_PDL)
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY)
     if SPLIT == 1:
         float_epilogue(acc, offs_m, offs_n, M, N, bias_ptr, y_ptr, N, 1, HAS_BIAS)
     elif _publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N) == SPLIT - 1:
@@ -535,6 +609,8 @@ def candidate_configs(fmt: str, m: int, n: int, k: int, group_size: int | None,
             if base.block_m * bn * bk // VALUES_PER_WORD[fmt] <= 64 * 128:
                 add(block_n=bn, block_k=bk, split=cdiv(cdiv(k, bk), 2), unroll=1)
     add(prefetch=not base.prefetch)
+    if base.prefetch:
+        add(lookahead=2)
     for nw in (2, 8):
         add(num_warps=nw)
     for st in (2, 3):
@@ -648,7 +724,8 @@ def w8a8_gemv_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, con
             HAS_BIAS=bias is not None, REQUANT=os_ is not None, SCALE_ORDER=scale_order, USE_ASM=p.x2.is_cuda,
             SPLIT=p.split, EVEN_K=p.even_k, NUM_STAGES=cfg.num_stages,
             UNROLL=cfg.unroll, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
-            PREFETCH=cfg.prefetch, USE_PDL=p.pdl, launch_pdl=p.pdl, enable_fp_fusion=False, **conv_flags,
+            PREFETCH=cfg.prefetch, LOOKAHEAD=cfg.lookahead, USE_PDL=p.pdl, EARLY=early_params(),
+            launch_pdl=p.pdl, enable_fp_fusion=False, **conv_flags,
         )
     return u
 
@@ -669,7 +746,8 @@ def w4a8_gemv_into(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y
             HAS_BIAS=bias is not None, REQUANT=os_ is not None, USE_ASM=p.x2.is_cuda, SPLIT=p.split,
             G=g, SCALE_MODE=p.mode, EVEN_K=p.even_k, NUM_STAGES=cfg.num_stages, UNROLL=cfg.unroll,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
-            PREFETCH=cfg.prefetch, USE_PDL=p.pdl, launch_pdl=p.pdl, enable_fp_fusion=False, **conv_flags,
+            PREFETCH=cfg.prefetch, LOOKAHEAD=cfg.lookahead, USE_PDL=p.pdl, EARLY=early_params(),
+            launch_pdl=p.pdl, enable_fp_fusion=False, **conv_flags,
         )
     return u
 
@@ -684,7 +762,8 @@ def w4a16_gemv_into(x2, w_packed, scales, g: int, bias, y, config: GemvConfig | 
             p.m, p.n, p.k, p.w_slice, p.x2.stride(0), w_packed.stride(0) // 4, *scales.stride(), 0x3FC00000,
             HAS_BIAS=bias is not None, SPLIT=p.split, G=g, SCALE_MODE=p.mode, EVEN_K=p.even_k,
             NUM_STAGES=cfg.num_stages, UNROLL=cfg.unroll, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, PREFETCH=cfg.prefetch, USE_PDL=p.pdl, launch_pdl=p.pdl,
+            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, PREFETCH=cfg.prefetch, LOOKAHEAD=cfg.lookahead,
+            USE_PDL=p.pdl, EARLY=early_params(), launch_pdl=p.pdl,
         )
 
 

@@ -32,8 +32,8 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import (cdiv, check_float, check_runnable, check_same_device, device_of, next_pow2, pdl_start,
-                      quantize_int8, use_pdl)
+from ._common import (cdiv, check_float, check_runnable, check_same_device, device_of, early_params, next_pow2,
+                      pdl_start, quantize_int8, use_pdl)
 
 _MAX_N = 16384  # one program holds an [MP, P] fp32 tile in registers
 # Base order m -> the prime q of its Paley construction (I: m = q + 1, II: m = 2 (q + 1)).
@@ -80,17 +80,17 @@ def _base_column(i, j: tl.constexpr, M: tl.constexpr, Q: tl.constexpr, QR: tl.co
 
 
 @triton.jit
-def butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, os_ptr, y_ptr, M: tl.constexpr,
+def butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, out_scale, y_ptr, M: tl.constexpr,
                             MP: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, ROWS: tl.constexpr):
     """Steps 2 and 3 on the [ROWS, MP, P] tile t (H_m already applied; MP: its sub-rows, offs_i their indices in the
     row, those >= M not stored): the H_P butterflies, * 1/sqrt(n), div_rn by
-    the scale at os_ptr, clamp, round half to even, int8 rows of y ([num_rows, M * P], contiguous)."""
+    out_scale (fp32 scalar), clamp, round half to even, int8 rows of y ([num_rows, M * P], contiguous)."""
     for _ in tl.static_range(LOG_P):
         a, b = tl.split(tl.reshape(t, [ROWS, MP, P // 2, 2]))
         t = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), [ROWS, MP, P])
     t = t * inv_sqrt_n
     y_ptrs = y_ptr + rows[:, None, None] * (M * P) + offs_i[None, :, None] * P + offs_p[None, None, :]
-    tl.store(y_ptrs, quantize_int8(t, tl.load(os_ptr)), mask=row_mask[:, None, None] & (offs_i < M)[None, :, None])
+    tl.store(y_ptrs, quantize_int8(t, out_scale), mask=row_mask[:, None, None] & (offs_i < M)[None, :, None])
 
 
 @triton.jit
@@ -100,12 +100,17 @@ def _hadamard_quant_kernel(
     sxb, sxr, sxc,
     M: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, Q: tl.constexpr,
     QR: tl.constexpr, ROWS: tl.constexpr, MI: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    USE_PDL: tl.constexpr, EARLY: tl.constexpr,
 ):
     """ROWS rows of x, viewed as [batches, rows_per_batch, n] (any strides) -> output sub-rows
     program_id(1) * MI ... + MI - 1 (those < M) of the int8 rows of y ([num_rows, n], contiguous), as an
-    [ROWS, MI, P] tile (MI = m padded to a power of two: whole rows). Grid (cdiv(num_rows, ROWS), cdiv(M, MI))."""
+    [ROWS, MI, P] tile (MI = m padded to a power of two: whole rows). Grid (cdiv(num_rows, ROWS), cdiv(M, MI)).
+    EARLY: out_scale is read before the dependent-launch wait."""
+    if EARLY:
+        out_scale = tl.load(os_ptr)
     pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
+    if not EARLY:
+        out_scale = tl.load(os_ptr)
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_mask = rows < num_rows
     x_rows = x_ptr + (rows // rows_per_batch) * sxb + (rows % rows_per_batch) * sxr  # [ROWS] pointers
@@ -119,7 +124,7 @@ def _hadamard_quant_kernel(
         for j in tl.static_range(M):
             xj = tl.load(x_rows[:, None] + (j * P + offs_p)[None, :] * sxc, mask=row_mask[:, None], other=0.0)
             t += _base_column(offs_i, j, M, Q, QR)[None, :, None] * xj.to(tl.float32)[:, None, :]
-    butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, os_ptr, y_ptr, M, MI, P, LOG_P, ROWS)
+    butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, out_scale, y_ptr, M, MI, P, LOG_P, ROWS)
 
 
 def _rows_per_program(num_rows: int, tile: int, on_gpu: bool) -> int:
@@ -204,6 +209,6 @@ def _hadamard_quant_launch(y: torch.Tensor, out_scale: torch.Tensor, *, sub_rows
             *x3.stride(),
             M=m, P=p, LOG_P=p.bit_length() - 1, Q=q, QR=qr, ROWS=rows, MI=mi,
             num_warps=num_warps or min(32, max(4, rows * tile // 512)),  # <= 16 fp32 per thread: no spills,
-            USE_PDL=pdl, launch_pdl=pdl,
+            USE_PDL=pdl, EARLY=early_params(), launch_pdl=pdl,
         )
     return out

@@ -29,8 +29,8 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2,
-                      pdl_start, silu, use_pdl)
+from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, early_params,
+                      next_pow2, pdl_start, silu, use_pdl)
 from .hadamard import _MAX_N, _as_3d, _base_column, _plan, _rows_per_program, butterflies_quant_store
 
 
@@ -68,17 +68,21 @@ def _qgated_norm_hadamard_kernel(
     syb, syr, syc, szb, szr, szc,
     M: tl.constexpr, MP: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, Q: tl.constexpr, QR: tl.constexpr,
     GS: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, ROWS: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    USE_PDL: tl.constexpr, EARLY: tl.constexpr,
 ):
     """ROWS rows of y and z_q, each viewed as [batches, rows_per_batch, n] (any strides) -> the int8 rows of out
-    ([num_rows, n], contiguous). GS: the norm group size, a divisor of P. Grid (cdiv(num_rows, ROWS),)."""
+    ([num_rows, n], contiguous). GS: the norm group size, a divisor of P. Grid (cdiv(num_rows, ROWS),).
+    EARLY: the two scales are read before the dependent-launch wait."""
+    if EARLY:
+        zs, out_scale = tl.load(zs_ptr), tl.load(os_ptr)
     pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
+    if not EARLY:
+        zs, out_scale = tl.load(zs_ptr), tl.load(os_ptr)
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_mask = rows < num_rows
     batch, r = rows // rows_per_batch, rows % rows_per_batch
     y_rows = y_ptr + batch * syb + r * syr  # [ROWS] pointers
     z_rows = z_ptr + batch * szb + r * szr
-    zs = tl.load(zs_ptr)
     offs_i = tl.arange(0, MP)
     offs_p = tl.arange(0, P)
     t = tl.zeros([ROWS, MP, P], dtype=tl.float32)
@@ -96,7 +100,7 @@ def _qgated_norm_hadamard_kernel(
             t = tl.reshape(v, [ROWS, MP, P])
         else:
             t += _base_column(offs_i, j, M, Q, QR)[None, :, None] * v[:, None, :]
-    butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, os_ptr, out_ptr, M, MP, P, LOG_P, ROWS)
+    butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, out_scale, out_ptr, M, MP, P, LOG_P, ROWS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -159,6 +163,6 @@ def _qgated_norm_hadamard_launch(y: torch.Tensor, z_q: torch.Tensor, z_scale: to
             M=m, MP=next_pow2(m), P=p, LOG_P=p.bit_length() - 1, Q=q, QR=qr,
             GS=group_size, NORM_BEFORE_GATE=bool(norm_before_gate), ROWS=rows,
             num_warps=min(32, max(4, rows * tile // 512)),  # as hadamard.py: <= 16 fp32 of the tile per thread
-            USE_PDL=pdl, launch_pdl=pdl,
+            USE_PDL=pdl, EARLY=early_params(), launch_pdl=pdl,
         )
     return out

@@ -15,10 +15,20 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import (check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2, pdl_start,
-                      quantize_int8, silu, use_pdl)
+from ._common import (check_float, check_runnable, check_same_device, check_shape, device_of, early_params,
+                      next_pow2, pdl_start, quantize_int8, silu, use_pdl)
 
 _MAX_ROW = 65536  # one program holds a whole row (or group) in registers
+
+
+@triton.jit
+def _norm_params(w_ptr, os_ptr, cols, mask, QUANT: tl.constexpr):
+    """(weight as fp32, the per-tensor out_scale or 1.0)."""
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    out_scale = 1.0
+    if QUANT:
+        out_scale = tl.load(os_ptr)
+    return w, out_scale
 
 
 @triton.jit
@@ -28,16 +38,21 @@ def _rms_norm_kernel(
     sx, sr, sy, so,
     HAS_RES: tl.constexpr, WRITE_RES: tl.constexpr, SUM_ROUND: tl.constexpr, QUANT: tl.constexpr,
     BLOCK: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    USE_PDL: tl.constexpr, EARLY: tl.constexpr,
 ):
     """Row r: s = x (+ residual, rounded to the residual-out dtype, which may be written);
     y = s * rsqrt(mean(s^2) + eps) * weight, stored in y's dtype or, with QUANT, as int8
     clamp(round_half_even(y / out_scale)). Grid (rows,). SUM_ROUND 1 / 2: the add is first
-    rounded to fp16 / bf16 (two 16-bit inputs add in their dtype before any fp32 upcast)."""
-    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
+    rounded to fp16 / bf16 (two 16-bit inputs add in their dtype before any fp32 upcast).
+    EARLY: weight and out_scale are read before the dependent-launch wait (see _common)."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < ncols
+    if EARLY:
+        w, out_scale = _norm_params(w_ptr, os_ptr, cols, mask, QUANT)
+    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
+    if not EARLY:
+        w, out_scale = _norm_params(w_ptr, os_ptr, cols, mask, QUANT)
     s = tl.load(x_ptr + row * sx + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_RES:
         s += tl.load(res_ptr + row * sr + cols, mask=mask, other=0.0).to(tl.float32)
@@ -52,10 +67,9 @@ def _rms_norm_kernel(
         s = s.to(tl.float32)
     mean_sq = tl.math.div_rn(tl.sum(s * s, axis=0), ncols * 1.0)
     rstd = tl.math.div_rn(1.0, tl.sqrt_rn(mean_sq + eps))
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     y = s * rstd * w
     if QUANT:
-        tl.store(y_ptr + row * sy + cols, quantize_int8(y, tl.load(os_ptr)), mask=mask)
+        tl.store(y_ptr + row * sy + cols, quantize_int8(y, out_scale), mask=mask)
     else:
         tl.store(y_ptr + row * sy + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -66,26 +80,30 @@ def _gated_rms_norm_kernel(
     group_size, eps,
     sx, sz, sy,
     HAS_Z: tl.constexpr, Z_INT8: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, BLOCK: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    USE_PDL: tl.constexpr, EARLY: tl.constexpr,
 ):
     """Group g of row r: rms_norm(x * silu(z)) * w, or rms_norm(x) * w * silu(z), rounded to x's dtype
     and then to y's. With Z_INT8 the gate is z_q * z_scale (int8 z_q, fp32 per-tensor z_scale).
-    Grid (rows, groups)."""
-    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
+    Grid (rows, groups). EARLY: the weight and z_scale are read before the dependent-launch wait."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * group_size + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < group_size
+    if EARLY:
+        w, z_scale = _norm_params(w_ptr, zs_ptr, cols, mask, Z_INT8)
+    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
+    if not EARLY:
+        w, z_scale = _norm_params(w_ptr, zs_ptr, cols, mask, Z_INT8)
     x = tl.load(x_ptr + row * sx + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_Z:
         z = tl.load(z_ptr + row * sz + cols, mask=mask, other=0).to(tl.float32)
         if Z_INT8:
-            z = z * tl.load(zs_ptr)
+            z = z * z_scale
         gate = silu(z)
         if not NORM_BEFORE_GATE:
             x = x * gate
     mean_sq = tl.math.div_rn(tl.sum(x * x, axis=0), group_size * 1.0)
     rstd = tl.math.div_rn(1.0, tl.sqrt_rn(mean_sq + eps))
-    y = x * rstd * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    y = x * rstd * w
     if HAS_Z:
         if NORM_BEFORE_GATE:
             y = y * gate
@@ -131,7 +149,7 @@ def _norm_rows(x2, res2, weight, y, res_out, eps, sum_round=0, out_scale=None):
             HAS_RES=res2 is not None, WRITE_RES=res_out is not None, SUM_ROUND=sum_round,
             QUANT=out_scale is not None, BLOCK=block,
             num_warps=min(16, max(1, block // 256)),
-            USE_PDL=pdl, launch_pdl=pdl,
+            USE_PDL=pdl, EARLY=early_params(), launch_pdl=pdl,
         )
 
 
@@ -224,6 +242,6 @@ def _gated_rms_norm_launch(
                 x2.stride(0), z2.stride(0) if z2 is not None else 0, y.stride(0),
                 HAS_Z=z is not None, Z_INT8=z_scale is not None, NORM_BEFORE_GATE=bool(norm_before_gate),
                 BLOCK=block, num_warps=min(16, max(1, block // 256)),
-                USE_PDL=pdl, launch_pdl=pdl,
+                USE_PDL=pdl, EARLY=early_params(), launch_pdl=pdl,
             )
     return y.reshape(x.shape)
