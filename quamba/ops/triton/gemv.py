@@ -91,7 +91,8 @@ class GemvConfig:
     num_stages: software pipelining of the loop's loads (``tl.range``; 1: none); unroll: the K loop unrolled that
     many times (more loads in flight per thread); prefetch: each program requests its first ``lookahead`` (1 or 2)
     steps' weights before it waits for the kernel that wrote x (dependent launch), then keeps that many steps of
-    weights in flight ahead (2: a slice of two steps is requested whole before the wait, for two steps' registers).
+    weights in flight ahead (2: a slice of two steps is requested whole before the wait, for two steps' registers;
+    on an H100 the default configs with 2 made W4A8 mamba2-2.7b's decode step slower, 1.745 against 1.660 ms).
     """
 
     block_m: int = 1
