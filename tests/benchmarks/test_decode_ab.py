@@ -1,0 +1,82 @@
+"""benchmarks/decode_ab.py: every switch sets what it names and restores it, the steps see the switched option, the
+CPU smoke run alternates off / on and writes its tables, and a CPU-only machine gets a clear refusal."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from quamba.ops.triton import _common, gemv, selective_scan, ssd
+
+from . import ROOT, load_benchmark
+
+
+def test_switches_set_their_option_and_restore_it(monkeypatch):
+    bench = load_benchmark("decode_ab")
+    monkeypatch.delenv("QUAMBA_FUSED_DECODE", raising=False)
+    max_m, ssd_launch = dict(gemv.GEMV_MAX_M), ssd._ssd_state_update_launch
+    seen = {
+        "early-params": lambda: _common.EARLY_PARAMS,
+        "gemv-m16": lambda: gemv.GEMV_MAX_M == {fmt: 16 for fmt in max_m},
+        "gemv-lookahead": lambda: gemv.config_for("w4a8", 1, 256, 512, 128, torch.device("cuda", 0)).lookahead == 2,
+        "fused-decode": lambda: os.environ["QUAMBA_FUSED_DECODE"] == "1",
+        "prefetch-state": lambda: ssd._ssd_state_update_launch is ssd_launch,
+    }
+    monkeypatch.setattr(gemv, "_sm_count", lambda index: 132)  # config_for on a "GPU" without one
+    gemv._plan.cache_clear()
+    assert set(seen) == set(bench.SWITCHES)
+    for name, check in seen.items():
+        for on in (False, True):
+            restore = bench.SWITCHES[name][2](on)
+            assert check() is on, (name, on)
+            restore()
+        assert _common.EARLY_PARAMS is True and gemv.GEMV_MAX_M == max_m, name
+        assert ssd._ssd_state_update_launch is ssd_launch and "QUAMBA_FUSED_DECODE" not in os.environ, name
+    assert gemv.config_for("w4a8", 1, 256, 512, 128, torch.device("cuda", 0)).lookahead == 1
+    gemv._plan.cache_clear()
+
+
+def test_prefetch_state_off_reaches_the_launchers(monkeypatch):
+    """Off: the decode steps' prefetch_state=True arrives as False at both state-update launchers."""
+    bench = load_benchmark("decode_ab")
+    got = []
+    for mod, name in ((selective_scan, "_selective_state_update_launch"), (ssd, "_ssd_state_update_launch")):
+        monkeypatch.setattr(mod, name, lambda *a, **kw: got.append(kw["prefetch_state"]))
+    restore = bench.SWITCHES["prefetch-state"][2](False)
+    selective_scan._selective_state_update_launch(prefetch_state=True)
+    ssd._ssd_state_update_launch(prefetch_state=True)
+    restore()
+    selective_scan._selective_state_update_launch(prefetch_state=True)
+    assert got == [False, False, True]
+
+
+def test_smoke_run_alternates_and_writes_tables(tmp_path):
+    bench = load_benchmark("decode_ab")
+    stem = bench.main(["--switch", "early-params", "--models", "tiny-mamba2", "--variants", "fp16,W4A8",
+                       "--device", "cpu", "--rounds", "2", "--steps", "2", "--out-dir", str(tmp_path)])
+    assert Path(stem).name.startswith("decode_ab_early-params_tiny-mamba2_")  # then the device name
+    report = json.loads(Path(stem + ".json").read_text())
+    assert report["settings"]["switch"] == "early-params" and report["settings"]["default"] == "on"
+    fp, q = report["rows"]
+    assert len(q["off_ms"]) == len(q["on_ms"]) == 2
+    assert q["on_speedup"] == pytest.approx(q["off_median_ms"] / q["on_median_ms"])
+    assert fp["on_vs_fp16"] == pytest.approx(1.0)  # fp16's own default setting
+    assert q["on_vs_fp16"] == pytest.approx(fp["on_median_ms"] / q["on_median_ms"])
+    assert "| tiny-mamba2 | W4A8 |" in Path(stem + ".md").read_text()
+    assert _common.EARLY_PARAMS is True
+
+
+def test_bad_switch_is_refused():
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode_ab.py"), "--switch", "faster"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "invalid choice: 'faster'" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_needs_a_gpu():
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode_ab.py"), "--switch", "early-params"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "needs a CUDA GPU" in r.stderr and "Traceback" not in r.stderr
