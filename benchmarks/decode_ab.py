@@ -18,7 +18,6 @@ writes benchmarks/results/decode_ab_<switch>_<models>_<gpu>.{json,md,png}.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import os
 import statistics
@@ -134,26 +133,18 @@ def measure(model, switch: str, on: bool, batch: int, steps: int, graph: bool) -
 
 
 def run(args) -> list[dict]:
-    device, dtype = torch.device(args.device), torch.float16 if args.device == "cuda" else torch.float32
-    build_args = e2e.parse_args(["--calib-samples", "4", "--calib-seqlen", "64"])
-    rows = []
-    for name in args.models:
-        for variant in args.variants:
-            t0 = time.perf_counter()
-            model = e2e.build_variant(name, variant, build_args, device, dtype)
-            row = {"model": name, "variant": variant, "build_s": round(time.perf_counter() - t0, 1),
-                   "off_ms": [], "on_ms": []}
-            for _ in range(args.rounds):
-                for on in (False, True):
-                    row["on_ms" if on else "off_ms"].append(
-                        measure(model, args.switch, on, args.batch, args.steps, device.type == "cuda"))
-            print(json.dumps(row), file=sys.stderr, flush=True)
-            rows.append(row)
-            model = None
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    return rows
+    device = torch.device(args.device)
+
+    def one(name, variant, model, build_s):
+        row = {"model": name, "variant": variant, "build_s": build_s, "off_ms": [], "on_ms": []}
+        for _ in range(args.rounds):
+            for on in (False, True):
+                row["on_ms" if on else "off_ms"].append(
+                    measure(model, args.switch, on, args.batch, args.steps, device.type == "cuda"))
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        return row
+
+    return e2e.for_each_variant(args.models, args.variants, device, one)
 
 
 def summarize(rows: list[dict], default_on: bool) -> None:

@@ -18,7 +18,6 @@ writes benchmarks/results/decode_ablation_<models>_<gpu>.{json,md,png}.
 """
 from __future__ import annotations
 
-import gc
 import json
 import statistics
 import sys
@@ -193,23 +192,17 @@ def main(argv=None) -> str:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("benchmarks/decode_ablation.py needs a CUDA GPU (or --device cpu for a smoke run of the script itself)")
     device = torch.device(args.device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
     graph = device.type == "cuda"
     bandwidth = e2e.copy_bandwidth(device) if graph else None
-    build_args = e2e.parse_args(["--calib-samples", "4", "--calib-seqlen", "64"])
-    rows, summaries = [], []
-    for name in args.models:
-        for variant in args.variants:
-            model = e2e.build_variant(name, variant, build_args, device, dtype)
-            tpots = measure_model(model, args.batch, args.rounds, args.steps, graph)
-            r, s = rows_for(name, variant, tpots, model.config.n_layer, projection_bytes(model), bandwidth)
-            print(json.dumps(s), file=sys.stderr, flush=True)
-            rows += r
-            summaries.append(s)
-            model = None
-            gc.collect()
-            if graph:
-                torch.cuda.empty_cache()
+
+    def one(name, variant, model, build_s):
+        tpots = measure_model(model, args.batch, args.rounds, args.steps, graph)
+        r, s = rows_for(name, variant, tpots, model.config.n_layer, projection_bytes(model), bandwidth)
+        print(json.dumps(s), file=sys.stderr, flush=True)
+        return r, s
+
+    results = e2e.for_each_variant(args.models, args.variants, device, one)
+    rows, summaries = [row for r, _ in results for row in r], [s for _, s in results]
     note = (f"TPOT = median ms of one decode step ({'CUDA graph, ' if graph else ''}batch {args.batch}, {args.steps} "
             f"steps after a 16-token prompt), median over {args.rounds} alternated rounds. 'cached' = the part that "
             "launched no kernel (its output from a real step returned again); saved = the whole step's TPOT minus "

@@ -337,6 +337,25 @@ def _names(text: str, known, what: str) -> list[str]:
     return names
 
 
+def for_each_variant(models, variants, device, measure) -> list:
+    """``measure(name, variant, model, build_s)`` for every model x variant of the decode benchmarks, each built
+    afresh (random weights; 4 self-sampled calibration windows of 64 tokens) and freed before the next is built;
+    returns what ``measure`` returned, in order."""
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    build_args = parse_args(["--calib-samples", "4", "--calib-seqlen", "64"])
+    out = []
+    for name in models:
+        for variant in variants:
+            t0 = time.perf_counter()
+            model = build_variant(name, variant, build_args, device, dtype)
+            out.append(measure(name, variant, model, round(time.perf_counter() - t0, 1)))
+            model = None
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return out
+
+
 def decode_parser(doc: str, out_dir: Path, rounds: int) -> argparse.ArgumentParser:
     """The options of the decode-step benchmarks (fused_decode.py, decode_ablation.py); ``decode_args`` checks them."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -9,7 +9,6 @@ writes benchmarks/results/fused_decode_<models>_<gpu>.{json,md,png}.
 """
 from __future__ import annotations
 
-import gc
 import json
 import os
 import statistics
@@ -49,26 +48,20 @@ def measure(model, batch: int, fused: bool, steps: int, graph: bool) -> float:
 
 
 def run(args) -> list[dict]:
-    device, dtype = torch.device(args.device), torch.float16 if args.device == "cuda" else torch.float32
-    build_args = e2e.parse_args(["--calib-samples", "4", "--calib-seqlen", "64"])
+    device = torch.device(args.device)
     before = os.environ.get("QUAMBA_FUSED_DECODE")
-    rows = []
-    for name in args.models:
-        for variant in args.variants:
-            t0 = time.perf_counter()
-            model = e2e.build_variant(name, variant, build_args, device, dtype)
-            row = {"model": name, "variant": variant, "build_s": round(time.perf_counter() - t0, 1)}
-            for batch in args.batches:
-                for _ in range(args.rounds):
-                    for fused in (False, True):
-                        key = f"tpot_b{batch}_{'fused' if fused else 'unfused'}_ms"
-                        row.setdefault(key, []).append(measure(model, batch, fused, args.steps, device.type == "cuda"))
-            print(json.dumps(row), file=sys.stderr, flush=True)
-            rows.append(row)
-            model = None
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+
+    def one(name, variant, model, build_s):
+        row = {"model": name, "variant": variant, "build_s": build_s}
+        for batch in args.batches:
+            for _ in range(args.rounds):
+                for fused in (False, True):
+                    key = f"tpot_b{batch}_{'fused' if fused else 'unfused'}_ms"
+                    row.setdefault(key, []).append(measure(model, batch, fused, args.steps, device.type == "cuda"))
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        return row
+
+    rows = e2e.for_each_variant(args.models, args.variants, device, one)
     if before is None:
         os.environ.pop("QUAMBA_FUSED_DECODE", None)
     else:
