@@ -9,12 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from quamba.ops.triton import _common, gemv, selective_scan, ssd
+from tests.ops.triton_harness import requires_triton  # first: the kernel modules load under the interpreter on a CPU
 
 from . import ROOT, load_benchmark
 
+pytestmark = requires_triton  # the switches patch the kernel modules
+
+
+def _kernel_modules():
+    from quamba.ops.triton import _common, gemv, selective_scan, ssd
+
+    return _common, gemv, selective_scan, ssd
+
 
 def test_switches_set_their_option_and_restore_it(monkeypatch):
+    _common, gemv, _, ssd = _kernel_modules()
     bench = load_benchmark("decode_ab")
     monkeypatch.delenv("QUAMBA_FUSED_DECODE", raising=False)
     max_m, ssd_launch = dict(gemv.GEMV_MAX_M), ssd._ssd_state_update_launch
@@ -41,6 +50,7 @@ def test_switches_set_their_option_and_restore_it(monkeypatch):
 
 def test_prefetch_state_off_reaches_the_launchers(monkeypatch):
     """Off: the decode steps' prefetch_state=True arrives as False at both state-update launchers."""
+    _, _, selective_scan, ssd = _kernel_modules()
     bench = load_benchmark("decode_ab")
     got = []
     for mod, name in ((selective_scan, "_selective_state_update_launch"), (ssd, "_ssd_state_update_launch")):
@@ -66,7 +76,7 @@ def test_smoke_run_alternates_and_writes_tables(tmp_path):
     assert fp["on_vs_fp16"] == pytest.approx(1.0)  # fp16's own default setting
     assert q["on_vs_fp16"] == pytest.approx(fp["on_median_ms"] / q["on_median_ms"])
     assert "| tiny-mamba2 | W4A8 |" in Path(stem + ".md").read_text()
-    assert _common.EARLY_PARAMS is True
+    assert _kernel_modules()[0].EARLY_PARAMS is True
 
 
 def test_bad_switch_is_refused():
