@@ -116,7 +116,10 @@ SWITCHES = {
 
 def parse_args(argv=None):
     p = e2e.decode_parser(__doc__, OUT_DIR, rounds=3)
-    p.add_argument("--switch", required=True, choices=list(SWITCHES), help="the option to time off and on")
+    p.add_argument("--switch", required=True, choices=list(SWITCHES),
+                   help="the option to time off and on: " + "; ".join(
+                       f"{name}: on = {text} (default {'on' if default else 'off'})"
+                       for name, (text, default, _) in SWITCHES.items()))
     p.add_argument("--batch", type=int, default=1, help="decode batch size (default 1)")
     args = e2e.decode_args(p, argv)
     if args.batch < 1:
