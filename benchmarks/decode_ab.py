@@ -12,6 +12,8 @@ Switches ("on" is the option, "off" the alternative; which one is the default is
   gemv-m16        the CUDA-core GEMV for up to 16 rows instead of the tensor-core kernels above
                   gemv.GEMV_MAX_M (default off; time it with --batch 16)
   fused-decode    QUAMBA_FUSED_DECODE (default on; fused_decode.py times both batch sizes in one table)
+  fused-gate      Mamba2's gated norm + Hadamard in one kernel also where the norm group spans the Hadamard's
+                  sub-rows (mamba2-2.7b; norm_hadamard.ROW_FUSED; default off until timed)
 
 writes benchmarks/results/decode_ab_<switch>_<models>_<gpu>.{json,md,png}.
 """
@@ -92,6 +94,14 @@ def _gemv_m16(on: bool):
     return restore
 
 
+def _fused_gate(on: bool):
+    from quamba.ops.triton import norm_hadamard
+
+    old = norm_hadamard.ROW_FUSED
+    norm_hadamard.ROW_FUSED = on
+    return lambda: setattr(norm_hadamard, "ROW_FUSED", old)
+
+
 def _fused_decode(on: bool):
     old = os.environ.get("QUAMBA_FUSED_DECODE")
     os.environ["QUAMBA_FUSED_DECODE"] = "1" if on else "0"
@@ -111,6 +121,7 @@ SWITCHES = {
     "gemv-lookahead": ("two steps of GEMV weights in flight", False, _gemv_lookahead),
     "gemv-m16": ("CUDA-core GEMV up to 16 rows", False, _gemv_m16),
     "fused-decode": ("conv and Mamba1 dt_proj fused into the decode kernels", True, _fused_decode),
+    "fused-gate": ("gated norm + Hadamard in one kernel where the group spans the row", False, _fused_gate),
 }
 
 

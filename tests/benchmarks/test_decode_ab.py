@@ -22,8 +22,15 @@ def _kernel_modules():
     return _common, gemv, selective_scan, ssd
 
 
+def _norm_hadamard():
+    from quamba.ops.triton import norm_hadamard
+
+    return norm_hadamard
+
+
 def test_switches_set_their_option_and_restore_it(monkeypatch):
     _common, gemv, _, ssd = _kernel_modules()
+    norm_hadamard = _norm_hadamard()
     bench = load_benchmark("decode_ab")
     monkeypatch.delenv("QUAMBA_FUSED_DECODE", raising=False)
     max_m, ssd_launch = dict(gemv.GEMV_MAX_M), ssd._ssd_state_update_launch
@@ -33,6 +40,7 @@ def test_switches_set_their_option_and_restore_it(monkeypatch):
         "gemv-lookahead": lambda: gemv.config_for("w4a8", 1, 256, 512, 128, torch.device("cuda", 0)).lookahead == 2,
         "fused-decode": lambda: os.environ["QUAMBA_FUSED_DECODE"] == "1",
         "prefetch-state": lambda: ssd._ssd_state_update_launch is ssd_launch,
+        "fused-gate": lambda: norm_hadamard.ROW_FUSED,
     }
     monkeypatch.setattr(gemv, "_sm_count", lambda index: 132)  # config_for on a "GPU" without one
     gemv._plan.cache_clear()
@@ -44,6 +52,7 @@ def test_switches_set_their_option_and_restore_it(monkeypatch):
             restore()
         assert _common.EARLY_PARAMS is True and gemv.GEMV_MAX_M == max_m, name
         assert ssd._ssd_state_update_launch is ssd_launch and "QUAMBA_FUSED_DECODE" not in os.environ, name
+        assert norm_hadamard.ROW_FUSED is False, name
     assert gemv.config_for("w4a8", 1, 256, 512, 128, torch.device("cuda", 0)).lookahead == 1
     gemv._plan.cache_clear()
 
