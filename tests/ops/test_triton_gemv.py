@@ -12,6 +12,7 @@ weights, sums in float64), and the norm-wise relative error vs w4a16_gemm_ref is
 (fp16) / 8e-3 (bf16).
 """
 import functools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -407,6 +408,10 @@ def test_default_configs_for_decode_shapes(gv, monkeypatch):
                     assert cands[0] == cfg and len(set(cands)) == len(cands) > 10
                     assert all(c.block_k >= vpw for c in cands)
                     assert any(c.prefetch != cfg.prefetch for c in cands)
+                    if cfg.prefetch:  # lookahead 2, with the default's slices and with slices twice as long
+                        ahead = [c for c in cands if c.lookahead == 2]
+                        longer = replace(cfg, lookahead=2, split=max(1, -(-steps // 4)))
+                        assert ahead == list(dict.fromkeys([replace(cfg, lookahead=2), longer]))
         assert kinds == {"short", "long"}
         # the swept shapes get the sweep's best configs
         assert gemv.default_config("w4a8", 1, 10576, 2560, 128, 0).describe() == "gemv 1x64x128 split10 w4 s1"

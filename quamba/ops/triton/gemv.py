@@ -594,8 +594,8 @@ def default_config(fmt: str, m: int, n: int, k: int, group_size: int | None, dev
 def candidate_configs(fmt: str, m: int, n: int, k: int, group_size: int | None,
                       device_index: int = 0) -> list[GemvConfig]:
     """The configs ``benchmarks/kernels_gemm.py --sweep`` times for one shape, the default first: short slices
-    (two steps) over a grid of block_n x block_k, then prefetch, num_warps, pipelining depth, unrolling and
-    split-K varied one at a time around the default."""
+    (two steps) over a grid of block_n x block_k, then prefetch, lookahead (also with four-step slices),
+    num_warps, pipelining depth, unrolling and split-K varied one at a time around the default."""
     base = default_config(fmt, m, n, k, group_size, device_index)
     packed = fmt != "w8a8"
     out = [base]
@@ -610,8 +610,9 @@ def candidate_configs(fmt: str, m: int, n: int, k: int, group_size: int | None,
             if base.block_m * bn * bk // VALUES_PER_WORD[fmt] <= 64 * 128:
                 add(block_n=bn, block_k=bk, split=cdiv(cdiv(k, bk), 2), unroll=1)
     add(prefetch=not base.prefetch)
-    if base.prefetch:
+    if base.prefetch:  # two steps in flight; also with slices twice as long (half the programs' fixed work)
         add(lookahead=2)
+        add(lookahead=2, split=max(1, cdiv(cdiv(k, base.block_k), 4)))
     for nw in (2, 8):
         add(num_warps=nw)
     for st in (2, 3):
