@@ -30,7 +30,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import decode_ablation  # noqa: E402
 import e2e  # noqa: E402
 from common import gpu_slug  # noqa: E402
 
@@ -141,7 +140,7 @@ def parse_args(argv=None):
 def measure(model, switch: str, on: bool, batch: int, steps: int, graph: bool) -> float:
     restore = SWITCHES[switch][2](on)
     try:
-        return decode_ablation.tpot(model, batch, steps, graph)
+        return e2e.decode_tpot(model, batch, steps, graph)
     finally:
         restore()
 

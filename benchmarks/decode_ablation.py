@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402
 from common import gpu_slug  # noqa: E402
 
-from quamba.profiling import ProfileSettings, device_info, profile_model, size_breakdown  # noqa: E402
+from quamba.profiling import device_info, size_breakdown  # noqa: E402
 
 OUT_DIR = Path(__file__).resolve().parent / "results"
 PARTS = ("norm", "in_proj", "x_proj", "scan", "gate", "out_proj")
@@ -78,11 +78,6 @@ class Cached:
         delattr(self.obj, self.name)  # the instance attribute goes; the class's method shows again
 
 
-def tpot(model, batch: int, steps: int, graph: bool) -> float:
-    s = ProfileSettings(prompt_len=16, gen_len=8, batch_size=batch, repeats=steps, warmup=3, cache_graph=graph, seed=0)
-    return profile_model(model, ["tpot"], s)["tpot_ms"]["median"]
-
-
 def _prime(model, batch: int) -> None:
     """One eager prefill and decode step, so every cached part holds its decode-step output before any capture."""
     ids = torch.randint(0, model.config.vocab_size, (batch, 16), device=model.device)
@@ -112,7 +107,7 @@ def measure_model(model, batch: int, rounds: int, steps: int, graph: bool) -> di
             patches = [Cached(obj, meth) for p in parts for obj, meth in part_targets(model, p)]
             try:
                 _prime(model, batch)
-                samples[name].append(tpot(model, batch, steps, graph))
+                samples[name].append(e2e.decode_tpot(model, batch, steps, graph))
             finally:
                 for c in patches:
                     c.restore()

@@ -337,6 +337,13 @@ def _names(text: str, known, what: str) -> list[str]:
     return names
 
 
+def decode_tpot(model, batch: int, steps: int, graph: bool) -> float:
+    """The decode benchmarks' TPOT: median ms of one decode step (``steps`` timed after a 16-token prompt and 3
+    warm-up steps; with ``graph`` replayed from a CUDA graph)."""
+    s = ProfileSettings(prompt_len=16, gen_len=8, batch_size=batch, repeats=steps, warmup=3, cache_graph=graph, seed=0)
+    return profile_model(model, ["tpot"], s)["tpot_ms"]["median"]
+
+
 def for_each_variant(models, variants, device, measure) -> list:
     """``measure(name, variant, model, build_s)`` for every model x variant of the decode benchmarks, each built
     afresh (random weights; 4 self-sampled calibration windows of 64 tokens) and freed before the next is built;

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402
 from common import gpu_slug  # noqa: E402
 
-from quamba.profiling import ProfileSettings, device_info, profile_model  # noqa: E402
+from quamba.profiling import device_info  # noqa: E402
 
 OUT_DIR = Path(__file__).resolve().parent / "results"
 
@@ -43,8 +43,7 @@ def parse_args(argv=None):
 def measure(model, batch: int, fused: bool, steps: int, graph: bool) -> float:
     """Median ms of one decode step at ``batch`` with the switch set."""
     os.environ["QUAMBA_FUSED_DECODE"] = "1" if fused else "0"
-    s = ProfileSettings(prompt_len=16, gen_len=8, batch_size=batch, repeats=steps, warmup=3, cache_graph=graph, seed=0)
-    return profile_model(model, ["tpot"], s)["tpot_ms"]["median"]
+    return e2e.decode_tpot(model, batch, steps, graph)
 
 
 def run(args) -> list[dict]:
