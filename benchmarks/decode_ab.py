@@ -3,17 +3,26 @@ flipped, alternated round by round so that drift of the GPU's clocks falls on bo
 such a same-run ratio. Random weights of the published shapes; the fp16 rows give the ratio to full precision.
 
     python benchmarks/decode_ab.py --switch early-params --models mamba2-2.7b,mamba-2.8b --variants fp16,W4A8
+    python benchmarks/decode_ab.py --switch fused-gate,gemv-l2 --models mamba2-2.7b --variants W4A8
+
+Several comma-separated switches are timed one after the other on the same built models (each model is built once),
+each into its own files.
 
 Switches ("on" is the option, "off" the alternative; which one is the default is recorded with the results):
   early-params    decode kernels read their parameters (norm weights, scales, W4 group scales) before the
                   dependent-launch wait (quamba.ops.triton._common.EARLY_PARAMS; default on)
   prefetch-state  the state updates read their state before the wait (the decode steps' prefetch_state; default on)
   gemv-lookahead  two steps of GEMV weights in flight instead of one (GemvConfig.lookahead=2; default off)
+  gemv-l2         each GEMV program also asks L2 for its whole K slice of weights before the wait
+                  (GemvConfig.l2_prefetch; default off until timed)
   gemv-m16        the CUDA-core GEMV for up to 16 rows instead of the tensor-core kernels above
                   gemv.GEMV_MAX_M (default off; time it with --batch 16)
   fused-decode    QUAMBA_FUSED_DECODE (default on; fused_decode.py times both batch sizes in one table)
   fused-gate      Mamba2's gated norm + Hadamard in one kernel also where the norm group spans the Hadamard's
                   sub-rows (mamba2-2.7b; norm_hadamard.ROW_FUSED; default off until timed)
+  l2-next         each projection's GEMV asks L2 for the next projection's weights (QUAMBA_L2_NEXT; default off)
+  dt-proj-words   Mamba1's fused update reads dt_proj's weights as int32 words (dp4a, loaded before the wait)
+                  instead of bytes after it (selective_scan.DT_PROJ_WORDS; default on)
 
 writes benchmarks/results/decode_ab_<switch>_<models>_<gpu>.{json,md,png}.
 """
@@ -63,21 +72,31 @@ def _prefetch_state(on: bool):
 
 
 def _gemv_lookahead(on: bool):
+    return _gemv_config(lookahead=2) if on else _gemv_config()
+
+
+def _gemv_config(**changes):
+    """Patches gemv.default_config to return its config with ``changes`` (where it prefetches); returns the
+    restore function."""
     from quamba.ops.triton import gemv
 
     real = gemv.default_config
-    if on:
-        def two_ahead(*args):
-            cfg = real(*args)
-            return dataclasses.replace(cfg, lookahead=2) if cfg.prefetch else cfg
 
-        gemv.default_config = two_ahead
+    def changed(*args):
+        cfg = real(*args)
+        return dataclasses.replace(cfg, **changes) if cfg.prefetch else cfg
+
+    gemv.default_config = changed
     gemv._plan.cache_clear()  # launch plans cache the config
 
     def restore():
         gemv.default_config = real
         gemv._plan.cache_clear()
     return restore
+
+
+def _gemv_l2(on: bool):
+    return _gemv_config(l2_prefetch=True) if on else _gemv_config()
 
 
 def _gemv_m16(on: bool):
@@ -101,16 +120,33 @@ def _fused_gate(on: bool):
     return lambda: setattr(norm_hadamard, "ROW_FUSED", old)
 
 
-def _fused_decode(on: bool):
-    old = os.environ.get("QUAMBA_FUSED_DECODE")
-    os.environ["QUAMBA_FUSED_DECODE"] = "1" if on else "0"
+def _dt_proj_words(on: bool):
+    from quamba.ops.triton import selective_scan
+
+    old = selective_scan.DT_PROJ_WORDS
+    selective_scan.DT_PROJ_WORDS = on
+    return lambda: setattr(selective_scan, "DT_PROJ_WORDS", old)
+
+
+def _env_switch(name: str, on: bool):
+    """Sets environment switch ``name`` to 1 / 0; returns the function that restores what was there."""
+    old = os.environ.get(name)
+    os.environ[name] = "1" if on else "0"
 
     def restore():
         if old is None:
-            os.environ.pop("QUAMBA_FUSED_DECODE", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["QUAMBA_FUSED_DECODE"] = old
+            os.environ[name] = old
     return restore
+
+
+def _fused_decode(on: bool):
+    return _env_switch("QUAMBA_FUSED_DECODE", on)
+
+
+def _l2_next(on: bool):
+    return _env_switch("QUAMBA_L2_NEXT", on)
 
 
 # name -> (what "on" means, whether on is the default, apply)
@@ -118,22 +154,29 @@ SWITCHES = {
     "early-params": ("parameters read before the dependent-launch wait", True, _early_params),
     "prefetch-state": ("state updates read their state before the wait", True, _prefetch_state),
     "gemv-lookahead": ("two steps of GEMV weights in flight", False, _gemv_lookahead),
+    "gemv-l2": ("GEMV programs ask L2 for their whole K slice before the wait", False, _gemv_l2),
     "gemv-m16": ("CUDA-core GEMV up to 16 rows", False, _gemv_m16),
     "fused-decode": ("conv and Mamba1 dt_proj fused into the decode kernels", True, _fused_decode),
     "fused-gate": ("gated norm + Hadamard in one kernel where the group spans the row", False, _fused_gate),
+    "l2-next": ("each projection's GEMV asks L2 for the next projection's weights", False, _l2_next),
+    "dt-proj-words": ("Mamba1's fused dt_proj read as words (dp4a) before the wait", True, _dt_proj_words),
 }
 
 
 def parse_args(argv=None):
     p = e2e.decode_parser(__doc__, OUT_DIR, rounds=3)
-    p.add_argument("--switch", required=True, choices=list(SWITCHES),
-                   help="the option to time off and on: " + "; ".join(
+    p.add_argument("--switch", required=True, metavar="SWITCH[,SWITCH...]",
+                   help="the option(s) to time off and on, one after the other on the same models: " + "; ".join(
                        f"{name}: on = {text} (default {'on' if default else 'off'})"
                        for name, (text, default, _) in SWITCHES.items()))
     p.add_argument("--batch", type=int, default=1, help="decode batch size (default 1)")
     args = e2e.decode_args(p, argv)
     if args.batch < 1:
         p.error("--batch must be positive")
+    args.switches = [w.strip() for w in args.switch.split(",") if w.strip()]
+    unknown = [w for w in args.switches if w not in SWITCHES]
+    if unknown or not args.switches:
+        p.error(f"unknown --switch {','.join(unknown) or repr(args.switch)}: choose from {', '.join(SWITCHES)}")
     return args
 
 
@@ -145,19 +188,23 @@ def measure(model, switch: str, on: bool, batch: int, steps: int, graph: bool) -
         restore()
 
 
-def run(args) -> list[dict]:
+def run(args) -> dict[str, list[dict]]:
+    """{switch: its rows}, every switch timed on each model as it is built."""
     device = torch.device(args.device)
 
     def one(name, variant, model, build_s):
-        row = {"model": name, "variant": variant, "build_s": build_s, "off_ms": [], "on_ms": []}
-        for _ in range(args.rounds):
-            for on in (False, True):
-                row["on_ms" if on else "off_ms"].append(
-                    measure(model, args.switch, on, args.batch, args.steps, device.type == "cuda"))
-        print(json.dumps(row), file=sys.stderr, flush=True)
-        return row
+        rows = {}
+        for switch in args.switches:
+            row = rows[switch] = {"model": name, "variant": variant, "build_s": build_s, "off_ms": [], "on_ms": []}
+            for _ in range(args.rounds):
+                for on in (False, True):
+                    row["on_ms" if on else "off_ms"].append(
+                        measure(model, switch, on, args.batch, args.steps, device.type == "cuda"))
+            print(json.dumps({"switch": switch, **row}), file=sys.stderr, flush=True)
+        return rows
 
-    return e2e.for_each_variant(args.models, args.variants, device, one)
+    per_model = e2e.for_each_variant(args.models, args.variants, device, one)
+    return {switch: [rows[switch] for rows in per_model] for switch in args.switches}
 
 
 def summarize(rows: list[dict], default_on: bool) -> None:
@@ -202,15 +249,21 @@ def plot(report: dict, path: Path) -> Path | None:
     return path
 
 
-def main(argv=None) -> str:
+def main(argv=None) -> list[str]:
+    """Runs the A/B; returns the stem of each switch's files."""
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("benchmarks/decode_ab.py needs a CUDA GPU (or --device cpu for a smoke run of the script itself)")
-    on_text, default_on, _ = SWITCHES[args.switch]
-    rows = run(args)
+    results = run(args)
+    return [write(args, switch, rows) for switch, rows in results.items()]
+
+
+def write(args, switch: str, rows: list[dict]) -> str:
+    """One switch's JSON, markdown and plot; returns their common stem."""
+    on_text, default_on, _ = SWITCHES[switch]
     summarize(rows, default_on)
     graph = args.device == "cuda"
-    settings = {"switch": args.switch, "on": on_text, "default": "on" if default_on else "off", "batch": args.batch,
+    settings = {"switch": switch, "on": on_text, "default": "on" if default_on else "off", "batch": args.batch,
                 "rounds": args.rounds, "steps": args.steps, "cache_graph": graph}
     note = (f"TPOT = median ms of one decode step ({'CUDA graph, ' if graph else ''}batch {args.batch}, {args.steps} "
             f"steps after a 16-token prompt), median over {args.rounds} rounds alternating off and on. on = {on_text} "
@@ -220,7 +273,7 @@ def main(argv=None) -> str:
     report = {"device": info, "settings": settings, "rows": rows, "note": note, "random_weights": True,
               "torch_version": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     models = "-".join(args.models)
-    stem = str(args.out_dir / f"decode_ab_{args.switch}_{models}_{gpu_slug(info['name'])}")
+    stem = str(args.out_dir / f"decode_ab_{switch}_{models}_{gpu_slug(info['name'])}")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     Path(stem + ".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     Path(stem + ".md").write_text(markdown(report))

@@ -29,18 +29,22 @@ def _norm_hadamard():
 
 
 def test_switches_set_their_option_and_restore_it(monkeypatch):
-    _common, gemv, _, ssd = _kernel_modules()
+    _common, gemv, selective_scan, ssd = _kernel_modules()
     norm_hadamard = _norm_hadamard()
     bench = load_benchmark("decode_ab")
     monkeypatch.delenv("QUAMBA_FUSED_DECODE", raising=False)
+    monkeypatch.delenv("QUAMBA_L2_NEXT", raising=False)
     max_m, ssd_launch = dict(gemv.GEMV_MAX_M), ssd._ssd_state_update_launch
     seen = {
         "early-params": lambda: _common.EARLY_PARAMS,
         "gemv-m16": lambda: gemv.GEMV_MAX_M == {fmt: 16 for fmt in max_m},
         "gemv-lookahead": lambda: gemv.config_for("w4a8", 1, 256, 512, 128, torch.device("cuda", 0)).lookahead == 2,
+        "gemv-l2": lambda: gemv.config_for("w4a8", 1, 256, 512, 128, torch.device("cuda", 0)).l2_prefetch,
         "fused-decode": lambda: os.environ["QUAMBA_FUSED_DECODE"] == "1",
         "prefetch-state": lambda: ssd._ssd_state_update_launch is ssd_launch,
         "fused-gate": lambda: norm_hadamard.ROW_FUSED,
+        "dt-proj-words": lambda: selective_scan.DT_PROJ_WORDS,
+        "l2-next": lambda: os.environ["QUAMBA_L2_NEXT"] == "1",
     }
     monkeypatch.setattr(gemv, "_sm_count", lambda index: 132)  # config_for on a "GPU" without one
     gemv._plan.cache_clear()
@@ -52,8 +56,10 @@ def test_switches_set_their_option_and_restore_it(monkeypatch):
             restore()
         assert _common.EARLY_PARAMS is True and gemv.GEMV_MAX_M == max_m, name
         assert ssd._ssd_state_update_launch is ssd_launch and "QUAMBA_FUSED_DECODE" not in os.environ, name
-        assert norm_hadamard.ROW_FUSED is False, name
-    assert gemv.config_for("w4a8", 1, 256, 512, 128, torch.device("cuda", 0)).lookahead == 1
+        assert "QUAMBA_L2_NEXT" not in os.environ, name
+        assert norm_hadamard.ROW_FUSED is False and selective_scan.DT_PROJ_WORDS is True, name
+    cfg = gemv.config_for("w4a8", 1, 256, 512, 128, torch.device("cuda", 0))
+    assert cfg.lookahead == 1 and not cfg.l2_prefetch
     gemv._plan.cache_clear()
 
 
@@ -74,9 +80,13 @@ def test_prefetch_state_off_reaches_the_launchers(monkeypatch):
 
 def test_smoke_run_alternates_and_writes_tables(tmp_path):
     bench = load_benchmark("decode_ab")
-    stem = bench.main(["--switch", "early-params", "--models", "tiny-mamba2", "--variants", "fp16,W4A8",
-                       "--device", "cpu", "--rounds", "2", "--steps", "2", "--out-dir", str(tmp_path)])
+    stem, stem2 = bench.main(["--switch", "early-params,fused-gate", "--models", "tiny-mamba2", "--variants",
+                              "fp16,W4A8", "--device", "cpu", "--rounds", "2", "--steps", "2", "--out-dir",
+                              str(tmp_path)])
     assert Path(stem).name.startswith("decode_ab_early-params_tiny-mamba2_")  # then the device name
+    assert Path(stem2).name.startswith("decode_ab_fused-gate_tiny-mamba2_")  # the same models, a second switch
+    second = json.loads(Path(stem2 + ".json").read_text())
+    assert second["settings"]["switch"] == "fused-gate" and len(second["rows"][1]["on_ms"]) == 2
     report = json.loads(Path(stem + ".json").read_text())
     assert report["settings"]["switch"] == "early-params" and report["settings"]["default"] == "on"
     fp, q = report["rows"]
@@ -91,7 +101,8 @@ def test_smoke_run_alternates_and_writes_tables(tmp_path):
 def test_bad_switch_is_refused():
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode_ab.py"), "--switch", "faster"],
                        capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and "invalid choice: 'faster'" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "unknown --switch faster: choose from early-params" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

@@ -64,12 +64,13 @@ def _default(gv, fmt, m, g=None):
 
 def _small(gv, block_m=4, block_n=32, block_k=64, split=3, prefetch=True):
     """An explicit small config with split-K (3 K slices of 128 for K = 384 and block_k 64); ``prefetch`` True /
-    False, or 2: two steps of weights ahead (lookahead 2)."""
+    False, 2: two steps of weights ahead (lookahead 2), or "l2": also the whole slice asked of L2 (l2_prefetch)."""
     return gv[0].GemvConfig(block_m=block_m, block_n=block_n, block_k=block_k, split=split, num_warps=1,
-                            num_stages=1, prefetch=bool(prefetch), lookahead=2 if prefetch == 2 else 1)
+                            num_stages=1, prefetch=bool(prefetch), lookahead=2 if prefetch == 2 else 1,
+                            l2_prefetch=prefetch == "l2")
 
 
-PREFETCH = pytest.mark.parametrize("prefetch", [True, 2, False], ids=["prefetch", "ahead2", "no-prefetch"])
+PREFETCH = pytest.mark.parametrize("prefetch", [True, 2, False, "l2"], ids=["prefetch", "ahead2", "no-prefetch", "l2"])
 
 
 @functools.lru_cache(maxsize=None)
@@ -412,6 +413,9 @@ def test_default_configs_for_decode_shapes(gv, monkeypatch):
                         ahead = [c for c in cands if c.lookahead == 2]
                         longer = replace(cfg, lookahead=2, split=max(1, -(-steps // 4)))
                         assert ahead == list(dict.fromkeys([replace(cfg, lookahead=2), longer]))
+                        l2 = [c for c in cands if c.l2_prefetch]
+                        assert l2 == list(dict.fromkeys(replace(cfg, l2_prefetch=True, split=max(1, -(-steps // s)))
+                                                        for s in (2, 4, 8)))
         assert kinds == {"short", "long"}
         # the swept shapes get the sweep's best configs
         assert gemv.default_config("w4a8", 1, 10576, 2560, 128, 0).describe() == "gemv 1x64x128 split10 w4 s1"

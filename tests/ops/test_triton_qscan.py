@@ -177,7 +177,8 @@ def _update_args(b, d, n, dt_rank, out_dtype):
     (5, "channel", False, torch.float32, 2),
     (5, "tensor", True, torch.float16, 1),
     (12, "ties", False, torch.float16, 2),
-    (300, "channel", True, torch.float32, 2),  # R over one 256-wide tile: two passes
+    (300, "channel", True, torch.float32, 2),  # words (dp4a): 75 words in one pass
+    (301, "channel", True, torch.float32, 2),  # bytes (R not a multiple of 4), over one 256-wide tile: two passes
     (12, "channel", False, torch.float32, 3),  # over DT_PROJ_FUSED_MAX_BATCH: dt_proj's own GEMV, then the update
 ])
 def test_qselective_state_update_with_dt_proj_equals_dt_proj_then_update(poisoned, monkeypatch, dt_rank, scales,
@@ -202,6 +203,8 @@ def test_qselective_state_update_with_dt_proj_equals_dt_proj_then_update(poisone
     start = _random_state((b, d, n), int8_state)
     fused, two_kernels, ref, two_refs = (_copy_state(start) for _ in range(4))
 
+    from quamba.ops.triton.selective_scan import dt_proj_words
+    assert dt_proj_words(proj.weight, dt_low) == (dt_rank % 4 == 0)  # R + 2N = 36 / 324: aligned dt_low rows
     y = qselective_state_update(fused, dt=dt_low, dt_proj=proj, **args)
     assert len(gemms) == (b > DT_PROJ_FUSED_MAX_BATCH and use_triton(dt_low))
     assert torch.equal(y, qselective_state_update(two_kernels, dt=dt, **args))

@@ -141,6 +141,25 @@ def use_pdl(t: torch.Tensor) -> bool:
 
 
 @triton.jit
+def _byte(v, i: tl.constexpr):
+    """Signed byte i of int32 words v (the interpreter's dp4a)."""
+    return (((v >> (8 * i)) & 0xFF) ^ 0x80) - 0x80
+
+
+@triton.jit
+def dp4a(a, b, c, USE_ASM: tl.constexpr):
+    """c + the sum of the four signed int8 x int8 products of int32 words a and b (PTX ``dp4a``, one instruction;
+    USE_ASM False, for the interpreter: the same sum from shifts and masks). a, b and c broadcast."""
+    if USE_ASM:
+        out = tl.inline_asm_elementwise("dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
+                                        dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        out = c + _byte(a, 0) * _byte(b, 0) + _byte(a, 1) * _byte(b, 1)
+        out += _byte(a, 2) * _byte(b, 2) + _byte(a, 3) * _byte(b, 3)
+    return out
+
+
+@triton.jit
 def round_half_even(v):
     """torch.round for fp32 v (ties to even), from floor: exact, and the same in the interpreter."""
     f = tl.floor(v)

@@ -44,6 +44,17 @@ tile asks L2 for what the epilogue will read (``_prefetch_tail``), which otherwi
 very end of the kernel. Only parameters are read before the wait (never x, the split-K buffers, y or the conv
 state's updates), so no access races the producer.
 
+Whole slice to L2 (``GemvConfig.l2_prefetch``): the register lookahead holds one or two steps, because registers
+bound how many programs an SM keeps; a ``prefetch.global.L2`` holds none. With it, each program also asks L2 for
+every weight line of its K slice before the wait (a hint per 64 bytes of each row), so the whole matrix is requested
+while the previous kernel runs, as far as programs are resident, and the later steps' loads meet L2 rather than DRAM.
+
+The next projection's weights to L2 (``l2_next``, QUAMBA_L2_NEXT=1): a decode step alternates projections with
+small kernels (norm, state update, gated norm) that leave DRAM nearly idle. Given the weight tensor of the projection
+that comes next in the step, each program, once its own K loop is done, asks L2 for its share of that tensor's
+128-byte lines (``_next_to_l2``), so the next projection starts with its weights in L2 (which holds 50 MB on an
+H100: an in_proj of mamba2-2.7b in W4 is 13.5 MB) instead of streaming them from DRAM on the step's critical path.
+
 Split-K (``split`` > 1, for shapes with few N blocks): program (tile, s) sums K slice s and stores its partial
 sums into a per-tile workspace; the program that finishes last (an int32 atomic counter per tile, acq_rel at GPU
 scope, after a CTA barrier so every thread's partial is written) adds the partials in slice order 0, 1, ... and
@@ -64,6 +75,7 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from ._common import cdiv, device_of, early_params, next_pow2, pdl_start, prefetch_l2, use_pdl
+from ._common import dp4a as _dp4a
 from .conv1d import conv_step_args, conv_step_tile
 from .gemm_w8a8 import _sm_count, float_epilogue, int_epilogue
 
@@ -92,7 +104,8 @@ class GemvConfig:
     many times (more loads in flight per thread); prefetch: each program requests its first ``lookahead`` (1 or 2)
     steps' weights before it waits for the kernel that wrote x (dependent launch), then keeps that many steps of
     weights in flight ahead (2: a slice of two steps is requested whole before the wait, for two steps' registers;
-    on an H100 the default configs with 2 made W4A8 mamba2-2.7b's decode step slower, 1.745 against 1.660 ms).
+    on an H100 the default configs with 2 made W4A8 mamba2-2.7b's decode step slower, 1.745 against 1.660 ms);
+    l2_prefetch: each program also asks L2 for its whole K slice of weights before the wait (no registers held).
     """
 
     block_m: int = 1
@@ -104,6 +117,7 @@ class GemvConfig:
     unroll: int = 1
     prefetch: bool = True
     lookahead: int = 1
+    l2_prefetch: bool = False
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k"):
@@ -119,29 +133,12 @@ class GemvConfig:
     def describe(self) -> str:
         unroll = f" u{self.unroll}" if self.unroll > 1 else ""
         prefetch = (f" ahead{self.lookahead}" if self.lookahead > 1 else "") if self.prefetch else " no-prefetch"
+        l2 = " l2" if self.l2_prefetch else ""
         return (f"gemv {self.block_m}x{self.block_n}x{self.block_k} split{self.split} w{self.num_warps} "
-                f"s{self.num_stages}{unroll}{prefetch}")
+                f"s{self.num_stages}{unroll}{prefetch}{l2}")
 
 
 # ---------------------------------------------------------------------------------------------- jit helpers
-
-@triton.jit
-def _byte(v, i: tl.constexpr):
-    """Signed byte i of int32 words v (the interpreter's dp4a)."""
-    return (((v >> (8 * i)) & 0xFF) ^ 0x80) - 0x80
-
-
-@triton.jit
-def _dp4a(a, b, c, USE_ASM: tl.constexpr):
-    """c + the sum of the four signed int8 x int8 products of int32 words a and b (broadcast)."""
-    if USE_ASM:
-        out = tl.inline_asm_elementwise("dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
-                                        dtype=tl.int32, is_pure=True, pack=1)
-    else:
-        out = c + _byte(a, 0) * _byte(b, 0) + _byte(a, 1) * _byte(b, 1)
-        out += _byte(a, 2) * _byte(b, 2) + _byte(a, 3) * _byte(b, 3)
-    return out
-
 
 @triton.jit
 def _even_odd_bytes(a, b, USE_ASM: tl.constexpr):
@@ -223,12 +220,30 @@ def _s_ahead(s_cols, k0, D: tl.constexpr, k_hi, G: tl.constexpr, ssg, BLOCK_K: t
 
 
 @triton.jit
+def _slice_to_l2(row_ptrs, n_words, L2_PTS: tl.constexpr, USE_ASM: tl.constexpr):
+    """Asks L2 for every line of words [0, n_words) after each of row_ptrs ([BLOCK_N, 1] int32 pointers): a hint every
+    16 words (64 bytes, half a line, so no line is skipped whatever the alignment) and one at the last word;
+    L2_PTS >= cdiv(n_words, 16) + 1 points a row (the surplus repeats the last word)."""
+    offs = tl.minimum(tl.arange(0, L2_PTS) * 16, n_words - 1)
+    prefetch_l2(row_ptrs + offs[None, :], USE_ASM)
+
+
+@triton.jit
+def _next_to_l2(nx_ptr, nx_lines, NX_PTS: tl.constexpr, USE_ASM: tl.constexpr):
+    """``l2_next``: asks L2 for this program's share of the next weight's 128-byte lines, NX_PTS lines a program in
+    grid order (past the end: the last line again)."""
+    pid = tl.program_id(0) + tl.program_id(1) * tl.num_programs(0)
+    lines = tl.minimum(pid.to(tl.int64) * NX_PTS + tl.arange(0, NX_PTS), nx_lines - 1)
+    prefetch_l2(nx_ptr.to(tl.pointer_type(tl.int8)) + lines * 128, USE_ASM)
+
+
+@triton.jit
 def _accumulate(
     x_ptr, w_ptr, s_ptr, rows, cols, w_slice, K, sxm, swn, ssn, ssg, bits,
     FMT: tl.constexpr, G: tl.constexpr, SCALE_MODE: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr, LOOKAHEAD: tl.constexpr, USE_PDL: tl.constexpr,
-    EARLY: tl.constexpr,
+    EARLY: tl.constexpr, L2_PTS: tl.constexpr,
 ):
     """x[rows, slice] @ W[cols, slice]^T as [BLOCK_M, BLOCK_N] (int32 for W8A8 / W4A8, fp32 for W4A16; W4 sums
     times their group scales), for K slice ``program_id(1)`` of ``w_slice`` weight words.
@@ -237,7 +252,7 @@ def _accumulate(
     when not EVEN_K): x words past K read as 0, which makes every term of theirs 0, corrections included.
     sxm: x's row stride in words (W8A8 / W4A8: int32 words of 4 int8; W4A16: elements); swn: W's in words.
     bits: a bit pattern the launcher passes as an argument (see ``_nibble_f32``): W4A8 0x08080808, W4A16
-    0x3FC00000."""
+    0x3FC00000. L2_PTS > 0: the slice's weights are first asked of L2 (``_slice_to_l2``)."""
     VPW: tl.constexpr = 4 if FMT == 0 else 8  # values per weight word
     BLOCK_W: tl.constexpr = BLOCK_K // VPW
     offs_w = tl.arange(0, BLOCK_W)
@@ -263,6 +278,8 @@ def _accumulate(
         w_next = _w_ahead(w_ptrs, k_lo, 0, k_hi, offs_w, EVEN_K, VPW, BLOCK_W, BLOCK_K)
         if LOOKAHEAD == 2:
             w_next2 = _w_ahead(w_ptrs, k_lo, 1, k_hi, offs_w, EVEN_K, VPW, BLOCK_W, BLOCK_K)
+    if L2_PTS > 0:
+        _slice_to_l2(w32 + cols[:, None] * swn + kw_lo, tl.minimum(w_slice, K // VPW - kw_lo), L2_PTS, USE_ASM)
     SCALES_AHEAD: tl.constexpr = PREFETCH and EARLY and SCALE_MODE == 1
     if SCALES_AHEAD:  # and their group scales (a gather of a few bytes per row), ahead like the weights
         s_next = _s_ahead(s_cols, k_lo, 0, k_hi, G, ssg, BLOCK_K)
@@ -427,12 +444,12 @@ def _w8a8_gemv_kernel(
     x_ptr, w_ptr, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
     M, N, K, w_slice, sxm, swn, sws, sos,
     cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr, cv_lo, cv_dim,
-    cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_,
+    cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_, nx_ptr, nx_lines,
     HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SCALE_ORDER: tl.constexpr, USE_ASM: tl.constexpr,
     SPLIT: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PREFETCH: tl.constexpr, LOOKAHEAD: tl.constexpr, USE_PDL: tl.constexpr, EARLY: tl.constexpr, CONV: tl.constexpr,
-    CONV_K: tl.constexpr, CONV_BIAS: tl.constexpr,
+    CONV_K: tl.constexpr, CONV_BIAS: tl.constexpr, L2_PTS: tl.constexpr, NX_PTS: tl.constexpr,
 ):
     """y [M, N] = int_epilogue(x_q @ w^T) for int8 w [N, K] (+ a conv step, see _finish_int); grid
     (M blocks x N blocks, SPLIT)."""
@@ -443,7 +460,9 @@ def _w8a8_gemv_kernel(
                        HAS_BIAS, REQUANT, CONV, CONV_BIAS, USE_ASM)
     acc = _accumulate(x_ptr, w_ptr, w_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, 0, 0, 0,
                       0, 1, 0, USE_ASM, EVEN_K,  # FMT_W8A8, no group scales
-                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY)
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS)
+    if NX_PTS > 0:
+        _next_to_l2(nx_ptr, nx_lines, NX_PTS, USE_ASM)
     _finish_int(acc, tile, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
                 sws, sos, cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr, cv_lo, cv_dim,
                 cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_,
@@ -455,12 +474,12 @@ def _w4a8_gemv_kernel(
     x_ptr, w_ptr, gs_ptr, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
     M, N, K, w_slice, sxm, swn, sgn, sgg, sos, bits,
     cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr, cv_lo, cv_dim,
-    cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_,
+    cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_, nx_ptr, nx_lines,
     HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, USE_ASM: tl.constexpr, SPLIT: tl.constexpr,
     G: tl.constexpr, SCALE_MODE: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PREFETCH: tl.constexpr, LOOKAHEAD: tl.constexpr, USE_PDL: tl.constexpr, EARLY: tl.constexpr, CONV: tl.constexpr,
-    CONV_K: tl.constexpr, CONV_BIAS: tl.constexpr,
+    CONV_K: tl.constexpr, CONV_BIAS: tl.constexpr, L2_PTS: tl.constexpr, NX_PTS: tl.constexpr,
 ):
     """y [M, N] = int_epilogue(x_q @ (q4 * s_g)^T), w4a8_gemm_ref's scale order (+ a conv step, see
     _finish_int); grid (M x N blocks, SPLIT)."""
@@ -471,7 +490,9 @@ def _w4a8_gemv_kernel(
                        HAS_BIAS, REQUANT, CONV, CONV_BIAS, USE_ASM)
     acc = _accumulate(x_ptr, w_ptr, gs_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, sgn, sgg, bits,
                       1, G, SCALE_MODE, USE_ASM, EVEN_K,  # 1: FMT_W4A8
-                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY)
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS)
+    if NX_PTS > 0:
+        _next_to_l2(nx_ptr, nx_lines, NX_PTS, USE_ASM)
     _finish_int(acc, tile, offs_m, offs_n, M, N, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
                 1, sos, cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr, cv_lo, cv_dim,
                 cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_,
@@ -481,17 +502,19 @@ def _w4a8_gemv_kernel(
 @triton.jit(do_not_specialize=["M"])
 def _w4a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, bias_ptr, y_ptr, part_ptr, cnt_ptr,
-    M, N, K, w_slice, sxm, swn, ssn, ssg, bits,
+    M, N, K, w_slice, sxm, swn, ssn, ssg, bits, nx_ptr, nx_lines,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, G: tl.constexpr, SCALE_MODE: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr, LOOKAHEAD: tl.constexpr, USE_PDL: tl.constexpr,
-    EARLY: tl.constexpr,
+    EARLY: tl.constexpr, L2_PTS: tl.constexpr, USE_ASM: tl.constexpr, NX_PTS: tl.constexpr,
 ):
     """y [M, N] = x @ (q4 * s)^T (+ bias) with fp32 sums, in y's dtype; grid (M x N blocks, SPLIT)."""
     tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
     acc = _accumulate(x_ptr, w_ptr, s_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, ssn, ssg, bits,
-                      2, G, SCALE_MODE, False, EVEN_K,  # 2: FMT_W4A16 (no PTX needed)
-                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY)
+                      2, G, SCALE_MODE, USE_ASM, EVEN_K,  # 2: FMT_W4A16 (PTX only for the L2 hints)
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS)
+    if NX_PTS > 0:
+        _next_to_l2(nx_ptr, nx_lines, NX_PTS, USE_ASM)
     if SPLIT == 1:
         float_epilogue(acc, offs_m, offs_n, M, N, bias_ptr, y_ptr, N, 1, HAS_BIAS)
     elif _publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N) == SPLIT - 1:
@@ -594,8 +617,8 @@ def default_config(fmt: str, m: int, n: int, k: int, group_size: int | None, dev
 def candidate_configs(fmt: str, m: int, n: int, k: int, group_size: int | None,
                       device_index: int = 0) -> list[GemvConfig]:
     """The configs ``benchmarks/kernels_gemm.py --sweep`` times for one shape, the default first: short slices
-    (two steps) over a grid of block_n x block_k, then prefetch, lookahead (also with four-step slices),
-    num_warps, pipelining depth, unrolling and split-K varied one at a time around the default."""
+    (two steps) over a grid of block_n x block_k, then prefetch, lookahead (also with four-step slices), the L2
+    prefetch of whole slices (of 2, 4 and 8 steps), num_warps, pipelining depth, unrolling and split-K varied one at a time around the default."""
     base = default_config(fmt, m, n, k, group_size, device_index)
     packed = fmt != "w8a8"
     out = [base]
@@ -613,6 +636,8 @@ def candidate_configs(fmt: str, m: int, n: int, k: int, group_size: int | None,
     if base.prefetch:  # two steps in flight; also with slices twice as long (half the programs' fixed work)
         add(lookahead=2)
         add(lookahead=2, split=max(1, cdiv(cdiv(k, base.block_k), 4)))
+        for steps in (2, 4, 8):  # the whole slice asked of L2 before the wait, with longer slices too
+            add(l2_prefetch=True, split=max(1, cdiv(cdiv(k, base.block_k), steps)))
     for nw in (2, 8):
         add(num_warps=nw)
     for st in (2, 3):
@@ -627,7 +652,7 @@ def candidate_configs(fmt: str, m: int, n: int, k: int, group_size: int | None,
 @functools.lru_cache(maxsize=4096)
 def _plan(fmt: str, m: int, n: int, k: int, group_size: int | None, device_index: int, config: GemvConfig | None):
     """The whole launch plan of one call, cached on its shapes: (config, grid, SPLIT, K slice length, EVEN_K,
-    SCALE_MODE, split-K workspace elements)."""
+    SCALE_MODE, split-K workspace elements, L2_PTS)."""
     cfg = config or default_config(fmt, m, n, k, group_size, device_index)
     vpw = VALUES_PER_WORD[fmt]
     if cfg.block_k < vpw:
@@ -641,7 +666,8 @@ def _plan(fmt: str, m: int, n: int, k: int, group_size: int | None, device_index
                           "larger blocks")
     work = tiles * split * cfg.block_m * cfg.block_n if split > 1 else 0
     mode = _scale_mode(fmt, k, group_size, cfg.block_k)
-    return cfg, (tiles, split), split, per_slice * cfg.block_k, k % cfg.block_k == 0, mode, work
+    l2_pts = next_pow2(cdiv(per_slice * cfg.block_k // vpw, 16) + 1) if cfg.l2_prefetch else 0
+    return cfg, (tiles, split), split, per_slice * cfg.block_k, k % cfg.block_k == 0, mode, work, l2_pts
 
 
 _COUNTERS: dict[int, torch.Tensor] = {}
@@ -663,7 +689,7 @@ def _split_buffers(t: torch.Tensor, work: int, dtype: torch.dtype, dummy: torch.
 
 class _Launch(NamedTuple):
     """One GEMV launch: x2 as the kernel reads it, the shapes, the config, grid, SPLIT, the K slice in weight words,
-    EVEN_K, SCALE_MODE, the split-K workspace and counters, and whether to use dependent launch."""
+    EVEN_K, SCALE_MODE, the split-K workspace and counters, whether to use dependent launch, and L2_PTS."""
 
     x2: torch.Tensor
     m: int
@@ -678,10 +704,12 @@ class _Launch(NamedTuple):
     part: torch.Tensor
     cnt: torch.Tensor
     pdl: bool
+    l2_pts: int
+    nx: tuple  # (l2_next tensor or a placeholder, its 128-byte lines, NX_PTS)
 
 
 def _launch_plan(fmt: str, x2: torch.Tensor, w: torch.Tensor, g: int | None, y: torch.Tensor,
-                 config: GemvConfig | None):
+                 config: GemvConfig | None, l2_next: torch.Tensor | None = None):
     """Everything a launcher needs besides its own arguments (``_Launch``).
 
     x2's rows must be contiguous along K; the int8 formats also read them as int32 words, so rows that are not
@@ -692,10 +720,14 @@ def _launch_plan(fmt: str, x2: torch.Tensor, w: torch.Tensor, g: int | None, y: 
             x2 = x2.contiguous()
     elif x2.stride(1) != 1 or x2.stride(0) % 4 or x2.data_ptr() % 4:
         x2 = x2.clone(memory_format=torch.contiguous_format)
-    cfg, grid, split, k_slice, even_k, mode, work = _plan(fmt, m, n, k, g, x2.get_device(), config)
+    cfg, grid, split, k_slice, even_k, mode, work, l2_pts = _plan(fmt, m, n, k, g, x2.get_device(), config)
     part, cnt = _split_buffers(x2, work, torch.float32 if fmt == "w4a16" else torch.int32, y)
+    nx = (y, 1, 0)
+    if l2_next is not None and l2_next.numel():
+        lines = cdiv(l2_next.numel() * l2_next.element_size(), 128)
+        nx = (l2_next, lines, next_pow2(cdiv(lines, grid[0] * grid[1])))
     return _Launch(x2, m, n, k, cfg, grid, split, k_slice // VALUES_PER_WORD[fmt], even_k, mode, part, cnt,
-                   use_pdl(x2))
+                   use_pdl(x2), l2_pts, nx)
 
 
 # ---------------------------------------------------------------------------------------------- launch
@@ -713,30 +745,31 @@ def _conv_args(conv, p: "_Launch", y: torch.Tensor) -> tuple:
 
 
 def w8a8_gemv_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, config: GemvConfig | None = None,
-                   conv=None):
+                   conv=None, l2_next=None):
     """y [M, N] = epilogue(x2 [M, K] int8 @ w8 [N, K] int8), the W8A8 (scale_order 0) or W4A8 (1) epilogue.
-    With ``conv`` (a ``ConvStep``) also steps that conv in the epilogue and returns its output u [M, D] int8."""
-    p = _launch_plan("w8a8", x2, w8, None, y, config)
+    With ``conv`` (a ``ConvStep``) also steps that conv in the epilogue and returns its output u [M, D] int8; with
+    ``l2_next`` (a contiguous tensor, the next projection's weight) asks L2 for it (module docstring)."""
+    p = _launch_plan("w8a8", x2, w8, None, y, config, l2_next)
     cfg = p.cfg
     u, conv_args, conv_flags = _conv_args(conv, p, y)
     with device_of(p.x2):
         _w8a8_gemv_kernel[p.grid](
             p.x2, w8, xs, ws, ws if bias is None else bias, ws if os_ is None else os_, y, p.part, p.cnt,
-            p.m, p.n, p.k, p.w_slice, p.x2.stride(0) // 4, w8.stride(0) // 4, sws, sos, *conv_args,
+            p.m, p.n, p.k, p.w_slice, p.x2.stride(0) // 4, w8.stride(0) // 4, sws, sos, *conv_args, *p.nx[:2],
             HAS_BIAS=bias is not None, REQUANT=os_ is not None, SCALE_ORDER=scale_order, USE_ASM=p.x2.is_cuda,
             SPLIT=p.split, EVEN_K=p.even_k, NUM_STAGES=cfg.num_stages,
             UNROLL=cfg.unroll, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
             PREFETCH=cfg.prefetch, LOOKAHEAD=cfg.lookahead, USE_PDL=p.pdl, EARLY=early_params(),
-            launch_pdl=p.pdl, enable_fp_fusion=False, **conv_flags,
+            L2_PTS=p.l2_pts, NX_PTS=p.nx[2], launch_pdl=p.pdl, enable_fp_fusion=False, **conv_flags,
         )
     return u
 
 
 def w4a8_gemv_into(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y, config: GemvConfig | None = None,
-                   conv=None):
-    """y [M, N] = epilogue(x2 [M, K] int8 @ (q4 * group_scales)^T), w4a8_gemm_ref's order; ``conv`` as in
-    ``w8a8_gemv_into``."""
-    p = _launch_plan("w4a8", x2, w_packed, g, y, config)
+                   conv=None, l2_next=None):
+    """y [M, N] = epilogue(x2 [M, K] int8 @ (q4 * group_scales)^T), w4a8_gemm_ref's order; ``conv`` and ``l2_next``
+    as in ``w8a8_gemv_into``."""
+    p = _launch_plan("w4a8", x2, w_packed, g, y, config, l2_next)
     cfg = p.cfg
     u, conv_args, conv_flags = _conv_args(conv, p, y)
     with device_of(p.x2):
@@ -744,28 +777,29 @@ def w4a8_gemv_into(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y
             p.x2, w_packed, group_scales, xs, cs, cs if bias is None else bias, cs if os_ is None else os_, y,
             p.part, p.cnt,
             p.m, p.n, p.k, p.w_slice, p.x2.stride(0) // 4, w_packed.stride(0) // 4, *group_scales.stride(), sos,
-            0x08080808, *conv_args,
+            0x08080808, *conv_args, *p.nx[:2],
             HAS_BIAS=bias is not None, REQUANT=os_ is not None, USE_ASM=p.x2.is_cuda, SPLIT=p.split,
             G=g, SCALE_MODE=p.mode, EVEN_K=p.even_k, NUM_STAGES=cfg.num_stages, UNROLL=cfg.unroll,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
             PREFETCH=cfg.prefetch, LOOKAHEAD=cfg.lookahead, USE_PDL=p.pdl, EARLY=early_params(),
-            launch_pdl=p.pdl, enable_fp_fusion=False, **conv_flags,
+            L2_PTS=p.l2_pts, NX_PTS=p.nx[2], launch_pdl=p.pdl, enable_fp_fusion=False, **conv_flags,
         )
     return u
 
 
-def w4a16_gemv_into(x2, w_packed, scales, g: int, bias, y, config: GemvConfig | None = None):
-    """y [M, N] = x2 [M, K] @ (q4 * scales)^T (+ bias) in y's dtype."""
-    p = _launch_plan("w4a16", x2, w_packed, g, y, config)
+def w4a16_gemv_into(x2, w_packed, scales, g: int, bias, y, config: GemvConfig | None = None, l2_next=None):
+    """y [M, N] = x2 [M, K] @ (q4 * scales)^T (+ bias) in y's dtype; ``l2_next`` as in ``w8a8_gemv_into``."""
+    p = _launch_plan("w4a16", x2, w_packed, g, y, config, l2_next)
     cfg = p.cfg
     with device_of(p.x2):
         _w4a16_gemv_kernel[p.grid](
             p.x2, w_packed, scales, scales if bias is None else bias, y, p.part, p.cnt,
-            p.m, p.n, p.k, p.w_slice, p.x2.stride(0), w_packed.stride(0) // 4, *scales.stride(), 0x3FC00000,
+            p.m, p.n, p.k, p.w_slice, p.x2.stride(0), w_packed.stride(0) // 4, *scales.stride(), 0x3FC00000, *p.nx[:2],
             HAS_BIAS=bias is not None, SPLIT=p.split, G=g, SCALE_MODE=p.mode, EVEN_K=p.even_k,
             NUM_STAGES=cfg.num_stages, UNROLL=cfg.unroll, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, PREFETCH=cfg.prefetch, LOOKAHEAD=cfg.lookahead,
-            USE_PDL=p.pdl, EARLY=early_params(), launch_pdl=p.pdl,
+            USE_PDL=p.pdl, EARLY=early_params(), L2_PTS=p.l2_pts, USE_ASM=p.x2.is_cuda, NX_PTS=p.nx[2],
+            launch_pdl=p.pdl,
         )
 
 

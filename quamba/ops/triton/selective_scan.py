@@ -17,7 +17,11 @@ q * scale and written back by ``quantize_state_rows`` in registers: a row of N v
 
 The one-token update may also take Mamba1's dt_proj (``DtProj``, W8A8 with an int8 output): each program then
 computes the int8 dt of its channels from dt_low [B, R] with exact int32 dot products and the W8A8 epilogue, so the
-decode step runs one kernel where it ran two (the GEMV launch and its dt round trip through memory are gone).
+decode step runs one kernel where it ran two (the GEMV launch and its dt round trip through memory are gone). Where R
+is a multiple of 4 and the rows are 4-byte aligned (every Mamba1 checkpoint: R = d_model / 16), the weights are read
+as int32 words and summed with ``dp4a`` (one instruction per 4 products, a quarter of the registers of the byte
+tile), and with ``prefetch_state`` they are loaded before the dependent-launch wait like the state: only dt_low
+comes from the kernel before.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2,
+from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, dp4a, next_pow2,
                       pdl_start, quantize_int8, silu, softplus, stride_or_zero, use_pdl)
 
 _MAX_STATE = 256  # the state of a channel block lives in registers
@@ -80,6 +84,31 @@ def _dt_from_proj(dtl_ptr, w_ptr, dxs_ptr, dws_ptr, dos_ptr, pid_b, offs_d, mask
     ws = tl.load(dws_ptr + offs_d * sdws, mask=mask_d, other=1.0)
     out_scale = tl.load(dos_ptr + offs_d * sdos, mask=mask_d, other=1.0)
     y = acc.to(tl.float32) * (tl.load(dxs_ptr) * ws)
+    return quantize_int8(y, out_scale)
+
+
+@triton.jit
+def _dt_proj_words(w_ptr, dxs_ptr, dws_ptr, dos_ptr, offs_d, mask_d, rank, swd, sdws, sdos,
+                   BLOCK_RW: tl.constexpr):
+    """dt_proj's parameters for this program's channels, read as words (R a multiple of 4, rows 4-byte aligned; swd:
+    the weight's row stride in words): (w int32 [BLOCK_D, BLOCK_RW] of 4 int8 along R each, 0 past R; the input
+    scale; the weight and out scales [BLOCK_D])."""
+    offs_w = tl.arange(0, BLOCK_RW)
+    w = tl.load(w_ptr.to(tl.pointer_type(tl.int32)) + offs_d[:, None] * swd + offs_w[None, :],
+                mask=mask_d[:, None] & (offs_w < rank // 4)[None, :], other=0)
+    ws = tl.load(dws_ptr + offs_d * sdws, mask=mask_d, other=1.0)
+    out_scale = tl.load(dos_ptr + offs_d * sdos, mask=mask_d, other=1.0)
+    return w, tl.load(dxs_ptr), ws, out_scale
+
+
+@triton.jit
+def _dt_from_words(dtl_ptr, pid_b, rank, stlb, w, xs, ws, out_scale, BLOCK_RW: tl.constexpr, USE_ASM: tl.constexpr):
+    """``_dt_from_proj`` from ``_dt_proj_words``' parameters: dt_low's row (stlb: its stride in words) as words, one
+    ``dp4a`` per weight word, the same exact int32 sums and the same epilogue."""
+    offs_w = tl.arange(0, BLOCK_RW)
+    xw = tl.load(dtl_ptr.to(tl.pointer_type(tl.int32)) + pid_b * stlb + offs_w, mask=offs_w < rank // 4, other=0)
+    acc = tl.sum(dp4a(w, xw[None, :], 0, USE_ASM), axis=1)
+    y = acc.to(tl.float32) * (xs * ws)
     return quantize_int8(y, out_scale)
 
 
@@ -218,13 +247,14 @@ def _selective_state_update_kernel(
     spwd, spwr, spws, spos,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     QUANT: tl.constexpr, A_LOG: tl.constexpr, STATE_INT8: tl.constexpr, DT_PROJ: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    USE_PDL: tl.constexpr, PREFETCH: tl.constexpr,
+    DT_WORDS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, USE_ASM: tl.constexpr,
 ):
     """One step for a [BLOCK_D, N] slice of the state (fp32, or int8 rows with their scales, updated in place);
     grid (B, cdiv(D, BLOCK_D)). With DT_PROJ, dt_ptr is dt_low [B, R] (strides stb, std) and the int8 dt comes from
-    dt_proj (weight pw [D, R], scales pxs / pws / pos) in ``_dt_from_proj``. PREFETCH: the state, A, D, the bias
-    and the scales are loaded before waiting for the previous kernel (which must write none of them; see
+    dt_proj (weight pw [D, R], scales pxs / pws / pos) in ``_dt_from_proj``, or with DT_WORDS (BLOCK_R: words of
+    R, strides stb / spwd in words) in ``_dt_from_words``. PREFETCH: the state, A, D, the bias, the scales and
+    dt_proj's words are loaded before waiting for the previous kernel (which must write none of them; see
     ``ssd._ssd_state_update_launch``), else after."""
     if not PREFETCH:
         pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
@@ -252,11 +282,19 @@ def _selective_state_update_kernel(
     d_skip = 0.0
     if HAS_D:
         d_skip = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if DT_PROJ and DT_WORDS and PREFETCH:
+        pw, pxs, pws, pos = _dt_proj_words(pw_ptr, pxs_ptr, pws_ptr, pos_ptr, offs_d, mask_d, rank, spwd, spws, spos,
+                                           BLOCK_R)
     if PREFETCH:
         pdl_start(USE_PDL)  # only the inputs below come from the kernels before this one
 
     x = dequant(tl.load(x_ptr + pid_b * sxb + offs_d * sxd, mask=mask_d, other=0), xs, QUANT)
-    if DT_PROJ:  # the int8 dt that dt_proj would have stored
+    if DT_PROJ and DT_WORDS:  # the int8 dt that dt_proj would have stored
+        if not PREFETCH:
+            pw, pxs, pws, pos = _dt_proj_words(pw_ptr, pxs_ptr, pws_ptr, pos_ptr, offs_d, mask_d, rank, spwd, spws,
+                                               spos, BLOCK_R)
+        dt = _dt_from_words(dt_ptr, pid_b, rank, stb, pw, pxs, pws, pos, BLOCK_R, USE_ASM)
+    elif DT_PROJ:
         dt = _dt_from_proj(dt_ptr, pw_ptr, pxs_ptr, pws_ptr, pos_ptr, pid_b, offs_d, mask_d, rank,
                            stb, std, spwd, spwr, spws, spos, BLOCK_D, BLOCK_R)
     else:
@@ -454,10 +492,25 @@ def _copy_initial(final, final_scale, init, init_scale):
         final.copy_(quantize_ref(h, final_scale))
 
 
-# dt_proj's rows per loop pass of the fused Mamba1 update. At BLOCK_D 64 and R 160 (mamba-2.8b) an H100 with
-# Triton 3.6 compiled one 256-wide pass to 122 registers a thread without spills; Triton 3.9's sm_90 compile of it
-# spills (255 registers), and uses 238 at 64, 158 at 32, 115 at 16.
+# dt_proj's rows per loop pass of the fused Mamba1 update read as bytes (R not a multiple of 4, or unaligned rows).
+# At BLOCK_D 64 and R 160 (mamba-2.8b) an H100 with Triton 3.6 compiled one 256-wide pass to 122 registers a thread
+# without spills; Triton 3.9's sm_90 compile of it spills (255 registers), and uses 238 at 64, 158 at 32, 115 at 16.
 DT_PROJ_BLOCK_R = 256
+# The word path (dp4a) takes R up to this many words in one pass; DT_PROJ_WORDS = False: always bytes (A/B switch).
+DT_PROJ_MAX_WORDS = 128
+DT_PROJ_WORDS = True
+# Channels per program on the GPU. With dt_proj's words a program holds a [BLOCK_D, words of R] tile too: at 64
+# channels and R 160 Triton 3.9's sm_90 compile took 255 registers, 168 at 32, 96 at 16 (the plain update at 64: 94).
+STATE_UPDATE_BLOCK_D = 64
+DT_PROJ_WORDS_BLOCK_D = 16
+
+
+def dt_proj_words(weight: torch.Tensor, dt_low: torch.Tensor) -> bool:
+    """Whether the fused update reads dt_proj's weight [D, R] and dt_low [B, R] (int8) as int32 words: R a multiple
+    of 4 and at most 4 * DT_PROJ_MAX_WORDS, both contiguous along R with 4-byte aligned rows."""
+    rank = weight.shape[1]
+    return (DT_PROJ_WORDS and rank % 4 == 0 and rank <= 4 * DT_PROJ_MAX_WORDS
+            and all(t.stride(1) == 1 and t.stride(0) % 4 == 0 and t.data_ptr() % 4 == 0 for t in (weight, dt_low)))
 
 
 def _selective_state_update_launch(
@@ -498,23 +551,28 @@ def _selective_state_update_launch(
     if batch * dim == 0:
         return y
     block_n = next_pow2(dstate)
-    block_d = max(1, min(next_pow2(dim), 2048 // block_n, 64 if x.is_cuda else 16))
     zz = z if z is not None else x
     xs, ds, bs, cs, zs = scales if quant else (A,) * 5
     pw, pxs, pws, spws, pos, spos = proj or (A, A, A, 0, A, 0)
     rank = pw.shape[1] if proj else 0
-    block_r = min(next_pow2(rank), DT_PROJ_BLOCK_R)
+    words = proj is not None and dt_proj_words(pw, dt)
+    block_d = max(1, min(next_pow2(dim), 2048 // block_n,
+                         (DT_PROJ_WORDS_BLOCK_D if words else STATE_UPDATE_BLOCK_D) if x.is_cuda else 16))
+    block_r = next_pow2(rank // 4) if words else min(next_pow2(rank), DT_PROJ_BLOCK_R)
+    dt_strides, pw_strides = dt.stride(), pw.stride()
+    if words:  # in words along rows; the column strides (1) are unused
+        dt_strides, pw_strides = (dt_strides[0] // 4, 1), (pw_strides[0] // 4, 1)
     pdl = use_pdl(x)
     with device_of(x):
         _selective_state_update_kernel[(batch, cdiv(dim, block_d))](
             st, x, dt, A, B, C, D if D is not None else A, zz, dt_bias if dt_bias is not None else A, y,
             xs, ds, bs, cs, zs if zs is not None else xs, st_scale if st_scale is not None else A, pw, pxs, pws, pos,
             dim, dstate, rank,
-            *st.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(),
-            *y.stride(), stride_or_zero(st_scale, 0), stride_or_zero(st_scale, 1), *pw.stride(), spws, spos,
+            *st.stride(), *x.stride(), *dt_strides, *A.stride(), *B.stride(), *C.stride(), *zz.stride(),
+            *y.stride(), stride_or_zero(st_scale, 0), stride_or_zero(st_scale, 1), *pw_strides, spws, spos,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
             QUANT=quant, A_LOG=bool(A_is_log), STATE_INT8=st_scale is not None, DT_PROJ=proj is not None,
-            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_R=block_r, num_warps=4,
+            DT_WORDS=words, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_R=block_r, num_warps=4, USE_ASM=x.is_cuda,
             # No FMA contraction: which multiply-adds the compiler would fuse depends on the layouts it picks, which
             # differ with DT_PROJ, and the fused update must round exactly as dt_proj followed by the plain one
             # (on an H100 with contraction, y and the state differed in the last bits).
