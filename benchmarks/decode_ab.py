@@ -22,7 +22,7 @@ Switches ("on" is the option, "off" the alternative; which one is the default is
                   sub-rows (mamba2-2.7b; norm_hadamard.ROW_FUSED; default off until timed)
   l2-next         each projection's GEMV asks L2 for the next projection's weights (QUAMBA_L2_NEXT; default off)
   dt-proj-words   Mamba1's fused update reads dt_proj's weights as int32 words (dp4a, loaded before the wait)
-                  instead of bytes after it (selective_scan.DT_PROJ_WORDS; default on)
+                  instead of bytes after it (selective_scan.DT_PROJ_WORDS; default off until timed)
 
 writes benchmarks/results/decode_ab_<switch>_<models>_<gpu>.{json,md,png}.
 """
@@ -159,7 +159,7 @@ SWITCHES = {
     "fused-decode": ("conv and Mamba1 dt_proj fused into the decode kernels", True, _fused_decode),
     "fused-gate": ("gated norm + Hadamard in one kernel where the group spans the row", False, _fused_gate),
     "l2-next": ("each projection's GEMV asks L2 for the next projection's weights", False, _l2_next),
-    "dt-proj-words": ("Mamba1's fused dt_proj read as words (dp4a) before the wait", True, _dt_proj_words),
+    "dt-proj-words": ("Mamba1's fused dt_proj read as words (dp4a) before the wait", False, _dt_proj_words),
 }
 
 

@@ -181,8 +181,9 @@ def _update_args(b, d, n, dt_rank, out_dtype):
     (301, "channel", True, torch.float32, 2),  # bytes (R not a multiple of 4), over one 256-wide tile: two passes
     (12, "channel", False, torch.float32, 3),  # over DT_PROJ_FUSED_MAX_BATCH: dt_proj's own GEMV, then the update
 ])
+@pytest.mark.parametrize("words", [True, False], ids=["words", "bytes"])
 def test_qselective_state_update_with_dt_proj_equals_dt_proj_then_update(poisoned, monkeypatch, dt_rank, scales,
-                                                                        int8_state, out_dtype, b):
+                                                                        int8_state, out_dtype, b, words):
     """dt_proj fused into the update computes the int8 dt exactly as w8a8_gemm_ref does, so the kernel's y and state
     equal the same kernel's on that dt, bit for bit; the reference with dt_proj is the two-step reference."""
     from quamba.ops import quant
@@ -203,8 +204,10 @@ def test_qselective_state_update_with_dt_proj_equals_dt_proj_then_update(poisone
     start = _random_state((b, d, n), int8_state)
     fused, two_kernels, ref, two_refs = (_copy_state(start) for _ in range(4))
 
-    from quamba.ops.triton.selective_scan import dt_proj_words
-    assert dt_proj_words(proj.weight, dt_low) == (dt_rank % 4 == 0)  # R + 2N = 36 / 324: aligned dt_low rows
+    from quamba.ops.triton import selective_scan as triton_scan
+
+    monkeypatch.setattr(triton_scan, "DT_PROJ_WORDS", words)  # the dp4a words where R allows, or the byte tile
+    assert triton_scan.dt_proj_words(proj.weight, dt_low) == (words and dt_rank % 4 == 0)  # R + 2N = 36 / 324
     y = qselective_state_update(fused, dt=dt_low, dt_proj=proj, **args)
     assert len(gemms) == (b > DT_PROJ_FUSED_MAX_BATCH and use_triton(dt_low))
     assert torch.equal(y, qselective_state_update(two_kernels, dt=dt, **args))

@@ -18,10 +18,10 @@ q * scale and written back by ``quantize_state_rows`` in registers: a row of N v
 The one-token update may also take Mamba1's dt_proj (``DtProj``, W8A8 with an int8 output): each program then
 computes the int8 dt of its channels from dt_low [B, R] with exact int32 dot products and the W8A8 epilogue, so the
 decode step runs one kernel where it ran two (the GEMV launch and its dt round trip through memory are gone). Where R
-is a multiple of 4 and the rows are 4-byte aligned (every Mamba1 checkpoint: R = d_model / 16), the weights are read
-as int32 words and summed with ``dp4a`` (one instruction per 4 products, a quarter of the registers of the byte
-tile), and with ``prefetch_state`` they are loaded before the dependent-launch wait like the state: only dt_low
-comes from the kernel before.
+is a multiple of 4 and the rows are 4-byte aligned (every Mamba1 checkpoint: R = d_model / 16), the weights may be
+read as int32 words and summed with ``dp4a`` (``DT_PROJ_WORDS``; one instruction per 4 products, a quarter of the
+registers of the byte tile), and with ``prefetch_state`` they are loaded before the dependent-launch wait like the
+state: only dt_low comes from the kernel before.
 """
 from __future__ import annotations
 
@@ -496,9 +496,10 @@ def _copy_initial(final, final_scale, init, init_scale):
 # At BLOCK_D 64 and R 160 (mamba-2.8b) an H100 with Triton 3.6 compiled one 256-wide pass to 122 registers a thread
 # without spills; Triton 3.9's sm_90 compile of it spills (255 registers), and uses 238 at 64, 158 at 32, 115 at 16.
 DT_PROJ_BLOCK_R = 256
-# The word path (dp4a) takes R up to this many words in one pass; DT_PROJ_WORDS = False: always bytes (A/B switch).
+# The word path (dp4a) takes R up to this many words in one pass. DT_PROJ_WORDS: off until timed on a GPU (it has
+# run in the interpreter and compiled for sm_90 only); benchmarks/decode_ab.py --switch dt-proj-words times it.
 DT_PROJ_MAX_WORDS = 128
-DT_PROJ_WORDS = True
+DT_PROJ_WORDS = False
 # Channels per program on the GPU. With dt_proj's words a program holds a [BLOCK_D, words of R] tile too: at 64
 # channels and R 160 Triton 3.9's sm_90 compile took 255 registers, 168 at 32, 96 at 16 (the plain update at 64: 94).
 STATE_UPDATE_BLOCK_D = 64
