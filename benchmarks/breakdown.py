@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, gpu_slug  # noqa: E402
-from e2e import RECIPES, RESULTS, _names, build_variant, model_config  # noqa: E402
+from e2e import RECIPES, RESULTS, _names, build_variant  # noqa: E402
 
 from quamba.generation import CUDAGraphStep  # noqa: E402
 from quamba.ops.triton import fused_decode  # noqa: E402

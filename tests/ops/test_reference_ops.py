@@ -12,7 +12,6 @@ from quamba.ops import (
     selective_state_update_ref,
     ssd_chunked_ref,
     ssd_scan_sequential_ref,
-    ssd_state_update_ref,
 )
 from tests.conftest import rel_err
 

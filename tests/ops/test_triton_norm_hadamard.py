@@ -86,7 +86,6 @@ def _assert_close(q, q_ref):
 def _check(y, z_q, z_scale, w, group_size, norm_before_gate, power_of_two_part):
     """The fused output against the two-kernel path (exact in the interpreter when each group lies inside one
     sub-row) and against the reference (bf16: not in the interpreter, see the module docstring)."""
-    d = y.shape[-1]
     s = _scale_for(y, z_q, z_scale, w, group_size, norm_before_gate)
     q = qgated_norm_hadamard_quant(y, z_q, z_scale, w, EPS, group_size, norm_before_gate, s)
     two = hadamard_quant(qgated_rms_norm(y, z_q, z_scale, w, EPS, group_size, norm_before_gate), s)
