@@ -493,15 +493,16 @@ def _copy_initial(final, final_scale, init, init_scale):
 
 
 # dt_proj's rows per loop pass of the fused Mamba1 update read as bytes (R not a multiple of 4, or unaligned rows).
-# At BLOCK_D 64 and R 160 (mamba-2.8b) an H100 with Triton 3.6 compiled one 256-wide pass to 122 registers a thread
-# without spills; Triton 3.9's sm_90 compile of it spills (255 registers), and uses 238 at 64, 158 at 32, 115 at 16.
+# At BLOCK_D 64 and R 160 (mamba-2.8b), sm_90 compiles of today's kernel (prefetch_state on): Triton 3.6, the H100
+# machine's, 197 registers a thread, no spills (2 programs an SM); Triton 3.9 255 registers and 1.5 KB of spills.
 DT_PROJ_BLOCK_R = 256
 # The word path (dp4a) takes R up to this many words in one pass. DT_PROJ_WORDS: off until timed on a GPU (it has
 # run in the interpreter and compiled for sm_90 only); benchmarks/decode_ab.py --switch dt-proj-words times it.
 DT_PROJ_MAX_WORDS = 128
 DT_PROJ_WORDS = False
-# Channels per program on the GPU. With dt_proj's words a program holds a [BLOCK_D, words of R] tile too: at 64
-# channels and R 160 Triton 3.9's sm_90 compile took 255 registers, 168 at 32, 96 at 16 (the plain update at 64: 94).
+# Channels per program on the GPU. With dt_proj's words a program holds a [BLOCK_D, words of R] tile too: at R 160,
+# sm_90, Triton 3.6: 255 registers and 360 bytes of spills at 64 channels, 227 at 32, 112 at 16 (the plain update at
+# 64: 80); Triton 3.9: 255, 168, 96 (plain 94).
 STATE_UPDATE_BLOCK_D = 64
 DT_PROJ_WORDS_BLOCK_D = 16
 
