@@ -194,13 +194,15 @@ def _nibble_f32(w, i: tl.constexpr, one_bits):
 
 @triton.jit
 def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(tile id, row offsets, column offsets) of this program; the row blocks of one column block are neighbours
-    in the grid, so they read the same weights from L2 at about the same time."""
+    """(tile id, row offsets, column offsets, the rows and columns clamped into range) of this program; the row
+    blocks of one column block are neighbours in the grid, so they read the same weights from L2 at about the same
+    time. Clamping (a min, where a wrap would be an integer division) gives every load an in-range address; what
+    the surplus rows compute is never stored."""
     tile = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     offs_m = (tile % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = (tile // num_m) * BLOCK_N + tl.arange(0, BLOCK_N)
-    return tile, offs_m, offs_n
+    return tile, offs_m, offs_n, tl.minimum(offs_m, M - 1), tl.minimum(offs_n, N - 1)
 
 
 @triton.jit
@@ -248,7 +250,7 @@ def _accumulate(
     """x[rows, slice] @ W[cols, slice]^T as [BLOCK_M, BLOCK_N] (int32 for W8A8 / W4A8, fp32 for W4A16; W4 sums
     times their group scales), for K slice ``program_id(1)`` of ``w_slice`` weight words.
 
-    rows / cols are in range (the callers wrap them; never stored out of range), so only K needs masks (and only
+    rows / cols are in range (the callers clamp them; never stored out of range), so only K needs masks (and only
     when not EVEN_K): x words past K read as 0, which makes every term of theirs 0, corrections included.
     sxm: x's row stride in words (W8A8 / W4A8: int32 words of 4 int8; W4A16: elements); swn: W's in words.
     bits: a bit pattern the launcher passes as an argument (see ``_nibble_f32``): W4A8 0x08080808, W4A16
@@ -453,12 +455,12 @@ def _w8a8_gemv_kernel(
 ):
     """y [M, N] = int_epilogue(x_q @ w^T) for int8 w [N, K] (+ a conv step, see _finish_int); grid
     (M blocks x N blocks, SPLIT)."""
-    tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
+    tile, offs_m, offs_n, rows, cols = _tile(M, N, BLOCK_M, BLOCK_N)
     if EARLY:
-        _prefetch_tail(offs_m % M, offs_n % N, ws_ptr, sws, bias_ptr, os_ptr, sos, cv_state, cv_w, cv_is, cv_os,
+        _prefetch_tail(rows, cols, ws_ptr, sws, bias_ptr, os_ptr, sos, cv_state, cv_w, cv_is, cv_os,
                        cv_bias, cv_lo, cv_dim, cv_ssb, cv_ssd, cv_swd, cv_sis, cv_sos,
                        HAS_BIAS, REQUANT, CONV, CONV_BIAS, USE_ASM)
-    acc = _accumulate(x_ptr, w_ptr, w_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, 0, 0, 0,
+    acc = _accumulate(x_ptr, w_ptr, w_ptr, rows, cols, w_slice, K, sxm, swn, 0, 0, 0,
                       0, 1, 0, USE_ASM, EVEN_K,  # FMT_W8A8, no group scales
                       NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS)
     if NX_PTS > 0:
@@ -483,12 +485,12 @@ def _w4a8_gemv_kernel(
 ):
     """y [M, N] = int_epilogue(x_q @ (q4 * s_g)^T), w4a8_gemm_ref's scale order (+ a conv step, see
     _finish_int); grid (M x N blocks, SPLIT)."""
-    tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
+    tile, offs_m, offs_n, rows, cols = _tile(M, N, BLOCK_M, BLOCK_N)
     if EARLY:
-        _prefetch_tail(offs_m % M, offs_n % N, cs_ptr, 1, bias_ptr, os_ptr, sos, cv_state, cv_w, cv_is, cv_os,
+        _prefetch_tail(rows, cols, cs_ptr, 1, bias_ptr, os_ptr, sos, cv_state, cv_w, cv_is, cv_os,
                        cv_bias, cv_lo, cv_dim, cv_ssb, cv_ssd, cv_swd, cv_sis, cv_sos,
                        HAS_BIAS, REQUANT, CONV, CONV_BIAS, USE_ASM)
-    acc = _accumulate(x_ptr, w_ptr, gs_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, sgn, sgg, bits,
+    acc = _accumulate(x_ptr, w_ptr, gs_ptr, rows, cols, w_slice, K, sxm, swn, sgn, sgg, bits,
                       1, G, SCALE_MODE, USE_ASM, EVEN_K,  # 1: FMT_W4A8
                       NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS)
     if NX_PTS > 0:
@@ -509,8 +511,8 @@ def _w4a16_gemv_kernel(
     EARLY: tl.constexpr, L2_PTS: tl.constexpr, USE_ASM: tl.constexpr, NX_PTS: tl.constexpr,
 ):
     """y [M, N] = x @ (q4 * s)^T (+ bias) with fp32 sums, in y's dtype; grid (M x N blocks, SPLIT)."""
-    tile, offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N)
-    acc = _accumulate(x_ptr, w_ptr, s_ptr, offs_m % M, offs_n % N, w_slice, K, sxm, swn, ssn, ssg, bits,
+    tile, offs_m, offs_n, rows, cols = _tile(M, N, BLOCK_M, BLOCK_N)
+    acc = _accumulate(x_ptr, w_ptr, s_ptr, rows, cols, w_slice, K, sxm, swn, ssn, ssg, bits,
                       2, G, SCALE_MODE, USE_ASM, EVEN_K,  # 2: FMT_W4A16 (PTX only for the L2 hints)
                       NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS)
     if NX_PTS > 0:
