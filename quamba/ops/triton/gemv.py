@@ -194,14 +194,13 @@ def _nibble_f32(w, i: tl.constexpr, one_bits):
 
 @triton.jit
 def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(tile id, row offsets, column offsets, the rows and columns clamped into range) of this program; the row
-    blocks of one column block are neighbours in the grid, so they read the same weights from L2 at about the same
-    time. Clamping (a min, where a wrap would be an integer division) gives every load an in-range address; what
-    the surplus rows compute is never stored."""
-    tile = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    offs_m = (tile % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = (tile // num_m) * BLOCK_N + tl.arange(0, BLOCK_N)
+    """(tile id, row offsets, column offsets, the rows and columns clamped into range) of this program, from the
+    grid (N blocks, K slices, M blocks): no integer division (M is a runtime value). Clamping (a min, where a wrap
+    would be a division too) gives every load an in-range address; what the surplus rows compute is never stored."""
+    pid_n, pid_m = tl.program_id(0), tl.program_id(2)
+    tile = pid_n * tl.num_programs(2) + pid_m
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     return tile, offs_m, offs_n, tl.minimum(offs_m, M - 1), tl.minimum(offs_n, N - 1)
 
 
@@ -234,7 +233,7 @@ def _slice_to_l2(row_ptrs, n_words, L2_PTS: tl.constexpr, USE_ASM: tl.constexpr)
 def _next_to_l2(nx_ptr, nx_lines, NX_PTS: tl.constexpr, USE_ASM: tl.constexpr):
     """``l2_next``: asks L2 for this program's share of the next weight's 128-byte lines, NX_PTS lines a program in
     grid order (past the end: the last line again)."""
-    pid = tl.program_id(0) + tl.program_id(1) * tl.num_programs(0)
+    pid = tl.program_id(0) + (tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)) * tl.num_programs(0)
     lines = tl.minimum(pid.to(tl.int64) * NX_PTS + tl.arange(0, NX_PTS), nx_lines - 1)
     prefetch_l2(nx_ptr.to(tl.pointer_type(tl.int8)) + lines * 128, USE_ASM)
 
@@ -454,7 +453,7 @@ def _w8a8_gemv_kernel(
     CONV_K: tl.constexpr, CONV_BIAS: tl.constexpr, L2_PTS: tl.constexpr, NX_PTS: tl.constexpr,
 ):
     """y [M, N] = int_epilogue(x_q @ w^T) for int8 w [N, K] (+ a conv step, see _finish_int); grid
-    (M blocks x N blocks, SPLIT)."""
+    (N blocks, SPLIT, M blocks)."""
     tile, offs_m, offs_n, rows, cols = _tile(M, N, BLOCK_M, BLOCK_N)
     if EARLY:
         _prefetch_tail(rows, cols, ws_ptr, sws, bias_ptr, os_ptr, sos, cv_state, cv_w, cv_is, cv_os,
@@ -484,7 +483,7 @@ def _w4a8_gemv_kernel(
     CONV_K: tl.constexpr, CONV_BIAS: tl.constexpr, L2_PTS: tl.constexpr, NX_PTS: tl.constexpr,
 ):
     """y [M, N] = int_epilogue(x_q @ (q4 * s_g)^T), w4a8_gemm_ref's scale order (+ a conv step, see
-    _finish_int); grid (M x N blocks, SPLIT)."""
+    _finish_int); grid (N blocks, SPLIT, M blocks)."""
     tile, offs_m, offs_n, rows, cols = _tile(M, N, BLOCK_M, BLOCK_N)
     if EARLY:
         _prefetch_tail(rows, cols, cs_ptr, 1, bias_ptr, os_ptr, sos, cv_state, cv_w, cv_is, cv_os,
@@ -510,7 +509,7 @@ def _w4a16_gemv_kernel(
     BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr, LOOKAHEAD: tl.constexpr, USE_PDL: tl.constexpr,
     EARLY: tl.constexpr, L2_PTS: tl.constexpr, USE_ASM: tl.constexpr, NX_PTS: tl.constexpr,
 ):
-    """y [M, N] = x @ (q4 * s)^T (+ bias) with fp32 sums, in y's dtype; grid (M x N blocks, SPLIT)."""
+    """y [M, N] = x @ (q4 * s)^T (+ bias) with fp32 sums, in y's dtype; grid (N blocks, SPLIT, M blocks)."""
     tile, offs_m, offs_n, rows, cols = _tile(M, N, BLOCK_M, BLOCK_N)
     acc = _accumulate(x_ptr, w_ptr, s_ptr, rows, cols, w_slice, K, sxm, swn, ssn, ssg, bits,
                       2, G, SCALE_MODE, USE_ASM, EVEN_K,  # 2: FMT_W4A16 (PTX only for the L2 hints)
@@ -669,7 +668,8 @@ def _plan(fmt: str, m: int, n: int, k: int, group_size: int | None, device_index
     work = tiles * split * cfg.block_m * cfg.block_n if split > 1 else 0
     mode = _scale_mode(fmt, k, group_size, cfg.block_k)
     l2_pts = next_pow2(cdiv(per_slice * cfg.block_k // vpw, 16) + 1) if cfg.l2_prefetch else 0
-    return cfg, (tiles, split), split, per_slice * cfg.block_k, k % cfg.block_k == 0, mode, work, l2_pts
+    grid = (cdiv(n, cfg.block_n), split, cdiv(m, cfg.block_m))
+    return cfg, grid, split, per_slice * cfg.block_k, k % cfg.block_k == 0, mode, work, l2_pts
 
 
 _COUNTERS: dict[int, torch.Tensor] = {}
@@ -727,7 +727,7 @@ def _launch_plan(fmt: str, x2: torch.Tensor, w: torch.Tensor, g: int | None, y: 
     nx = (y, 1, 0)
     if l2_next is not None and l2_next.numel():
         lines = cdiv(l2_next.numel() * l2_next.element_size(), 128)
-        nx = (l2_next, lines, next_pow2(cdiv(lines, grid[0] * grid[1])))
+        nx = (l2_next, lines, next_pow2(cdiv(lines, grid[0] * grid[1] * grid[2])))
     return _Launch(x2, m, n, k, cfg, grid, split, k_slice // VALUES_PER_WORD[fmt], even_k, mode, part, cnt,
                    use_pdl(x2), l2_pts, nx)
 
