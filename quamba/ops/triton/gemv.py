@@ -240,11 +240,11 @@ def _next_to_l2(nx_ptr, nx_lines, NX_PTS: tl.constexpr, USE_ASM: tl.constexpr):
 
 @triton.jit
 def _accumulate(
-    x_ptr, w_ptr, s_ptr, rows, cols, w_slice, K, sxm, swn, ssn, ssg, bits,
+    x_ptr, w_ptr, s_ptr, rows, cols, w_slice, K, sxm, swn, ssn, ssg, bits, nx_ptr, nx_lines,
     FMT: tl.constexpr, G: tl.constexpr, SCALE_MODE: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr, LOOKAHEAD: tl.constexpr, USE_PDL: tl.constexpr,
-    EARLY: tl.constexpr, L2_PTS: tl.constexpr,
+    EARLY: tl.constexpr, L2_PTS: tl.constexpr, NX_PTS: tl.constexpr,
 ):
     """x[rows, slice] @ W[cols, slice]^T as [BLOCK_M, BLOCK_N] (int32 for W8A8 / W4A8, fp32 for W4A16; W4 sums
     times their group scales), for K slice ``program_id(1)`` of ``w_slice`` weight words.
@@ -253,7 +253,8 @@ def _accumulate(
     when not EVEN_K): x words past K read as 0, which makes every term of theirs 0, corrections included.
     sxm: x's row stride in words (W8A8 / W4A8: int32 words of 4 int8; W4A16: elements); swn: W's in words.
     bits: a bit pattern the launcher passes as an argument (see ``_nibble_f32``): W4A8 0x08080808, W4A16
-    0x3FC00000. L2_PTS > 0: the slice's weights are first asked of L2 (``_slice_to_l2``)."""
+    0x3FC00000. L2_PTS > 0: the slice's weights are first asked of L2 (``_slice_to_l2``); NX_PTS > 0: after the
+    loop, this program's share of the next projection's weights (``_next_to_l2``)."""
     VPW: tl.constexpr = 4 if FMT == 0 else 8  # values per weight word
     BLOCK_W: tl.constexpr = BLOCK_K // VPW
     offs_w = tl.arange(0, BLOCK_W)
@@ -358,6 +359,8 @@ def _accumulate(
             acc += d
         w_ptrs += BLOCK_W
         x_ptrs += BLOCK_K if FMT == 2 else BLOCK_K // 4
+    if NX_PTS > 0:
+        _next_to_l2(nx_ptr, nx_lines, NX_PTS, USE_ASM)
     out = tl.sum(acc, axis=2)
     if FMT != 0 and SCALE_MODE == 0:  # one group per row: its scale once
         if FMT == 2:
@@ -459,11 +462,10 @@ def _w8a8_gemv_kernel(
         _prefetch_tail(rows, cols, ws_ptr, sws, bias_ptr, os_ptr, sos, cv_state, cv_w, cv_is, cv_os,
                        cv_bias, cv_lo, cv_dim, cv_ssb, cv_ssd, cv_swd, cv_sis, cv_sos,
                        HAS_BIAS, REQUANT, CONV, CONV_BIAS, USE_ASM)
-    acc = _accumulate(x_ptr, w_ptr, w_ptr, rows, cols, w_slice, K, sxm, swn, 0, 0, 0,
+    acc = _accumulate(x_ptr, w_ptr, w_ptr, rows, cols, w_slice, K, sxm, swn, 0, 0, 0, nx_ptr, nx_lines,
                       0, 1, 0, USE_ASM, EVEN_K,  # FMT_W8A8, no group scales
-                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS)
-    if NX_PTS > 0:
-        _next_to_l2(nx_ptr, nx_lines, NX_PTS, USE_ASM)
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS,
+                      NX_PTS)
     _finish_int(acc, tile, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
                 sws, sos, cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr, cv_lo, cv_dim,
                 cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_,
@@ -489,11 +491,10 @@ def _w4a8_gemv_kernel(
         _prefetch_tail(rows, cols, cs_ptr, 1, bias_ptr, os_ptr, sos, cv_state, cv_w, cv_is, cv_os,
                        cv_bias, cv_lo, cv_dim, cv_ssb, cv_ssd, cv_swd, cv_sis, cv_sos,
                        HAS_BIAS, REQUANT, CONV, CONV_BIAS, USE_ASM)
-    acc = _accumulate(x_ptr, w_ptr, gs_ptr, rows, cols, w_slice, K, sxm, swn, sgn, sgg, bits,
+    acc = _accumulate(x_ptr, w_ptr, gs_ptr, rows, cols, w_slice, K, sxm, swn, sgn, sgg, bits, nx_ptr, nx_lines,
                       1, G, SCALE_MODE, USE_ASM, EVEN_K,  # 1: FMT_W4A8
-                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS)
-    if NX_PTS > 0:
-        _next_to_l2(nx_ptr, nx_lines, NX_PTS, USE_ASM)
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS,
+                      NX_PTS)
     _finish_int(acc, tile, offs_m, offs_n, M, N, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
                 1, sos, cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr, cv_lo, cv_dim,
                 cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_,
@@ -511,11 +512,10 @@ def _w4a16_gemv_kernel(
 ):
     """y [M, N] = x @ (q4 * s)^T (+ bias) with fp32 sums, in y's dtype; grid (N blocks, SPLIT, M blocks)."""
     tile, offs_m, offs_n, rows, cols = _tile(M, N, BLOCK_M, BLOCK_N)
-    acc = _accumulate(x_ptr, w_ptr, s_ptr, rows, cols, w_slice, K, sxm, swn, ssn, ssg, bits,
+    acc = _accumulate(x_ptr, w_ptr, s_ptr, rows, cols, w_slice, K, sxm, swn, ssn, ssg, bits, nx_ptr, nx_lines,
                       2, G, SCALE_MODE, USE_ASM, EVEN_K,  # 2: FMT_W4A16 (PTX only for the L2 hints)
-                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS)
-    if NX_PTS > 0:
-        _next_to_l2(nx_ptr, nx_lines, NX_PTS, USE_ASM)
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS,
+                      NX_PTS)
     if SPLIT == 1:
         float_epilogue(acc, offs_m, offs_n, M, N, bias_ptr, y_ptr, N, 1, HAS_BIAS)
     elif _publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N) == SPLIT - 1:
@@ -619,7 +619,8 @@ def candidate_configs(fmt: str, m: int, n: int, k: int, group_size: int | None,
                       device_index: int = 0) -> list[GemvConfig]:
     """The configs ``benchmarks/kernels_gemm.py --sweep`` times for one shape, the default first: short slices
     (two steps) over a grid of block_n x block_k, then prefetch, lookahead (also with four-step slices), the L2
-    prefetch of whole slices (of 2, 4 and 8 steps), num_warps, pipelining depth, unrolling and split-K varied one at a time around the default."""
+    prefetch of whole slices (of 2, 4 and 8 steps), num_warps, pipelining depth, unrolling and split-K varied one
+    at a time around the default."""
     base = default_config(fmt, m, n, k, group_size, device_index)
     packed = fmt != "w8a8"
     out = [base]
