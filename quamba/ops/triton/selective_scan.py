@@ -501,8 +501,8 @@ DT_PROJ_BLOCK_R = 256
 DT_PROJ_MAX_WORDS = 128
 DT_PROJ_WORDS = False
 # Channels per program on the GPU. With dt_proj's words a program holds a [BLOCK_D, words of R] tile too: at R 160,
-# sm_90, Triton 3.6: 255 registers and 360 bytes of spills at 64 channels, 227 at 32, 112 at 16 (the plain update at
-# 64: 80); Triton 3.9: 255, 168, 96 (plain 94).
+# sm_90, Triton 3.6: 96 registers at 16 channels (benchmarks/sass_counts.py); 255 and spills at 64, 227 at 32 (those
+# two compiled without the launch's integer specializations).
 STATE_UPDATE_BLOCK_D = 64
 DT_PROJ_WORDS_BLOCK_D = 16
 

@@ -1,0 +1,39 @@
+"""benchmarks/sass_counts.py: compiles a decode kernel for sm_90 on this machine (no GPU) and reads its registers and
+instructions from the cubin; refuses an unknown kernel in one line. Run as a subprocess: the test session loads the
+kernels under Triton's interpreter, which cannot compile them."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.ops.triton_harness import requires_triton
+
+from . import ROOT
+
+pytestmark = requires_triton
+
+
+def _run(*args):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sass_counts.py"), *args], capture_output=True,
+                          text=True, cwd=ROOT, env=env)
+
+
+def test_counts_of_the_w4a8_gemv(tmp_path):
+    out = tmp_path / "counts.json"
+    r = _run("--kernels", "gemv-w4a8", "--json", str(out))
+    if r.returncode and "nvidia backend" in r.stderr:
+        pytest.skip("this triton has no CUDA backend tools (cuobjdump / nvdisasm)")
+    assert r.returncode == 0, r.stderr[-2000:]
+    c = json.loads(out.read_text())["kernels"]["gemv-w4a8"]
+    assert 16 <= c["registers"] <= 255 and c["stack_bytes"] >= 0
+    assert 0 < c["before_first_global_load"] < c["instructions"]
+    assert "gemv-w4a8:" in r.stdout and "sm_90" in r.stdout
+
+
+def test_unknown_kernel_is_refused():
+    r = _run("--kernels", "gemv-w2a2")
+    assert r.returncode == 2 and "unknown --kernels gemv-w2a2: choose from gemv-w4a8" in r.stderr
+    assert "Traceback" not in r.stderr
