@@ -33,6 +33,23 @@ def test_counts_of_the_w4a8_gemv(tmp_path):
     assert "gemv-w4a8:" in r.stdout and "sm_90" in r.stdout
 
 
+def test_prefill_kernels_get_an_issue_time(tmp_path):
+    """The prefill kernels report the time issuing their instructions takes at their model shape; the Hadamard
+    kernel's column signs are compile-time constants (the Paley construction evaluated in the kernel, an integer
+    modulo per entry, compiled to 1050-1680 fast-path instructions a program with Triton 3.6-3.9; 700-750 now)."""
+    out = tmp_path / "counts.json"
+    r = _run("--kernels", "hadamard-prefill,conv-int8-prefill", "--json", str(out))
+    if r.returncode and "nvidia backend" in r.stderr:
+        pytest.skip("this triton has no CUDA backend tools (cuobjdump / nvdisasm)")
+    assert r.returncode == 0, r.stderr[-2000:]
+    counts = json.loads(out.read_text())["kernels"]
+    for name, c in counts.items():
+        assert 0 < c["fast_path_instructions"] <= c["instructions"], name
+        assert c["programs"] > 0 and 1.0 < c["issue_us"] < 100.0, name
+        assert f"{name}:" in r.stdout and "us (" in r.stdout
+    assert counts["hadamard-prefill"]["fast_path_instructions"] < 900
+
+
 def test_unknown_kernel_is_refused():
     r = _run("--kernels", "gemv-w2a2")
     assert r.returncode == 2 and "unknown --kernels gemv-w2a2: choose from gemv-w4a8" in r.stderr

@@ -170,9 +170,27 @@ def round_half_even(v):
     return tl.where(up, f + 1.0, f)
 
 
+# Compiled kernels round with one PTX instruction, the interpreter from floor (it runs no inline assembly). Read when
+# this file is (re)imported: quamba.ops.triton.interpreted_kernels reimports it under TRITON_INTERPRET=1.
+ROUND_ASM: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+
+
+@triton.jit
+def round_to_int32(v):
+    """torch.round of fp32 v (ties to even) as int32, saturating at the int32 bounds. Compiled: ``cvt.rni.s32.f32``,
+    one F2I instead of the ~10 instructions of round_half_even (the int8 conv's epilogue is bound by instruction
+    issue, benchmarks/sass_counts.py)."""
+    if ROUND_ASM:
+        out = tl.inline_asm_elementwise("cvt.rni.s32.f32 $0, $1;", "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        out = round_half_even(tl.minimum(tl.maximum(v, -2147483648.0), 2147483520.0)).to(tl.int32)
+    return out
+
+
 @triton.jit
 def quantize_int8(y, scale):
     """``quantize_ref`` in registers: clamp(round_half_even(y / scale), -128, 127) as int8, the division IEEE-rounded
-    (``div_rn``: Triton's ``/`` is approximate on NVIDIA). Clamping first is the same: the bounds are integers and
-    rounding is monotone."""
-    return round_half_even(tl.minimum(tl.maximum(tl.math.div_rn(y, scale), -128.0), 127.0)).to(tl.int8)
+    (``div_rn``: Triton's ``/`` is approximate on NVIDIA). Clamping after rounding is the same: the bounds are
+    integers and rounding is monotone."""
+    q = round_to_int32(tl.math.div_rn(y, scale))
+    return tl.minimum(tl.maximum(q, -128), 127).to(tl.int8)

@@ -8,8 +8,8 @@ runs over the m / MI blocks of sub-rows), reading the row once per block (from L
 per whole row (MI = MP) left decode's one row of 5120 = 20 * 256 to one SM, and a [32, 256] tile's butterflies
 cost more than the extra reads:
   1. H_m: the tile accumulates column j of H_m times input sub-row j, loaded once from memory, for
-     j < m (rank-1 updates; the padded rows stay zero). H_m's +-1 entries are generated in registers
-     from the Paley construction (no table in memory, nothing to upload, CUDA-graph safe).
+     j < m (rank-1 updates; the padded rows stay zero). H_m's +-1 entries come from a compile-time
+     constant, the matrix of quamba.quantization.hadamard as bits (no table in memory, CUDA-graph safe).
   2. H_P: log2(P) butterfly stages of constant geometry: view [MP, P/2, 2], (a, b) -> (a + b, a - b),
      and put the pair index on top ([MP, 2, P/2]). Stage s combines the pairs of the original index's
      bit s, exactly the reference's butterflies in the reference's order.
@@ -36,46 +36,16 @@ from ._common import (cdiv, check_float, check_runnable, check_same_device, devi
                       pdl_start, quantize_int8, use_pdl)
 
 _MAX_N = 16384  # one program holds an [MP, P] fp32 tile in registers
-# Base order m -> the prime q of its Paley construction (I: m = q + 1, II: m = 2 (q + 1)).
-_PALEY_PRIME = {12: 11, 20: 19, 28: 13}
 
 
 @triton.jit
-def _chi(a, QR: tl.constexpr):
-    """Quadratic character mod q as +-1 for 0 < a < q: bit a of QR is set for the nonzero squares."""
-    return tl.where(((QR >> a) & 1) == 1, 1.0, -1.0)
-
-
-@triton.jit
-def _base_column(i, j: tl.constexpr, M: tl.constexpr, Q: tl.constexpr, QR: tl.constexpr):
-    """Column j of the unnormalised base matrix H_m as fp32 over rows i ([MP] int32), 0 for rows >= m.
-    The constructions of quamba.quantization.hadamard: Paley I, H = I + S with the skew conference matrix
-    S = [[0, 1^T], [-1, Jacobsthal]]; Paley II (m = 28), H = C (x) [[1, 1], [1, -1]] + I (x) [[1, -1], [-1, -1]]
-    with C = [[0, 1^T], [1, Jacobsthal]]; Jacobsthal[a, b] = chi(b - a mod q)."""
-    if M == 28:
-        ci = i // 2
-        ai = i % 2
-        cj: tl.constexpr = j // 2
-        aj: tl.constexpr = j % 2
-        # (+ 2q keeps the operand of % non-negative for every padded row)
-        c = tl.where(ci == cj, 0.0, _chi((cj - ci + 2 * Q) % Q, QR))
-        if cj == 0:
-            c = tl.where(ci == 0, 0.0, 1.0)
-        else:
-            c = tl.where(ci == 0, 1.0, c)
-        if aj == 1:
-            a = tl.where(ai == 1, -1.0, 1.0)
-            b = -1.0
-        else:
-            a = 1.0
-            b = tl.where(ai == 0, 1.0, -1.0)
-        v = c * a + tl.where(ci == cj, b, 0.0)
-    else:
-        v = tl.where(i == j, 1.0, _chi((j - i + 2 * Q) % Q, QR))
-        if j == 0:
-            v = tl.where(i == 0, 1.0, -1.0)
-        else:
-            v = tl.where(i == 0, 1.0, v)
+def _base_column(i, j: tl.constexpr, M: tl.constexpr, HCOLS: tl.constexpr):
+    """Column j of the unnormalised base matrix H_m as fp32 over rows i ([MP] int32), 0 for rows >= m. HCOLS holds
+    the columns as 32-bit fields, bit i of field j set where H_m[i, j] = +1 (see ``_column_bits``): field j is a
+    compile-time constant, so an entry costs a shift, a mask and a select (the Paley construction evaluated in the
+    kernel took an integer modulo per entry, half of the Hadamard kernel's instructions)."""
+    col: tl.constexpr = (HCOLS >> (32 * j)) & 0xFFFFFFFF
+    v = tl.where(((col >> i) & 1) == 1, 1.0, -1.0)
     return tl.where(i < M, v, 0.0)
 
 
@@ -98,8 +68,8 @@ def _hadamard_quant_kernel(
     x_ptr, os_ptr, y_ptr,
     num_rows, rows_per_batch, inv_sqrt_n,
     sxb, sxr, sxc,
-    M: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, Q: tl.constexpr,
-    QR: tl.constexpr, ROWS: tl.constexpr, MI: tl.constexpr,
+    M: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, HCOLS: tl.constexpr, ROWS: tl.constexpr,
+    MI: tl.constexpr,
     USE_PDL: tl.constexpr, EARLY: tl.constexpr,
 ):
     """ROWS rows of x, viewed as [batches, rows_per_batch, n] (any strides) -> output sub-rows
@@ -123,7 +93,7 @@ def _hadamard_quant_kernel(
         t = tl.zeros([ROWS, MI, P], dtype=tl.float32)
         for j in tl.static_range(M):
             xj = tl.load(x_rows[:, None] + (j * P + offs_p)[None, :] * sxc, mask=row_mask[:, None], other=0.0)
-            t += _base_column(offs_i, j, M, Q, QR)[None, :, None] * xj.to(tl.float32)[:, None, :]
+            t += _base_column(offs_i, j, M, HCOLS)[None, :, None] * xj.to(tl.float32)[:, None, :]
     butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, out_scale, y_ptr, M, MI, P, LOG_P, ROWS)
 
 
@@ -146,15 +116,23 @@ def _sub_rows_per_program(num_rows: int, m: int, mp: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _plan(n: int) -> tuple[int, int, int, int] | None:
-    """n -> (m, P, q, squares bitmask) for n = m * P, or None when n is not a supported order."""
+def _plan(n: int) -> tuple[int, int, int] | None:
+    """n -> (m, P, H_m's column bits) for n = m * P, or None when n is not a supported order."""
     for m in (1, 12, 20, 28):
         p = n // m
         if n % m == 0 and p >= 1 and p & (p - 1) == 0:
-            q = _PALEY_PRIME.get(m, 1)
-            squares = {(a * a) % q for a in range(1, q)}
-            return m, p, q, sum(1 << s for s in squares)
+            return m, p, _column_bits(m)
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _column_bits(m: int) -> int:
+    """The base matrix H_m of quamba.quantization.hadamard (the reference's) as one integer, the HCOLS constexpr:
+    bit i of the 32-bit field j is set where H_m[i, j] = +1."""
+    from ...quantization.hadamard import _base_matrix  # lazy: quamba.quantization imports the models
+
+    h = _base_matrix(m)
+    return sum(1 << (32 * j + i) for j in range(m) for i in range(m) if h[i, j] > 0)
 
 
 def _as_3d(x: torch.Tensor) -> torch.Tensor:
@@ -183,7 +161,7 @@ def _hadamard_quant_launch(y: torch.Tensor, out_scale: torch.Tensor, *, sub_rows
     if plan is None:
         raise QuambaError(f"no Hadamard matrix of order {n}: supported orders are 2^k, 12*2^k, 20*2^k, 28*2^k "
                           "or 40*2^k (k >= 0)")
-    m, p, q, qr = plan
+    m, p, hcols = plan
     mp = next_pow2(m)
     if mp * p > _MAX_N:
         raise QuambaError(f"Hadamard rows of {n} exceed the Triton kernel's {_MAX_N}: use hadamard_quant_ref")
@@ -207,7 +185,7 @@ def _hadamard_quant_launch(y: torch.Tensor, out_scale: torch.Tensor, *, sub_rows
             x3, out_scale, out,
             num_rows, x3.shape[1], 1.0 / math.sqrt(n),
             *x3.stride(),
-            M=m, P=p, LOG_P=p.bit_length() - 1, Q=q, QR=qr, ROWS=rows, MI=mi,
+            M=m, P=p, LOG_P=p.bit_length() - 1, HCOLS=hcols, ROWS=rows, MI=mi,
             num_warps=num_warps or min(32, max(4, rows * tile // 512)),  # <= 16 fp32 per thread: no spills,
             USE_PDL=pdl, EARLY=early_params(), launch_pdl=pdl,
         )

@@ -68,7 +68,7 @@ def _qgated_norm_hadamard_kernel(
     y_ptr, z_ptr, zs_ptr, w_ptr, os_ptr, out_ptr,
     num_rows, rows_per_batch, eps, inv_sqrt_n,
     syb, syr, syc, szb, szr, szc,
-    M: tl.constexpr, MP: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, Q: tl.constexpr, QR: tl.constexpr,
+    M: tl.constexpr, MP: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, HCOLS: tl.constexpr,
     GS: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, ROWS: tl.constexpr,
     USE_PDL: tl.constexpr, EARLY: tl.constexpr,
 ):
@@ -101,7 +101,7 @@ def _qgated_norm_hadamard_kernel(
         if M == 1:
             t = tl.reshape(v, [ROWS, MP, P])
         else:
-            t += _base_column(offs_i, j, M, Q, QR)[None, :, None] * v[:, None, :]
+            t += _base_column(offs_i, j, M, HCOLS)[None, :, None] * v[:, None, :]
     butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, out_scale, out_ptr, M, MP, P, LOG_P, ROWS)
 
 
@@ -110,8 +110,8 @@ def _qgated_norm_hadamard_row_kernel(
     y_ptr, z_ptr, zs_ptr, w_ptr, os_ptr, out_ptr,
     rows_per_batch, eps, inv_sqrt_n,
     syb, syr, syc, szb, szr, szc,
-    N: tl.constexpr, BLOCK: tl.constexpr, M: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, Q: tl.constexpr,
-    QR: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, USE_PDL: tl.constexpr, EARLY: tl.constexpr,
+    N: tl.constexpr, BLOCK: tl.constexpr, M: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr,
+    HCOLS: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, USE_PDL: tl.constexpr, EARLY: tl.constexpr,
 ):
     """One norm group per row, spanning its M sub-rows (mamba2-2.7b: 5120 = 20 * 256), for decode rows: program
     (r, i) writes output sub-row i of row r. It first sums the whole row's squares itself (the gated-norm kernel's
@@ -145,7 +145,7 @@ def _qgated_norm_hadamard_row_kernel(
         if NORM_BEFORE_GATE:
             v = v * gj
         v = _store_dtype_round(v, y_ptr, w_ptr)
-        t += _base_column(offs_i, j, M, Q, QR)[None, :, None] * v[:, None, :]
+        t += _base_column(offs_i, j, M, HCOLS)[None, :, None] * v[:, None, :]
     butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, out_scale, out_ptr, M, 1, P, LOG_P, 1)
 
 
@@ -158,13 +158,13 @@ ROW_FUSED_MAX_ROWS = 16
 
 
 @functools.lru_cache(maxsize=None)
-def _fused_plan(n: int, group_size: int) -> tuple[int, int, int, int] | None:
-    """(m, P, q, squares bitmask) for rows of n channels normed in groups of group_size, or None where the fused
+def _fused_plan(n: int, group_size: int) -> tuple[int, int, int] | None:
+    """(m, P, H_m's column bits) for rows of n channels normed in groups of group_size, or None where the fused
     kernel does not apply (groups that do not divide P; the dispatcher then runs the two kernels)."""
     plan = _plan(n)
     if plan is None:
         return None
-    m, p, q, qr = plan
+    m, p, hcols = plan
     if next_pow2(m) * p > _MAX_N or p % group_size:
         return None
     return plan
@@ -212,7 +212,7 @@ def _qgated_norm_hadamard_launch(y: torch.Tensor, z_q: torch.Tensor, z_scale: to
     _check_scalar("hadamard out_scale", out_scale)
     check_same_device(("y", y), ("z_q", z_q), ("z_scale", z_scale), ("weight", weight), ("out_scale", out_scale))
     check_runnable(_qgated_norm_hadamard_kernel, y)
-    m, p, q, qr = plan
+    m, p, hcols = plan
     out = torch.empty(y.shape, device=y.device, dtype=torch.int8)
     y3, z3 = _as_3d(y), _as_3d(z_q)
     num_rows = y3.shape[0] * y3.shape[1]
@@ -226,7 +226,7 @@ def _qgated_norm_hadamard_launch(y: torch.Tensor, z_q: torch.Tensor, z_scale: to
                 y3, z3, z_scale, weight, out_scale, out,
                 y3.shape[1], float(eps), 1.0 / math.sqrt(n),
                 *y3.stride(), *z3.stride(),
-                N=n, BLOCK=block, M=m, P=p, LOG_P=p.bit_length() - 1, Q=q, QR=qr,
+                N=n, BLOCK=block, M=m, P=p, LOG_P=p.bit_length() - 1, HCOLS=hcols,
                 NORM_BEFORE_GATE=bool(norm_before_gate),
                 num_warps=min(16, max(1, block // 256)),  # the gated-norm kernel's, for its row sum's layout
                 USE_PDL=pdl, EARLY=early_params(), launch_pdl=pdl,
@@ -239,7 +239,7 @@ def _qgated_norm_hadamard_launch(y: torch.Tensor, z_q: torch.Tensor, z_scale: to
             y3, z3, z_scale, weight, out_scale, out,
             num_rows, y3.shape[1], float(eps), 1.0 / math.sqrt(n),
             *y3.stride(), *z3.stride(),
-            M=m, MP=next_pow2(m), P=p, LOG_P=p.bit_length() - 1, Q=q, QR=qr,
+            M=m, MP=next_pow2(m), P=p, LOG_P=p.bit_length() - 1, HCOLS=hcols,
             GS=group_size, NORM_BEFORE_GATE=bool(norm_before_gate), ROWS=rows,
             num_warps=min(32, max(4, rows * tile // 512)),  # as hadamard.py: <= 16 fp32 of the tile per thread
             USE_PDL=pdl, EARLY=early_params(), launch_pdl=pdl,
