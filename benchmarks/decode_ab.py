@@ -23,6 +23,9 @@ Switches ("on" is the option, "off" the alternative; which one is the default is
   l2-next         each projection's GEMV asks L2 for the next projection's weights (QUAMBA_L2_NEXT; default off)
   dt-proj-words   Mamba1's fused update reads dt_proj's weights as int32 words (dp4a, loaded before the wait)
                   instead of bytes after it (selective_scan.DT_PROJ_WORDS; default off until timed)
+  state-int8      the quantized scans cache their SSM state as int8 rows with fp32 scales (quantize --state-int8)
+                  instead of fp32: a quarter of the state's bytes each step (mamba2-2.7b: 2.6 MB a layer in fp32,
+                  read and written); a model option, not a kernel one (default: as quantized, fp32)
 
 writes benchmarks/results/decode_ab_<switch>_<models>_<gpu>.{json,md,png}.
 """
@@ -149,6 +152,32 @@ def _l2_next(on: bool):
     return _env_switch("QUAMBA_L2_NEXT", on)
 
 
+def _state_int8(on: bool):
+    """The quantized scans' caches hold the SSM state as int8 rows with fp32 scales (``--state-int8`` of quantize)
+    when on, fp32 when off, whatever the model was built with; full-precision mixers are unaffected."""
+    from quamba.modules.mamba2 import QSSDScan
+    from quamba.modules.scan import QSelectiveScan
+
+    real = {cls: cls.empty_state for cls in (QSelectiveScan, QSSDScan)}
+
+    def forced(empty_state):
+        def switched(self, batch_size: int, device=None):
+            old, self.state_int8 = self.state_int8, on
+            try:
+                return empty_state(self, batch_size, device)
+            finally:
+                self.state_int8 = old
+        return switched
+
+    for cls, empty_state in real.items():
+        cls.empty_state = forced(empty_state)
+
+    def restore():
+        for cls, empty_state in real.items():
+            cls.empty_state = empty_state
+    return restore
+
+
 # name -> (what "on" means, whether on is the default, apply)
 SWITCHES = {
     "early-params": ("parameters read before the dependent-launch wait", True, _early_params),
@@ -160,6 +189,7 @@ SWITCHES = {
     "fused-gate": ("gated norm + Hadamard in one kernel where the group spans the row", False, _fused_gate),
     "l2-next": ("each projection's GEMV asks L2 for the next projection's weights", False, _l2_next),
     "dt-proj-words": ("Mamba1's fused dt_proj read as words (dp4a) before the wait", False, _dt_proj_words),
+    "state-int8": ("the quantized scans cache their state as int8 (else fp32)", False, _state_int8),
 }
 
 

@@ -11,6 +11,8 @@ import torch
 
 from tests.ops.triton_harness import requires_triton  # first: the kernel modules load under the interpreter on a CPU
 
+from quamba.modules.scan import Int8State, QSelectiveScan
+
 from . import ROOT, load_benchmark
 
 pytestmark = requires_triton  # the switches patch the kernel modules
@@ -26,6 +28,11 @@ def _norm_hadamard():
     from quamba.ops.triton import norm_hadamard
 
     return norm_hadamard
+
+
+def _scan():
+    """A quantized Mamba1 scan built without an int8 state."""
+    return QSelectiveScan(4, 2)
 
 
 def test_switches_set_their_option_and_restore_it(monkeypatch):
@@ -45,6 +52,7 @@ def test_switches_set_their_option_and_restore_it(monkeypatch):
         "fused-gate": lambda: norm_hadamard.ROW_FUSED,
         "dt-proj-words": lambda: selective_scan.DT_PROJ_WORDS,
         "l2-next": lambda: os.environ["QUAMBA_L2_NEXT"] == "1",
+        "state-int8": lambda: isinstance(_scan().empty_state(1), Int8State),
     }
     monkeypatch.setattr(gemv, "_sm_count", lambda index: 132)  # config_for on a "GPU" without one
     gemv._plan.cache_clear()
@@ -58,6 +66,7 @@ def test_switches_set_their_option_and_restore_it(monkeypatch):
         assert ssd._ssd_state_update_launch is ssd_launch and "QUAMBA_FUSED_DECODE" not in os.environ, name
         assert "QUAMBA_L2_NEXT" not in os.environ, name
         assert norm_hadamard.ROW_FUSED is False and selective_scan.DT_PROJ_WORDS is False, name
+        assert type(_scan().empty_state(1)) is torch.Tensor, name
     cfg = gemv.config_for("w4a8", 1, 256, 512, 128, torch.device("cuda", 0))
     assert cfg.lookahead == 1 and not cfg.l2_prefetch
     gemv._plan.cache_clear()
@@ -80,9 +89,10 @@ def test_prefetch_state_off_reaches_the_launchers(monkeypatch):
 
 def test_smoke_run_alternates_and_writes_tables(tmp_path):
     bench = load_benchmark("decode_ab")
-    stem, stem2 = bench.main(["--switch", "early-params,fused-gate", "--models", "tiny-mamba2", "--variants",
-                              "fp16,W4A8", "--device", "cpu", "--rounds", "2", "--steps", "2", "--out-dir",
-                              str(tmp_path)])
+    stem, stem2, stem3 = bench.main(["--switch", "early-params,fused-gate,state-int8", "--models", "tiny-mamba2",
+                                     "--variants", "fp16,W4A8", "--device", "cpu", "--rounds", "2", "--steps", "2",
+                                     "--out-dir", str(tmp_path)])
+    assert len(json.loads(Path(stem3 + ".json").read_text())["rows"][1]["on_ms"]) == 2  # decoded on an int8 state
     assert Path(stem).name.startswith("decode_ab_early-params_tiny-mamba2_")  # then the device name
     assert Path(stem2).name.startswith("decode_ab_fused-gate_tiny-mamba2_")  # the same models, a second switch
     second = json.loads(Path(stem2 + ".json").read_text())
