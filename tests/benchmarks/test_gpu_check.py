@@ -1,0 +1,34 @@
+"""benchmarks/gpu_check.sh, the one device call of a GPU session: valid bash, its steps' time limits fit the device
+tool's ten minutes, and every file, test selection and decode_ab switch it names exists."""
+import re
+import shlex
+import subprocess
+
+from tests.ops.triton_harness import requires_triton
+
+from . import ROOT, load_benchmark
+
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+
+
+def _commands():
+    text = SCRIPT.read_text().replace("\\\n", " ")
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("timeout ")]
+
+
+def test_is_valid_bash_within_the_device_limit():
+    assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
+    limits = [int(shlex.split(c)[1]) for c in _commands()]
+    assert limits and sum(limits) <= 570  # 600 s a device call, less start-up and nvidia-smi
+
+
+def test_named_files_exist():
+    paths = {w for c in _commands() for w in shlex.split(c.split("|")[0]) if w.endswith((".py", ".sh"))}
+    assert paths and all((ROOT / p).is_file() for p in paths), sorted(p for p in paths if not (ROOT / p).is_file())
+
+
+@requires_triton
+def test_named_switches_exist():
+    bench = load_benchmark("decode_ab")
+    named = {s for c in _commands() for s in re.findall(r"--switch (\S+)", c) for s in s.split(",")}
+    assert named and named <= set(bench.SWITCHES), named - set(bench.SWITCHES)
