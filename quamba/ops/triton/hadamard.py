@@ -8,7 +8,7 @@ runs over the m / MI blocks of sub-rows), reading the row once per block (from L
 per whole row (MI = MP) left decode's one row of 5120 = 20 * 256 to one SM, and a [32, 256] tile's butterflies
 cost more than the extra reads:
   1. H_m: the tile accumulates column j of H_m times input sub-row j, loaded once from memory, for
-     j < m (rank-1 updates; the padded rows stay zero). H_m's +-1 entries come from a compile-time
+     j < m (rank-1 updates; padded rows are computed, never stored). H_m's +-1 entries come from a compile-time
      constant, the matrix of quamba.quantization.hadamard as bits (no table in memory, CUDA-graph safe).
   2. H_P: log2(P) butterfly stages of constant geometry: view [MP, P/2, 2], (a, b) -> (a + b, a - b),
      and put the pair index on top ([MP, 2, P/2]). Stage s combines the pairs of the original index's
@@ -39,14 +39,14 @@ _MAX_N = 16384  # one program holds an [MP, P] fp32 tile in registers
 
 
 @triton.jit
-def _base_column(i, j: tl.constexpr, M: tl.constexpr, HCOLS: tl.constexpr):
-    """Column j of the unnormalised base matrix H_m as fp32 over rows i ([MP] int32), 0 for rows >= m. HCOLS holds
+def _base_column(i, j: tl.constexpr, HCOLS: tl.constexpr):
+    """Column j of the unnormalised base matrix H_m as fp32 over rows i ([MP] int32); rows >= m (padding) get
+    meaningless +-1s: the sub-rows they produce are never stored, and the butterflies keep sub-rows apart. HCOLS holds
     the columns as 32-bit fields, bit i of field j set where H_m[i, j] = +1 (see ``_column_bits``): field j is a
     compile-time constant, so an entry costs a shift, a mask and a select (the Paley construction evaluated in the
     kernel took an integer modulo per entry, half of the Hadamard kernel's instructions)."""
     col: tl.constexpr = (HCOLS >> (32 * j)) & 0xFFFFFFFF
-    v = tl.where(((col >> i) & 1) == 1, 1.0, -1.0)
-    return tl.where(i < M, v, 0.0)
+    return tl.where(((col >> i) & 1) == 1, 1.0, -1.0)
 
 
 @triton.jit
@@ -93,7 +93,7 @@ def _hadamard_quant_kernel(
         t = tl.zeros([ROWS, MI, P], dtype=tl.float32)
         for j in tl.static_range(M):
             xj = tl.load(x_rows[:, None] + (j * P + offs_p)[None, :] * sxc, mask=row_mask[:, None], other=0.0)
-            t += _base_column(offs_i, j, M, HCOLS)[None, :, None] * xj.to(tl.float32)[:, None, :]
+            t += _base_column(offs_i, j, HCOLS)[None, :, None] * xj.to(tl.float32)[:, None, :]
     butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, out_scale, y_ptr, M, MI, P, LOG_P, ROWS)
 
 

@@ -101,7 +101,7 @@ def _qgated_norm_hadamard_kernel(
         if M == 1:
             t = tl.reshape(v, [ROWS, MP, P])
         else:
-            t += _base_column(offs_i, j, M, HCOLS)[None, :, None] * v[:, None, :]
+            t += _base_column(offs_i, j, HCOLS)[None, :, None] * v[:, None, :]
     butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, out_scale, out_ptr, M, MP, P, LOG_P, ROWS)
 
 
@@ -145,7 +145,7 @@ def _qgated_norm_hadamard_row_kernel(
         if NORM_BEFORE_GATE:
             v = v * gj
         v = _store_dtype_round(v, y_ptr, w_ptr)
-        t += _base_column(offs_i, j, M, HCOLS)[None, :, None] * v[:, None, :]
+        t += _base_column(offs_i, j, HCOLS)[None, :, None] * v[:, None, :]
     butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, out_scale, out_ptr, M, 1, P, LOG_P, 1)
 
 
