@@ -65,7 +65,7 @@ def test_switches_set_their_option_and_restore_it(monkeypatch):
         assert _common.EARLY_PARAMS is True and gemv.GEMV_MAX_M == max_m, name
         assert ssd._ssd_state_update_launch is ssd_launch and "QUAMBA_FUSED_DECODE" not in os.environ, name
         assert "QUAMBA_L2_NEXT" not in os.environ, name
-        assert norm_hadamard.ROW_FUSED is False and selective_scan.DT_PROJ_WORDS is False, name
+        assert norm_hadamard.ROW_FUSED is False and selective_scan.DT_PROJ_WORDS is True, name
         assert type(_scan().empty_state(1)) is torch.Tensor, name
     cfg = gemv.config_for("w4a8", 1, 256, 512, 128, torch.device("cuda", 0))
     assert cfg.lookahead == 1 and not cfg.l2_prefetch

@@ -48,12 +48,15 @@ Whole slice to L2 (``GemvConfig.l2_prefetch``): the register lookahead holds one
 bound how many programs an SM keeps; a ``prefetch.global.L2`` holds none. With it, each program also asks L2 for
 every weight line of its K slice before the wait (a hint per 64 bytes of each row), so the whole matrix is requested
 while the previous kernel runs, as far as programs are resident, and the later steps' loads meet L2 rather than DRAM.
+Off: W4A8 mamba2-2.7b decodes at 1.672 ms a token with it against 1.644 (H100, 2026-12-07, decode_ab_gemv-l2_*).
 
 The next projection's weights to L2 (``l2_next``, QUAMBA_L2_NEXT=1): a decode step alternates projections with
 small kernels (norm, state update, gated norm) that leave DRAM nearly idle. Given the weight tensor of the projection
 that comes next in the step, each program, once its own K loop is done, asks L2 for its share of that tensor's
 128-byte lines (``_next_to_l2``), so the next projection starts with its weights in L2 (which holds 50 MB on an
 H100: an in_proj of mamba2-2.7b in W4 is 13.5 MB) instead of streaming them from DRAM on the step's critical path.
+Off by default: W4A8 mamba2-2.7b decodes at 1.937 ms a token with it against 1.644 (H100, 2026-12-07,
+decode_ab_l2-next_*; why is not measured: the requests may delay the small kernels' own loads).
 
 Split-K (``split`` > 1, for shapes with few N blocks): program (tile, s) sums K slice s and stores its partial
 sums into a per-tile workspace; the program that finishes last (an int32 atomic counter per tile, acq_rel at GPU

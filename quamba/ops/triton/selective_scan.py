@@ -496,10 +496,11 @@ def _copy_initial(final, final_scale, init, init_scale):
 # At BLOCK_D 64 and R 160 (mamba-2.8b), sm_90 compiles of today's kernel (prefetch_state on): Triton 3.6, the H100
 # machine's, 197 registers a thread, no spills (2 programs an SM); Triton 3.9 255 registers and 1.5 KB of spills.
 DT_PROJ_BLOCK_R = 256
-# The word path (dp4a) takes R up to this many words in one pass. DT_PROJ_WORDS: off until timed on a GPU (it has
-# run in the interpreter and compiled for sm_90 only); benchmarks/decode_ab.py --switch dt-proj-words times it.
+# The word path (dp4a) takes R up to this many words in one pass. DT_PROJ_WORDS, on: W8A8 mamba-2.8b decodes at 1.982
+# ms a token with it against 2.495 with the byte tile (fp16 3.583; the unfused step 2.158), H100, one run alternating
+# off / on (2026-12-07, benchmarks/decode_ab.py --switch dt-proj-words, decode_ab_dt-proj-words_*).
 DT_PROJ_MAX_WORDS = 128
-DT_PROJ_WORDS = False
+DT_PROJ_WORDS = True
 # Channels per program on the GPU. With dt_proj's words a program holds a [BLOCK_D, words of R] tile too: at R 160,
 # sm_90, Triton 3.6: 96 registers at 16 channels (benchmarks/sass_counts.py); 255 and spills at 64, 227 at 32 (those
 # two compiled without the launch's integer specializations).
