@@ -12,7 +12,8 @@ Issue time = fast-path instructions a thread x threads a program x programs / (1
 bound on the kernel's time. Fast path: the kernel's instructions less the IEEE division's slow-path subroutine and the
 calls into it (taken only for operands near the ends of the exponent range). Before their instructions were cut
 (2026-12-07, Triton 3.6) the bound was 33 us for the Hadamard kernel measured at 41 us, and 13 us for the int8 conv
-measured at 20 us (against 5 us for the fp16 conv): most of their time was instruction issue.
+measured at 20 us (against 5 us for the fp16 conv): most of their time was instruction issue. After: bounds 13.1 and
+11.4 us, measured 24.3 and 18.1 us on the same kind of H100 (benchmarks/results/kernels_*.md).
 
     python benchmarks/sass_counts.py                 # every kernel below
     python benchmarks/sass_counts.py --kernels gemv-w4a8,hadamard-prefill

@@ -109,7 +109,8 @@ def _rows_per_program(num_rows: int, tile: int, on_gpu: bool) -> int:
 def _sub_rows_per_program(num_rows: int, m: int, mp: int) -> int:
     """MI, the output sub-rows per program (m > 1; a 2^k row is one sub-row): one for a single row, else 4.
     Measured on an H100 at n = 5120 = 20 * 256 (fp16, one call in a CUDA graph): 1 row 5.7 us (MI 1) / 6.7 (MI 4)
-    / 13.8 (whole rows, MI 32); 16 rows 15.2 / 6.9 / 14.1; 64 rows 15.7 / 8.1 / 14.0; 1024 rows 59.4 / 41.0 / 81.1."""
+    / 13.8 (whole rows, MI 32); 16 rows 15.2 / 6.9 / 14.1; 64 rows 15.7 / 8.1 / 14.0; 1024 rows 59.4 / 41.0 / 81.1,
+    all before H_m's signs became compile-time constants (MI 4 at 1024 rows: 24.3 us since); not re-swept."""
     if m == 1:
         return mp
     return 1 if num_rows == 1 else min(4, mp)
