@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT="${OUT:-benchmarks/results}"
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv
 
 # 1. the kernels whose compiled code changed since the last GPU run (int8 rounding and Hadamard signs: checked on an
 #    H100 2026-12-07; Mamba1's dt_proj as words, now the default)
@@ -31,5 +31,8 @@ timeout 180 python benchmarks/e2e.py --models mamba-2.8b --variants fp16,W8A8,W4
     --tpot-repeats 50 --out-dir "$OUT" 2>&1 | grep -v Warning | tail -5
 
 # 4. every non-GEMM kernel against its fp16 counterpart and floor
-timeout 60 python benchmarks/kernels.py --out "$OUT" 2>&1 | tail -3
+timeout 40 python benchmarks/kernels.py --out "$OUT" 2>&1 | tail -3
+
+# 5. the Hadamard kernel's tile sweep, last run before its signs became constants (MI 4 chosen at 41.0 us)
+timeout 40 python benchmarks/sweep_prefill.py --parts hadamard --out "$OUT" 2>&1 | grep -v Warning | tail -14
 rm -f "$OUT"/*.png  # the device tool returns 8 files: the JSONs and tables; plots are redrawn from the JSONs

@@ -127,11 +127,19 @@ def sweep_ssd(t, dev) -> dict:
     return out
 
 
+PARTS = {"conv": sweep_conv, "hadamard": sweep_hadamard, "scan": sweep_scan,
+         "ssd": lambda t, dev, g: sweep_ssd(t, dev)}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=RESULTS, help="directory for sweep_prefill_<gpu>.json")
     p.add_argument("--reps", type=int, default=30, help="CUDA-graph replays per timing (median; default 30)")
+    p.add_argument("--parts", default=",".join(PARTS), help="comma-separated, from %(default)s")
     args = p.parse_args(argv)
+    parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    if not parts or any(x not in PARTS for x in parts):
+        p.error(f"--parts {args.parts!r}: choose from {','.join(PARTS)}")
     if not torch.cuda.is_available():
         sys.exit("sweep_prefill.py times Triton kernels: it needs a CUDA GPU (none is visible to torch)")
     from common import Timer, environment, gpu_slug
@@ -140,12 +148,14 @@ def main(argv=None) -> dict:
     t, g = Timer(dev, reps=args.reps), torch.Generator(device="cpu").manual_seed(0)
     out = {"environment": environment(dev), "device": torch.cuda.get_device_name()}
     with torch.inference_mode():
-        for part in (sweep_conv(t, dev, g), sweep_hadamard(t, dev, g), sweep_scan(t, dev, g), sweep_ssd(t, dev)):
-            out.update(part)
+        for name in parts:
+            out.update(PARTS[name](t, dev, g))
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"sweep_prefill_{gpu_slug(out['device'])}.json"
+    suffix = "" if parts == list(PARTS) else "_" + "-".join(parts)
+    path = args.out / f"sweep_prefill{suffix}_{gpu_slug(out['device'])}.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"fastest int8 conv tile {out['qconv_tile']}; segments: {out['segment_programs_per_sm']}; written: {path}")
+    print(f"fastest int8 conv tile {out.get('qconv_tile')}; segments: {out.get('segment_programs_per_sm')}; "
+          f"written: {path}")
     return out
 
 

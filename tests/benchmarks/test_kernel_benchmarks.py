@@ -41,3 +41,10 @@ def test_prefill_sweep_without_a_gpu_is_a_one_line_error():
                          text=True, cwd=ROOT)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.strip() == "sweep_prefill.py times Triton kernels: it needs a CUDA GPU (none is visible to torch)"
+
+
+def test_sweep_prefill_refuses_unknown_parts():
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep_prefill.py"), "--parts", "hadamard,gemm"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2 and "--parts 'hadamard,gemm': choose from conv,hadamard,scan,ssd" in run.stderr
+    assert "Traceback" not in run.stderr
