@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
+from . import interpreting
 
 try:  # programmatic dependent launch (Hopper and later), Triton >= 3.3
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
@@ -172,7 +173,7 @@ def round_half_even(v):
 
 # Compiled kernels round with one PTX instruction, the interpreter from floor (it runs no inline assembly). Read when
 # this file is (re)imported: quamba.ops.triton.interpreted_kernels reimports it under TRITON_INTERPRET=1.
-ROUND_ASM: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+ROUND_ASM: tl.constexpr = tl.constexpr(not interpreting())
 
 
 @triton.jit

@@ -126,10 +126,9 @@ def _plan(n: int) -> tuple[int, int, int] | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
 def _column_bits(m: int) -> int:
     """The base matrix H_m of quamba.quantization.hadamard (the reference's) as one integer, the HCOLS constexpr:
-    bit i of the 32-bit field j is set where H_m[i, j] = +1."""
+    bit i of the 32-bit field j is set where H_m[i, j] = +1 (computed once per order: ``_plan`` caches it)."""
     from ...quantization.hadamard import _base_matrix  # lazy: quamba.quantization imports the models
 
     h = _base_matrix(m)
