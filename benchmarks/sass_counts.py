@@ -146,7 +146,8 @@ def counts(compiled, k: Kernel | None = None) -> dict:
     own = [line for line in lines[:end] if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
     fast = len(own) - 4 * sum("CALL" in line for line in own)  # each call: three moves and the call
     out = {"registers": int(m.group(1)), "stack_bytes": int(m.group(2)), "instructions": len(ins),
-           "before_first_global_load": first_load, "fast_path_instructions": fast}
+           "before_first_global_load": first_load, "fast_path_instructions": fast,
+           "float_roundings": sum(" FRND" in line for line in own)}  # FRND: floor / round in float registers
     if k is not None and k.programs:
         threads = 32 * k.num_warps
         out["programs"] = k.programs

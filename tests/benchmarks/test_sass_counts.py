@@ -48,6 +48,8 @@ def test_prefill_kernels_get_an_issue_time(tmp_path):
         assert c["programs"] > 0 and 1.0 < c["issue_us"] < 100.0, name
         assert f"{name}:" in r.stdout and "us (" in r.stdout
     assert counts["hadamard-prefill"]["fast_path_instructions"] < 900
+    # int8 quantization rounds with cvt.rni (F2I), not round_half_even's floors (FRND), in compiled kernels
+    assert counts["hadamard-prefill"]["float_roundings"] == counts["conv-int8-prefill"]["float_roundings"] == 0
 
 
 def test_unknown_kernel_is_refused():
