@@ -20,8 +20,6 @@ Switches ("on" is the option, "off" the alternative; which one is the default is
   fused-decode    QUAMBA_FUSED_DECODE (default on; fused_decode.py times both batch sizes in one table)
   fused-gate      Mamba2's gated norm + Hadamard in one kernel also where the norm group spans the Hadamard's
                   sub-rows (mamba2-2.7b; norm_hadamard.ROW_FUSED; default off: 1.873 against 1.639 ms)
-  l2-next         each projection's GEMV asks L2 for the next projection's weights (QUAMBA_L2_NEXT; default off:
-                  W4A8 mamba2-2.7b 1.937 against 1.644 ms)
   dt-proj-words   Mamba1's fused update reads dt_proj's weights as int32 words (dp4a, loaded before the wait)
                   instead of bytes after it (selective_scan.DT_PROJ_WORDS; default on: W8A8 mamba-2.8b 1.982 against
                   2.495 ms a token)
@@ -151,10 +149,6 @@ def _fused_decode(on: bool):
     return _env_switch("QUAMBA_FUSED_DECODE", on)
 
 
-def _l2_next(on: bool):
-    return _env_switch("QUAMBA_L2_NEXT", on)
-
-
 def _state_int8(on: bool):
     """The quantized scans' caches hold the SSM state as int8 rows with fp32 scales (``--state-int8`` of quantize)
     when on, fp32 when off, whatever the model was built with; full-precision mixers are unaffected."""
@@ -190,7 +184,6 @@ SWITCHES = {
     "gemv-m16": ("CUDA-core GEMV up to 16 rows", False, _gemv_m16),
     "fused-decode": ("conv and Mamba1 dt_proj fused into the decode kernels", True, _fused_decode),
     "fused-gate": ("gated norm + Hadamard in one kernel where the group spans the row", False, _fused_gate),
-    "l2-next": ("each projection's GEMV asks L2 for the next projection's weights", False, _l2_next),
     "dt-proj-words": ("Mamba1's fused dt_proj read as words (dp4a) before the wait", True, _dt_proj_words),
     "state-int8": ("the quantized scans cache their state as int8 (else fp32)", False, _state_int8),
 }

@@ -40,9 +40,9 @@ from quamba.ops.triton import conv1d, gemv, hadamard, selective_scan  # noqa: E4
 # the mamba2-2.7b W4A8 in_proj GEMV as a decode step launches it (default config, conv step in its epilogue)
 GEMV_W4A8 = dict(HAS_BIAS=False, REQUANT=True, USE_ASM=True, SPLIT=10, G=128, SCALE_MODE=1, EVEN_K=True,
                  NUM_STAGES=1, UNROLL=1, BLOCK_M=1, BLOCK_N=64, BLOCK_K=128, PREFETCH=True, LOOKAHEAD=1, USE_PDL=True,
-                 EARLY=True, CONV=True, CONV_K=4, CONV_BIAS=True, L2_PTS=0, NX_PTS=0)
+                 EARLY=True, CONV=True, CONV_K=4, CONV_BIAS=True, L2_PTS=0)
 GEMV_TYPES = {**{n: "*fp32" for n in ("xs_ptr", "cs_ptr", "bias_ptr", "os_ptr", "cv_ws", "cv_is", "cv_os", "cv_bias")},
-              "gs_ptr": "*fp16", "y_ptr": "*i8", "part_ptr": "*i32", "cnt_ptr": "*i32", "nx_ptr": "*u8"}
+              "gs_ptr": "*fp16", "y_ptr": "*i8", "part_ptr": "*i32", "cnt_ptr": "*i32"}
 # mamba-2.8b's fused Mamba1 state update (R = 160, N = 16), dt_proj read as bytes or as words
 SSU = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, QUANT=True, A_LOG=True, STATE_INT8=False,
            DT_PROJ=True, USE_PDL=True, PREFETCH=True, USE_ASM=True)

@@ -37,13 +37,11 @@ class CausalLMOutput:
 class InferenceCache:
     """Per-layer recurrent state for decoding, allocated by each mixer (``mixer.allocate_state``): conv_states[i]
     (the last K conv inputs, [B, conv_dim, K]) and ssm_states[i] ([B, d_inner, N] for Mamba1, [B, H, P, N] for
-    Mamba2). ``seqlen_offset`` counts the tokens seen. ``next_in_proj[i]``: layer i + 1's in_proj weight (None for
-    the last layer), which layer i's out_proj may ask L2 for while decoding (``quamba.ops.triton.l2_next``)."""
+    Mamba2). ``seqlen_offset`` counts the tokens seen."""
 
-    def __init__(self, states: list[tuple], next_in_proj: list | None = None):
+    def __init__(self, states: list[tuple]):
         self.conv_states = [conv for conv, _ in states]
         self.ssm_states = [ssm for _, ssm in states]
-        self.next_in_proj = next_in_proj or [None] * len(states)
         self.seqlen_offset = 0
 
 
@@ -308,9 +306,7 @@ class MambaLMHeadModel(nn.Module):
         return CausalLMOutput(logits=logits)
 
     def allocate_cache(self, batch_size: int) -> InferenceCache:
-        layers = self.backbone.layers
-        return InferenceCache([layer.mixer.allocate_state(batch_size) for layer in layers],
-                              [layer.mixer.in_proj.weight for layer in layers[1:]] + [None])
+        return InferenceCache([layer.mixer.allocate_state(batch_size) for layer in self.backbone.layers])
 
     @property
     def device(self) -> torch.device:

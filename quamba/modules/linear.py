@@ -59,17 +59,16 @@ class W8A8Linear(nn.Module):
         m.weight_scale.copy_(quantized[1].reshape(m.weight_scale.shape))
         return _set_epilogue(m, input_scale, bias, output_scale)
 
-    def forward(self, x_q: torch.Tensor, conv=None, l2_next=None):
+    def forward(self, x_q: torch.Tensor, conv=None):
         """x_q [..., K] int8 -> y; with ``conv`` (a ``ConvStep``, int8 output, x_q [B, K]) -> (y, the conv step's
-        u_q), in one kernel where the GEMV runs (decoding on the GPU). ``l2_next``: the next projection's weight, for
-        the GEMV to ask L2 for (``quamba.ops.quant.w8a8_gemm``)."""
+        u_q), in one kernel where the GEMV runs (decoding on the GPU)."""
         if x_q.dtype != torch.int8:
             raise TypeError(f"W8A8Linear takes int8 input, got {x_q.dtype}")
         b = self._buffers  # (nn.Module's attribute fallback costs about a microsecond a buffer, at every call)
         requant = self.output == "int8"
         return w8a8_gemm(x_q, b["input_scale"], b["weight"], b["weight_scale"], b["bias"],
                          b["output_scale"] if requant else None,
-                         torch.float16 if requant else parse_dtype(self.output), conv=conv, l2_next=l2_next)
+                         torch.float16 if requant else parse_dtype(self.output), conv=conv)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, per_channel={self.per_channel}, "
@@ -116,8 +115,8 @@ class W4A16Linear(nn.Module):
             m.bias.copy_(bias.detach().float())
         return m
 
-    def forward(self, x: torch.Tensor, l2_next=None) -> torch.Tensor:
-        return w4a16_gemm(x, self.weight, self.scales, self.group_size, self.bias, l2_next=l2_next)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return w4a16_gemm(x, self.weight, self.scales, self.group_size, self.bias)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}"
@@ -161,17 +160,16 @@ class W4A8Linear(nn.Module):
         m.channel_scales.copy_(cs)
         return _set_epilogue(m, input_scale, bias, output_scale)
 
-    def forward(self, x_q: torch.Tensor, conv=None, l2_next=None):
-        """x_q [..., K] int8 -> y; ``conv`` and ``l2_next`` as in ``W8A8Linear.forward``."""
+    def forward(self, x_q: torch.Tensor, conv=None):
+        """x_q [..., K] int8 -> y; ``conv`` as in ``W8A8Linear.forward``."""
         if x_q.dtype != torch.int8:
             raise TypeError(f"W4A8Linear takes int8 input, got {x_q.dtype}")
         b = self._buffers  # as in W8A8Linear.forward
         if self.output == "int8":  # quantize_ref of the fp32 result, fused into the kernel's epilogue on CUDA
             return w4a8_gemm(x_q, b["input_scale"], b["weight"], b["group_scales"], b["channel_scales"],
-                             self.group_size, b["bias"], torch.float32, out_scale=b["output_scale"], conv=conv,
-                             l2_next=l2_next)
+                             self.group_size, b["bias"], torch.float32, out_scale=b["output_scale"], conv=conv)
         return w4a8_gemm(x_q, b["input_scale"], b["weight"], b["group_scales"], b["channel_scales"],
-                         self.group_size, b["bias"], parse_dtype(self.output), conv=conv, l2_next=l2_next)
+                         self.group_size, b["bias"], parse_dtype(self.output), conv=conv)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}, output={self.output}"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..ops.triton import fused_decode, l2_next
+from ..ops.triton import fused_decode
 from .registry import register
 
 
@@ -56,15 +56,14 @@ class A8Mamba1Mixer(nn.Module):
 
     def step(self, h_q: torch.Tensor, cache) -> torch.Tensor:
         conv_state, dt_proj = cache.conv_states[self.layer_idx], None
-        after_in, after_out = (self.out_proj.weight, cache.next_in_proj[self.layer_idx]) if l2_next() else (None, None)
         if fused_decode():  # in_proj steps the conv on its x channels, the scan runs dt_proj: two kernels fewer
-            xz, u_q = self.in_proj(h_q[:, 0], conv=self.conv1d.step_after(conv_state, 0), l2_next=after_in)
+            xz, u_q = self.in_proj(h_q[:, 0], conv=self.conv1d.step_after(conv_state, 0))
             dt_proj = self.dt_proj
         else:
-            xz = self.in_proj(h_q[:, 0], l2_next=after_in)  # [B, 2D]: x | z
+            xz = self.in_proj(h_q[:, 0])  # [B, 2D]: x | z
             u_q = self.conv1d.step(xz[:, :self.d_inner], conv_state)
         dt_low, B_q, C_q = self.x_proj(u_q).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = dt_low if dt_proj is not None else self.dt_proj(dt_low)
         z_q, ssm_state = xz[:, self.d_inner:], cache.ssm_states[self.layer_idx]
         y = self.scan.step(u_q, dt, B_q, C_q, z_q, ssm_state, dt_proj=dt_proj)
-        return self.out_proj(self.had(y), l2_next=after_out).unsqueeze(1)
+        return self.out_proj(self.had(y)).unsqueeze(1)

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from ..ops.hadamard import qgated_norm_hadamard_quant
 from ..ops.ssd import qssd_chunked, qssd_state_update
-from ..ops.triton import fused_decode, l2_next
+from ..ops.triton import fused_decode
 from .hadamard import QHadamard
 from .norm import QGatedRMSNorm
 from .registry import dtype_name, parse_dtype, register
@@ -136,16 +136,15 @@ class A8Mamba2Mixer(nn.Module):
 
     def step(self, h_q: torch.Tensor, cache) -> torch.Tensor:
         conv_state, d = cache.conv_states[self.layer_idx], self.d_inner
-        after_in, after_out = (self.out_proj.weight, cache.next_in_proj[self.layer_idx]) if l2_next() else (None, None)
         if fused_decode():  # in_proj steps the conv on its xBC channels: one kernel fewer
-            zxbcdt, xBC_q = self.in_proj(h_q[:, 0], conv=self.conv1d.step_after(conv_state, d), l2_next=after_in)
+            zxbcdt, xBC_q = self.in_proj(h_q[:, 0], conv=self.conv1d.step_after(conv_state, d))
         else:
-            zxbcdt = self.in_proj(h_q[:, 0], l2_next=after_in)  # [B, D + conv_dim + H]: z | xBC | dt
+            zxbcdt = self.in_proj(h_q[:, 0])  # [B, D + conv_dim + H]: z | xBC | dt
             xBC_q = self.conv1d.step(zxbcdt[:, d:d + self.conv_dim], conv_state)
         z_q, dt_q = zxbcdt[:, :d], zxbcdt[:, d + self.conv_dim:]
         x_q, B_q, C_q = self._split_xbc(xBC_q)
         y = self.scan.step(x_q, dt_q, B_q, C_q, cache.ssm_states[self.layer_idx])
-        return self.out_proj(self._norm_had(y.reshape(-1, self.d_inner), z_q), l2_next=after_out).unsqueeze(1)
+        return self.out_proj(self._norm_had(y.reshape(-1, self.d_inner), z_q)).unsqueeze(1)
 
     def _norm_had(self, y: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
         """had(norm(y, z_q)): y [..., d_inner] float (the scan output), z_q [..., d_inner] int8 (a slice of in_proj's

@@ -64,18 +64,15 @@ def w8a8_gemm(
     out_scale: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float16,
     conv=None,
-    l2_next=None,
 ):
     """``w8a8_gemm_ref``'s contract, bit-exact: the Triton kernels on CUDA (a CUDA-core GEMV for few rows, the
     tensor cores above; see ``quamba.ops.triton.use_triton`` for the switches), the reference elsewhere.
 
     conv: a ``quamba.ops.conv1d.ConvStep`` (decoding, x_q [B, K], int8 output): also step that conv on its
-    channels of y and return (y, u_q [B, D] int8); the GEMV runs it in its epilogue.
-    l2_next: the weight of the projection that comes next in a decode step (any contiguous tensor): the GEMV asks L2
-    for it once its own loop is done (``quamba.ops.triton.l2_next``); ignored elsewhere."""
+    channels of y and return (y, u_q [B, D] int8); the GEMV runs it in its epilogue."""
     if use_triton(x_q, w_q, w_scale, bias, out_scale):
         from .triton.gemm_w8a8 import _w8a8_gemm_launch
 
-        return _w8a8_gemm_launch(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype, conv=conv, l2_next=l2_next)
+        return _w8a8_gemm_launch(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype, conv=conv)
     y = w8a8_gemm_ref(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype)
     return y if conv is None else (y, conv.run(y))

@@ -119,16 +119,14 @@ def w4a16_gemm(
     scales: torch.Tensor,
     group_size: int,
     bias: torch.Tensor | None = None,
-    l2_next=None,
 ) -> torch.Tensor:
     """``w4a16_gemm_ref``'s contract: the Triton kernels on CUDA, the reference elsewhere. Not bit-identical to the
     fp32 reference: for few rows (decode) the GEMV keeps q * s in fp32 and only sums in another order; larger M
-    runs the tensor cores on weights rounded to x's dtype, with fp32 accumulation (tests state both bounds).
-    l2_next: as in ``quamba.ops.quant.w8a8_gemm``."""
+    runs the tensor cores on weights rounded to x's dtype, with fp32 accumulation (tests state both bounds)."""
     if use_triton(x, w_packed, scales, bias):
         from .triton.gemm_w4 import _w4a16_gemm_launch
 
-        return _w4a16_gemm_launch(x, w_packed, scales, group_size, bias, dense_min_m=w4_dense_min_m(), l2_next=l2_next)
+        return _w4a16_gemm_launch(x, w_packed, scales, group_size, bias, dense_min_m=w4_dense_min_m())
     return w4a16_gemm_ref(x, w_packed, scales, group_size, bias)
 
 
@@ -143,7 +141,6 @@ def w4a8_gemm(
     out_dtype: torch.dtype = torch.float16,
     out_scale: torch.Tensor | None = None,
     conv=None,
-    l2_next=None,
 ):
     """``w4a8_gemm_ref``'s contract, bit-exact: the Triton kernels on CUDA (a CUDA-core GEMV for few rows, the
     tensor cores above), the reference elsewhere.
@@ -151,13 +148,12 @@ def w4a8_gemm(
     out_scale ([N] or one fp32 value, optional): return ``quantize_ref(y, out_scale)`` (int8) of the fp32
     result instead of ``out_dtype``, the int8-output W4A8Linear; the kernel fuses it into its epilogue.
     conv: a ``quamba.ops.conv1d.ConvStep`` (with out_scale): also return its step's output, as ``w8a8_gemm``.
-    l2_next: as in ``w8a8_gemm``.
     """
     if use_triton(x_q, w_packed, group_scales, channel_scales, bias, out_scale):
         from .triton.gemm_w4 import _w4a8_gemm_launch
 
         return _w4a8_gemm_launch(x_q, x_scale, w_packed, group_scales, channel_scales, group_size, bias,
-                                 out_dtype, out_scale, conv=conv, dense_min_m=w4_dense_min_m(), l2_next=l2_next)
+                                 out_dtype, out_scale, conv=conv, dense_min_m=w4_dense_min_m())
     if out_scale is None:
         if conv is not None:
             raise QuambaError("a conv step after a W4A8 projection needs its int8 output: pass out_scale")

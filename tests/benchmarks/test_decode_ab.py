@@ -40,7 +40,6 @@ def test_switches_set_their_option_and_restore_it(monkeypatch):
     norm_hadamard = _norm_hadamard()
     bench = load_benchmark("decode_ab")
     monkeypatch.delenv("QUAMBA_FUSED_DECODE", raising=False)
-    monkeypatch.delenv("QUAMBA_L2_NEXT", raising=False)
     max_m, ssd_launch = dict(gemv.GEMV_MAX_M), ssd._ssd_state_update_launch
     seen = {
         "early-params": lambda: _common.EARLY_PARAMS,
@@ -51,7 +50,6 @@ def test_switches_set_their_option_and_restore_it(monkeypatch):
         "prefetch-state": lambda: ssd._ssd_state_update_launch is ssd_launch,
         "fused-gate": lambda: norm_hadamard.ROW_FUSED,
         "dt-proj-words": lambda: selective_scan.DT_PROJ_WORDS,
-        "l2-next": lambda: os.environ["QUAMBA_L2_NEXT"] == "1",
         "state-int8": lambda: isinstance(_scan().empty_state(1), Int8State),
     }
     monkeypatch.setattr(gemv, "_sm_count", lambda index: 132)  # config_for on a "GPU" without one
@@ -64,7 +62,6 @@ def test_switches_set_their_option_and_restore_it(monkeypatch):
             restore()
         assert _common.EARLY_PARAMS is True and gemv.GEMV_MAX_M == max_m, name
         assert ssd._ssd_state_update_launch is ssd_launch and "QUAMBA_FUSED_DECODE" not in os.environ, name
-        assert "QUAMBA_L2_NEXT" not in os.environ, name
         assert norm_hadamard.ROW_FUSED is False and selective_scan.DT_PROJ_WORDS is True, name
         assert type(_scan().empty_state(1)) is torch.Tensor, name
     cfg = gemv.config_for("w4a8", 1, 256, 512, 128, torch.device("cuda", 0))

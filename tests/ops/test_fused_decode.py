@@ -80,35 +80,6 @@ def test_fused_decode_step_equals_the_separate_kernels(mixer, monkeypatch):
     assert torch.equal(fused[1], separate[1]) and torch.equal(fused[2], separate[2])
 
 
-def test_l2_next_hints_change_nothing_but_reach_the_gemvs(mixer, monkeypatch):
-    """QUAMBA_L2_NEXT=1: in_proj's GEMV is handed out_proj's weight and out_proj's the next layer's in_proj weight
-    (here the cache's: none for one layer); outputs and states are those without the hints."""
-    from quamba.ops.triton import gemv
-
-    seen = []
-    for name in ("w8a8_gemv_into", "w4a8_gemv_into"):
-        real = getattr(gemv, name)
-        monkeypatch.setattr(gemv, name, lambda *a, _real=real, **kw: seen.append(a[-1]) or _real(*a, **kw))
-    monkeypatch.delenv("QUAMBA_L2_NEXT", raising=False)
-    plain = _decode(mixer, True, monkeypatch)
-    assert seen and all(t is None for t in seen)
-    seen.clear()
-    monkeypatch.setenv("QUAMBA_L2_NEXT", "1")
-    hinted = _decode(mixer, True, monkeypatch)
-    hints = [t for t in seen if t is not None]
-    assert hints and all(t is mixer.out_proj.weight for t in hints)  # in_proj's, each step; x_proj and out_proj: none
-    for a, b in zip(plain[0] + [plain[1], plain[2]], hinted[0] + [hinted[1], hinted[2]]):
-        assert torch.equal(a, b)
-
-
-def test_cache_names_each_layers_next_in_proj():
-    model = build_random_model(tiny_config("mamba2", d_model=64, n_layer=3), seed=1)
-    cache = model.allocate_cache(1)
-    layers = model.backbone.layers
-    assert cache.next_in_proj[:2] == [layers[1].mixer.in_proj.weight, layers[2].mixer.in_proj.weight]
-    assert cache.next_in_proj[2] is None
-
-
 def test_fused_decode_is_on_unless_turned_off(monkeypatch):
     from quamba.ops.triton import fused_decode
 

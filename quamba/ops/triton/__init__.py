@@ -13,10 +13,6 @@ Switches, read on every call (environment variables, so that a run can be flippe
                             in_proj's GEMV steps the conv (``quamba.ops.conv1d.ConvStep``) and Mamba1's state
                             update computes dt_proj (``quamba.ops.selective_scan.DtProj``); same integers, two /
                             one kernels fewer per layer (see :func:`fused_decode`).
-  QUAMBA_L2_NEXT=1          in the A8 mixers' decode step each projection's GEMV asks L2 for the weights of the
-                            projection after it (in_proj: out_proj's; out_proj: the next layer's in_proj), so they
-                            are fetched while the small kernels between run (off by default: slower; see
-                            :func:`l2_next`).
   QUAMBA_W4_DENSE_MIN_M=M   W4A8 / W4A16 GEMMs of M or more rows dequantize the packed weights once and run the
                             dense kernel (same results; see :func:`w4_dense_min_m`). Unset: from 128 rows
                             (``W4_DENSE_MIN_M_DEFAULT``).
@@ -76,13 +72,6 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
                 "or set QUAMBA_FORCE_REFERENCE=1 to run the PyTorch reference ops")
         return True
     return first.device.type == "cpu" and interpreting() and _triton_installed()
-
-
-def l2_next() -> bool:
-    """Whether the A8 mixers' decode steps pass each projection the next projection's weight to prefetch into L2
-    (``QUAMBA_L2_NEXT=1``; off by default: W4A8 mamba2-2.7b decodes at 1.937 ms a token with it against 1.644, H100,
-    2026-12-07, decode_ab_l2-next_*). Results are the same either way: only a cache hint changes."""
-    return _env_on("QUAMBA_L2_NEXT")
 
 
 def fused_decode() -> bool:

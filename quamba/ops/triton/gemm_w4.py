@@ -202,7 +202,6 @@ def _w4a16_gemm_launch(
     bias: torch.Tensor | None = None,
     config=None,
     dense_min_m: int | None = None,
-    l2_next=None,
 ) -> torch.Tensor:
     """Checks and launches the W4A16 GEMM; same contract as ``w4a16_gemm_ref``.
 
@@ -230,7 +229,7 @@ def _w4a16_gemm_launch(
     if m and n:
         dense = _dense_path(m, dense_min_m, config)
         if not dense and gemv.use_gemv("w4a16", m, config, k, w_packed, g):
-            gemv.w4a16_gemv_into(x2, w_packed, scales, g, bias, y, config, l2_next)
+            gemv.w4a16_gemv_into(x2, w_packed, scales, g, bias, y, config)
         else:
             _w4a16_mma(x2, w_packed, scales, g, bias, y, config, dense)
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
@@ -277,7 +276,6 @@ def _w4a8_gemm_launch(
     config=None,
     dense_min_m: int | None = None,
     conv=None,
-    l2_next=None,
 ):
     """Checks and launches the W4A8 GEMM; same contract as ``w4a8_gemm_ref``, plus ``out_scale`` ([N] or one
     value): the fp32 result requantized to int8 as ``quantize_ref(y, out_scale)``, fused into the epilogue.
@@ -312,7 +310,7 @@ def _w4a8_gemm_launch(
     if m and n:
         dense = _dense_path(m, dense_min_m, config)
         if not dense and gemv.use_gemv("w4a8", m, config, k, w_packed, g):
-            u = gemv.w4a8_gemv_into(x2, w_packed, group_scales, g, xs, cs, bias, os_, sos, y, config, conv, l2_next)
+            u = gemv.w4a8_gemv_into(x2, w_packed, group_scales, g, xs, cs, bias, os_, sos, y, config, conv)
         elif dense:
             w8 = _int4_dequant_launch(w_packed, group_scales, g, torch.int8)
             int8_gemm_into(x2, w8, xs, cs, 1, bias, os_, sos, y, SCALES_W4A8, config)

@@ -431,7 +431,6 @@ def _w8a8_gemm_launch(
     out_dtype: torch.dtype = torch.float16,
     config=None,
     conv=None,
-    l2_next=None,
 ):
     """Checks and launches the W8A8 GEMM; same contract as ``w8a8_gemm_ref`` (and ``w8a8_gemm``'s ``conv``).
 
@@ -460,7 +459,7 @@ def _w8a8_gemm_launch(
     u = None
     if m and n:
         if gemv.use_gemv("w8a8", m, config, k, w_q):
-            u = gemv.w8a8_gemv_into(x2, w_q, xs, ws, sws, bias, os_, sos, y, SCALES_W8A8, config, conv, l2_next)
+            u = gemv.w8a8_gemv_into(x2, w_q, xs, ws, sws, bias, os_, sos, y, SCALES_W8A8, config, conv)
         else:
             int8_gemm_into(x2, w_q, xs, ws, sws, bias, os_, sos, y, SCALES_W8A8, config)
     return finish_output(y, x_q, n, conv, u)

@@ -50,14 +50,6 @@ every weight line of its K slice before the wait (a hint per 64 bytes of each ro
 while the previous kernel runs, as far as programs are resident, and the later steps' loads meet L2 rather than DRAM.
 Off: W4A8 mamba2-2.7b decodes at 1.672 ms a token with it against 1.644 (H100, 2026-12-07, decode_ab_gemv-l2_*).
 
-The next projection's weights to L2 (``l2_next``, QUAMBA_L2_NEXT=1): a decode step alternates projections with
-small kernels (norm, state update, gated norm) that leave DRAM nearly idle. Given the weight tensor of the projection
-that comes next in the step, each program, once its own K loop is done, asks L2 for its share of that tensor's
-128-byte lines (``_next_to_l2``), so the next projection starts with its weights in L2 (which holds 50 MB on an
-H100: an in_proj of mamba2-2.7b in W4 is 13.5 MB) instead of streaming them from DRAM on the step's critical path.
-Off by default: W4A8 mamba2-2.7b decodes at 1.937 ms a token with it against 1.644 (H100, 2026-12-07,
-decode_ab_l2-next_*; why is not measured: the requests may delay the small kernels' own loads).
-
 Split-K (``split`` > 1, for shapes with few N blocks): program (tile, s) sums K slice s and stores its partial
 sums into a per-tile workspace; the program that finishes last (an int32 atomic counter per tile, acq_rel at GPU
 scope, after a CTA barrier so every thread's partial is written) adds the partials in slice order 0, 1, ... and
@@ -233,21 +225,12 @@ def _slice_to_l2(row_ptrs, n_words, L2_PTS: tl.constexpr, USE_ASM: tl.constexpr)
 
 
 @triton.jit
-def _next_to_l2(nx_ptr, nx_lines, NX_PTS: tl.constexpr, USE_ASM: tl.constexpr):
-    """``l2_next``: asks L2 for this program's share of the next weight's 128-byte lines, NX_PTS lines a program in
-    grid order (past the end: the last line again)."""
-    pid = tl.program_id(0) + (tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)) * tl.num_programs(0)
-    lines = tl.minimum(pid.to(tl.int64) * NX_PTS + tl.arange(0, NX_PTS), nx_lines - 1)
-    prefetch_l2(nx_ptr.to(tl.pointer_type(tl.int8)) + lines * 128, USE_ASM)
-
-
-@triton.jit
 def _accumulate(
-    x_ptr, w_ptr, s_ptr, rows, cols, w_slice, K, sxm, swn, ssn, ssg, bits, nx_ptr, nx_lines,
+    x_ptr, w_ptr, s_ptr, rows, cols, w_slice, K, sxm, swn, ssn, ssg, bits,
     FMT: tl.constexpr, G: tl.constexpr, SCALE_MODE: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr, LOOKAHEAD: tl.constexpr, USE_PDL: tl.constexpr,
-    EARLY: tl.constexpr, L2_PTS: tl.constexpr, NX_PTS: tl.constexpr,
+    EARLY: tl.constexpr, L2_PTS: tl.constexpr,
 ):
     """x[rows, slice] @ W[cols, slice]^T as [BLOCK_M, BLOCK_N] (int32 for W8A8 / W4A8, fp32 for W4A16; W4 sums
     times their group scales), for K slice ``program_id(1)`` of ``w_slice`` weight words.
@@ -256,8 +239,7 @@ def _accumulate(
     when not EVEN_K): x words past K read as 0, which makes every term of theirs 0, corrections included.
     sxm: x's row stride in words (W8A8 / W4A8: int32 words of 4 int8; W4A16: elements); swn: W's in words.
     bits: a bit pattern the launcher passes as an argument (see ``_nibble_f32``): W4A8 0x08080808, W4A16
-    0x3FC00000. L2_PTS > 0: the slice's weights are first asked of L2 (``_slice_to_l2``); NX_PTS > 0: after the
-    loop, this program's share of the next projection's weights (``_next_to_l2``)."""
+    0x3FC00000. L2_PTS > 0: the slice's weights are first asked of L2 (``_slice_to_l2``)."""
     VPW: tl.constexpr = 4 if FMT == 0 else 8  # values per weight word
     BLOCK_W: tl.constexpr = BLOCK_K // VPW
     offs_w = tl.arange(0, BLOCK_W)
@@ -362,8 +344,6 @@ def _accumulate(
             acc += d
         w_ptrs += BLOCK_W
         x_ptrs += BLOCK_K if FMT == 2 else BLOCK_K // 4
-    if NX_PTS > 0:
-        _next_to_l2(nx_ptr, nx_lines, NX_PTS, USE_ASM)
     out = tl.sum(acc, axis=2)
     if FMT != 0 and SCALE_MODE == 0:  # one group per row: its scale once
         if FMT == 2:
@@ -451,12 +431,12 @@ def _w8a8_gemv_kernel(
     x_ptr, w_ptr, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
     M, N, K, w_slice, sxm, swn, sws, sos,
     cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr, cv_lo, cv_dim,
-    cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_, nx_ptr, nx_lines,
+    cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_,
     HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SCALE_ORDER: tl.constexpr, USE_ASM: tl.constexpr,
     SPLIT: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PREFETCH: tl.constexpr, LOOKAHEAD: tl.constexpr, USE_PDL: tl.constexpr, EARLY: tl.constexpr, CONV: tl.constexpr,
-    CONV_K: tl.constexpr, CONV_BIAS: tl.constexpr, L2_PTS: tl.constexpr, NX_PTS: tl.constexpr,
+    CONV_K: tl.constexpr, CONV_BIAS: tl.constexpr, L2_PTS: tl.constexpr,
 ):
     """y [M, N] = int_epilogue(x_q @ w^T) for int8 w [N, K] (+ a conv step, see _finish_int); grid
     (N blocks, SPLIT, M blocks)."""
@@ -465,10 +445,9 @@ def _w8a8_gemv_kernel(
         _prefetch_tail(rows, cols, ws_ptr, sws, bias_ptr, os_ptr, sos, cv_state, cv_w, cv_is, cv_os,
                        cv_bias, cv_lo, cv_dim, cv_ssb, cv_ssd, cv_swd, cv_sis, cv_sos,
                        HAS_BIAS, REQUANT, CONV, CONV_BIAS, USE_ASM)
-    acc = _accumulate(x_ptr, w_ptr, w_ptr, rows, cols, w_slice, K, sxm, swn, 0, 0, 0, nx_ptr, nx_lines,
+    acc = _accumulate(x_ptr, w_ptr, w_ptr, rows, cols, w_slice, K, sxm, swn, 0, 0, 0,
                       0, 1, 0, USE_ASM, EVEN_K,  # FMT_W8A8, no group scales
-                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS,
-                      NX_PTS)
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS)
     _finish_int(acc, tile, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
                 sws, sos, cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr, cv_lo, cv_dim,
                 cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_,
@@ -480,12 +459,12 @@ def _w4a8_gemv_kernel(
     x_ptr, w_ptr, gs_ptr, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
     M, N, K, w_slice, sxm, swn, sgn, sgg, sos, bits,
     cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr, cv_lo, cv_dim,
-    cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_, nx_ptr, nx_lines,
+    cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_,
     HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, USE_ASM: tl.constexpr, SPLIT: tl.constexpr,
     G: tl.constexpr, SCALE_MODE: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PREFETCH: tl.constexpr, LOOKAHEAD: tl.constexpr, USE_PDL: tl.constexpr, EARLY: tl.constexpr, CONV: tl.constexpr,
-    CONV_K: tl.constexpr, CONV_BIAS: tl.constexpr, L2_PTS: tl.constexpr, NX_PTS: tl.constexpr,
+    CONV_K: tl.constexpr, CONV_BIAS: tl.constexpr, L2_PTS: tl.constexpr,
 ):
     """y [M, N] = int_epilogue(x_q @ (q4 * s_g)^T), w4a8_gemm_ref's scale order (+ a conv step, see
     _finish_int); grid (N blocks, SPLIT, M blocks)."""
@@ -494,10 +473,9 @@ def _w4a8_gemv_kernel(
         _prefetch_tail(rows, cols, cs_ptr, 1, bias_ptr, os_ptr, sos, cv_state, cv_w, cv_is, cv_os,
                        cv_bias, cv_lo, cv_dim, cv_ssb, cv_ssd, cv_swd, cv_sis, cv_sos,
                        HAS_BIAS, REQUANT, CONV, CONV_BIAS, USE_ASM)
-    acc = _accumulate(x_ptr, w_ptr, gs_ptr, rows, cols, w_slice, K, sxm, swn, sgn, sgg, bits, nx_ptr, nx_lines,
+    acc = _accumulate(x_ptr, w_ptr, gs_ptr, rows, cols, w_slice, K, sxm, swn, sgn, sgg, bits,
                       1, G, SCALE_MODE, USE_ASM, EVEN_K,  # 1: FMT_W4A8
-                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS,
-                      NX_PTS)
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS)
     _finish_int(acc, tile, offs_m, offs_n, M, N, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
                 1, sos, cv_state, cv_w, cv_ws, cv_is, cv_os, cv_bias, u_ptr, cv_lo, cv_dim,
                 cv_ssb, cv_ssd, cv_ssk, cv_swd, cv_swk, cv_sis, cv_sos, sum_,
@@ -507,18 +485,17 @@ def _w4a8_gemv_kernel(
 @triton.jit(do_not_specialize=["M"])
 def _w4a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, bias_ptr, y_ptr, part_ptr, cnt_ptr,
-    M, N, K, w_slice, sxm, swn, ssn, ssg, bits, nx_ptr, nx_lines,
+    M, N, K, w_slice, sxm, swn, ssn, ssg, bits,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, G: tl.constexpr, SCALE_MODE: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, UNROLL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr, LOOKAHEAD: tl.constexpr, USE_PDL: tl.constexpr,
-    EARLY: tl.constexpr, L2_PTS: tl.constexpr, USE_ASM: tl.constexpr, NX_PTS: tl.constexpr,
+    EARLY: tl.constexpr, L2_PTS: tl.constexpr, USE_ASM: tl.constexpr,
 ):
     """y [M, N] = x @ (q4 * s)^T (+ bias) with fp32 sums, in y's dtype; grid (N blocks, SPLIT, M blocks)."""
     tile, offs_m, offs_n, rows, cols = _tile(M, N, BLOCK_M, BLOCK_N)
-    acc = _accumulate(x_ptr, w_ptr, s_ptr, rows, cols, w_slice, K, sxm, swn, ssn, ssg, bits, nx_ptr, nx_lines,
+    acc = _accumulate(x_ptr, w_ptr, s_ptr, rows, cols, w_slice, K, sxm, swn, ssn, ssg, bits,
                       2, G, SCALE_MODE, USE_ASM, EVEN_K,  # 2: FMT_W4A16 (PTX only for the L2 hints)
-                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS,
-                      NX_PTS)
+                      NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS)
     if SPLIT == 1:
         float_epilogue(acc, offs_m, offs_n, M, N, bias_ptr, y_ptr, N, 1, HAS_BIAS)
     elif _publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N) == SPLIT - 1:
@@ -711,11 +688,10 @@ class _Launch(NamedTuple):
     cnt: torch.Tensor
     pdl: bool
     l2_pts: int
-    nx: tuple  # (l2_next tensor or a placeholder, its 128-byte lines, NX_PTS)
 
 
 def _launch_plan(fmt: str, x2: torch.Tensor, w: torch.Tensor, g: int | None, y: torch.Tensor,
-                 config: GemvConfig | None, l2_next: torch.Tensor | None = None):
+                 config: GemvConfig | None):
     """Everything a launcher needs besides its own arguments (``_Launch``).
 
     x2's rows must be contiguous along K; the int8 formats also read them as int32 words, so rows that are not
@@ -728,12 +704,8 @@ def _launch_plan(fmt: str, x2: torch.Tensor, w: torch.Tensor, g: int | None, y: 
         x2 = x2.clone(memory_format=torch.contiguous_format)
     cfg, grid, split, k_slice, even_k, mode, work, l2_pts = _plan(fmt, m, n, k, g, x2.get_device(), config)
     part, cnt = _split_buffers(x2, work, torch.float32 if fmt == "w4a16" else torch.int32, y)
-    nx = (y, 1, 0)
-    if l2_next is not None and l2_next.numel():
-        lines = cdiv(l2_next.numel() * l2_next.element_size(), 128)
-        nx = (l2_next, lines, next_pow2(cdiv(lines, grid[0] * grid[1] * grid[2])))
     return _Launch(x2, m, n, k, cfg, grid, split, k_slice // VALUES_PER_WORD[fmt], even_k, mode, part, cnt,
-                   use_pdl(x2), l2_pts, nx)
+                   use_pdl(x2), l2_pts)
 
 
 # ---------------------------------------------------------------------------------------------- launch
@@ -751,31 +723,30 @@ def _conv_args(conv, p: "_Launch", y: torch.Tensor) -> tuple:
 
 
 def w8a8_gemv_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, config: GemvConfig | None = None,
-                   conv=None, l2_next=None):
+                   conv=None):
     """y [M, N] = epilogue(x2 [M, K] int8 @ w8 [N, K] int8), the W8A8 (scale_order 0) or W4A8 (1) epilogue.
-    With ``conv`` (a ``ConvStep``) also steps that conv in the epilogue and returns its output u [M, D] int8; with
-    ``l2_next`` (a contiguous tensor, the next projection's weight) asks L2 for it (module docstring)."""
-    p = _launch_plan("w8a8", x2, w8, None, y, config, l2_next)
+    With ``conv`` (a ``ConvStep``) also steps that conv in the epilogue and returns its output u [M, D] int8."""
+    p = _launch_plan("w8a8", x2, w8, None, y, config)
     cfg = p.cfg
     u, conv_args, conv_flags = _conv_args(conv, p, y)
     with device_of(p.x2):
         _w8a8_gemv_kernel[p.grid](
             p.x2, w8, xs, ws, ws if bias is None else bias, ws if os_ is None else os_, y, p.part, p.cnt,
-            p.m, p.n, p.k, p.w_slice, p.x2.stride(0) // 4, w8.stride(0) // 4, sws, sos, *conv_args, *p.nx[:2],
+            p.m, p.n, p.k, p.w_slice, p.x2.stride(0) // 4, w8.stride(0) // 4, sws, sos, *conv_args,
             HAS_BIAS=bias is not None, REQUANT=os_ is not None, SCALE_ORDER=scale_order, USE_ASM=p.x2.is_cuda,
             SPLIT=p.split, EVEN_K=p.even_k, NUM_STAGES=cfg.num_stages,
             UNROLL=cfg.unroll, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
             PREFETCH=cfg.prefetch, LOOKAHEAD=cfg.lookahead, USE_PDL=p.pdl, EARLY=early_params(),
-            L2_PTS=p.l2_pts, NX_PTS=p.nx[2], launch_pdl=p.pdl, enable_fp_fusion=False, **conv_flags,
+            L2_PTS=p.l2_pts, launch_pdl=p.pdl, enable_fp_fusion=False, **conv_flags,
         )
     return u
 
 
 def w4a8_gemv_into(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y, config: GemvConfig | None = None,
-                   conv=None, l2_next=None):
-    """y [M, N] = epilogue(x2 [M, K] int8 @ (q4 * group_scales)^T), w4a8_gemm_ref's order; ``conv`` and ``l2_next``
-    as in ``w8a8_gemv_into``."""
-    p = _launch_plan("w4a8", x2, w_packed, g, y, config, l2_next)
+                   conv=None):
+    """y [M, N] = epilogue(x2 [M, K] int8 @ (q4 * group_scales)^T), w4a8_gemm_ref's order; ``conv`` as in
+    ``w8a8_gemv_into``."""
+    p = _launch_plan("w4a8", x2, w_packed, g, y, config)
     cfg = p.cfg
     u, conv_args, conv_flags = _conv_args(conv, p, y)
     with device_of(p.x2):
@@ -783,28 +754,28 @@ def w4a8_gemv_into(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y
             p.x2, w_packed, group_scales, xs, cs, cs if bias is None else bias, cs if os_ is None else os_, y,
             p.part, p.cnt,
             p.m, p.n, p.k, p.w_slice, p.x2.stride(0) // 4, w_packed.stride(0) // 4, *group_scales.stride(), sos,
-            0x08080808, *conv_args, *p.nx[:2],
+            0x08080808, *conv_args,
             HAS_BIAS=bias is not None, REQUANT=os_ is not None, USE_ASM=p.x2.is_cuda, SPLIT=p.split,
             G=g, SCALE_MODE=p.mode, EVEN_K=p.even_k, NUM_STAGES=cfg.num_stages, UNROLL=cfg.unroll,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
             PREFETCH=cfg.prefetch, LOOKAHEAD=cfg.lookahead, USE_PDL=p.pdl, EARLY=early_params(),
-            L2_PTS=p.l2_pts, NX_PTS=p.nx[2], launch_pdl=p.pdl, enable_fp_fusion=False, **conv_flags,
+            L2_PTS=p.l2_pts, launch_pdl=p.pdl, enable_fp_fusion=False, **conv_flags,
         )
     return u
 
 
-def w4a16_gemv_into(x2, w_packed, scales, g: int, bias, y, config: GemvConfig | None = None, l2_next=None):
-    """y [M, N] = x2 [M, K] @ (q4 * scales)^T (+ bias) in y's dtype; ``l2_next`` as in ``w8a8_gemv_into``."""
-    p = _launch_plan("w4a16", x2, w_packed, g, y, config, l2_next)
+def w4a16_gemv_into(x2, w_packed, scales, g: int, bias, y, config: GemvConfig | None = None):
+    """y [M, N] = x2 [M, K] @ (q4 * scales)^T (+ bias) in y's dtype."""
+    p = _launch_plan("w4a16", x2, w_packed, g, y, config)
     cfg = p.cfg
     with device_of(p.x2):
         _w4a16_gemv_kernel[p.grid](
             p.x2, w_packed, scales, scales if bias is None else bias, y, p.part, p.cnt,
-            p.m, p.n, p.k, p.w_slice, p.x2.stride(0), w_packed.stride(0) // 4, *scales.stride(), 0x3FC00000, *p.nx[:2],
+            p.m, p.n, p.k, p.w_slice, p.x2.stride(0), w_packed.stride(0) // 4, *scales.stride(), 0x3FC00000,
             HAS_BIAS=bias is not None, SPLIT=p.split, G=g, SCALE_MODE=p.mode, EVEN_K=p.even_k,
             NUM_STAGES=cfg.num_stages, UNROLL=cfg.unroll, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, PREFETCH=cfg.prefetch, LOOKAHEAD=cfg.lookahead,
-            USE_PDL=p.pdl, EARLY=early_params(), L2_PTS=p.l2_pts, USE_ASM=p.x2.is_cuda, NX_PTS=p.nx[2],
+            USE_PDL=p.pdl, EARLY=early_params(), L2_PTS=p.l2_pts, USE_ASM=p.x2.is_cuda,
             launch_pdl=p.pdl,
         )
 
