@@ -35,7 +35,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from quamba.ops.triton import conv1d, gemv, hadamard, selective_scan  # noqa: E402
+from quamba.ops.triton import conv1d, gemv, hadamard, selective_scan, selective_scan_parallel, ssd  # noqa: E402
 
 # the mamba2-2.7b W4A8 in_proj GEMV as a decode step launches it (default config, conv step in its epilogue)
 GEMV_W4A8 = dict(HAS_BIAS=False, REQUANT=True, USE_ASM=True, SPLIT=10, G=128, SCALE_MODE=1, EVEN_K=True,
@@ -60,6 +60,22 @@ QCONV_BD, QCONV_BL, QCONV_WARPS = conv1d.QCONV_TILE
 HAD_M, HAD_P, HAD_COLS = hadamard._plan(CONV_DIM)  # 5120 = 20 * 256, out_proj's input in mamba-2.8b
 HAD = dict(M=HAD_M, P=HAD_P, LOG_P=HAD_P.bit_length() - 1, HCOLS=HAD_COLS, ROWS=1, USE_PDL=False, EARLY=True)
 HAD_TYPES = {"x_ptr": "*fp16", "os_ptr": "*fp32", "y_ptr": "*i8", "inv_sqrt_n": "fp32"}
+# the int8 prefill scans, which loop over time (so no issue time from their static counts): mamba-2.8b's chunked
+# selective scan (8 channels x 16 tokens a step, one warp a program) and mamba2-2.7b's SSD chunk scan (64 x 64 output
+# tiles, N = 128, integer C B^T)
+SCAN_IN = ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr")
+PSCAN_TYPES = {**{n: "*fp32" for n in ("A_ptr", "D_ptr", "bias_ptr", "init_ptr", "final_ptr", "hseg_ptr",
+                                        "dtseg_ptr", "us_ptr", "dts_ptr", "bs_ptr", "cs_ptr", "zs_ptr")},
+               **{n: "*i8" for n in SCAN_IN}, "y_ptr": "*fp16"}
+PSCAN = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_INIT=False, WRITE_FINAL=True, HAS_SCALES=True,
+             A_IS_LOG=True, BLOCK_D=8, BLOCK_N=16, BLOCK_L=16, SCAN_DOUBLING=False, PASS=0)
+PSCAN_INTS = ("dim", "seqlen", "seg_len", "sub", "sul", "sdb", "sdl", "sbb", "sbl", "scb", "scl", "szb", "szl",
+              "syb", "syl", "sfb", "sfd")
+SSD_TYPES = {**{n: "*fp32" for n in ("dt_ptr", "cs_ptr", "st_ptr", "D_ptr", "xs_ptr", "bs_ptr", "ccs_ptr")},
+             "x_ptr": "*i8", "B_ptr": "*i8", "C_ptr": "*i8", "y_ptr": "*fp16"}
+SSD_SCAN = dict(HAS_D=True, QUANT=True, DOT=ssd.DOT_F16, BLOCK_M=64, BLOCK_P=64, BLOCK_N=128, BLOCK_S=64, INT_DOTS=True)
+SSD_INTS = ("seqlen", "headdim", "dstate", "chunk_size", "nheads", "sxb", "sxl", "sxh", "sbb", "sbl", "sbg", "scb",
+            "scl", "scg", "sob", "soh", "soc", "ssb", "ssc", "ssh", "ssp", "sdh", "syb", "syl", "syh")
 HAD_INTS = ("num_rows", "rows_per_batch", "sxb", "sxr")
 
 
@@ -97,6 +113,12 @@ KERNELS = {
     "hadamard-prefill": Kernel(hadamard._hadamard_quant_kernel, HAD_TYPES, {**HAD, "MI": 4}, HAD_INTS, ("sxc",), 4,
                                CONV_LEN * HAD_M // 4,
                                note=f"Hadamard + int8, {CONV_LEN} rows of {CONV_DIM} (4 of 20 sub-rows a program)"),
+    "scan-int8-prefill": Kernel(selective_scan_parallel._selective_scan_parallel_kernel, PSCAN_TYPES, PSCAN, PSCAN_INTS,
+                                ("sud", "sdd", "szd", "sbn", "scn", "syd", "sfn", "san"), 1,
+                                note=f"chunked int8 selective scan, mamba-2.8b prefill [{CONV_DIM}, {CONV_LEN}]"),
+    "ssd-scan-int8-prefill": Kernel(ssd._ssd_chunk_scan_kernel, SSD_TYPES, SSD_SCAN, SSD_INTS,
+                                    ("sxp", "sbn", "scn", "sol", "ssn", "sdp", "syp", "sxs", "sbs", "sccs"), 8,
+                                    note="SSD chunk scan, int8 inputs, mamba2-2.7b prefill (1024 tokens)"),
     "hadamard-decode": Kernel(hadamard._hadamard_quant_kernel, HAD_TYPES, {**HAD, "MI": 1}, HAD_INTS, ("sxc",), 4,
                               note=f"Hadamard + int8, one row of {CONV_DIM} (a sub-row a program)"),
 }
@@ -147,7 +169,9 @@ def counts(compiled, k: Kernel | None = None) -> dict:
     fast = len(own) - 4 * sum("CALL" in line for line in own)  # each call: three moves and the call
     out = {"registers": int(m.group(1)), "stack_bytes": int(m.group(2)), "instructions": len(ins),
            "before_first_global_load": first_load, "fast_path_instructions": fast,
-           "float_roundings": sum(" FRND" in line for line in own)}  # FRND: floor / round in float registers
+           "float_roundings": sum(" FRND" in line for line in own),  # FRND: floor / round in float registers
+           # int8 / int16 -> float on the quarter-rate conversion pipe (a 32-bit source takes the full-rate I2FP)
+           "slow_conversions": sum(bool(re.search(r" I2F\.(F16\.)?[SU](8|16)\b", line)) for line in own)}
     if k is not None and k.programs:
         threads = 32 * k.num_warps
         out["programs"] = k.programs

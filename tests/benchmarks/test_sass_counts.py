@@ -52,6 +52,22 @@ def test_prefill_kernels_get_an_issue_time(tmp_path):
     assert counts["hadamard-prefill"]["float_roundings"] == counts["conv-int8-prefill"]["float_roundings"] == 0
 
 
+def test_int8_scans_convert_their_loads_without_the_conversion_pipe(tmp_path):
+    """int8 -> fp32 / fp16 with `.to()` compiles to I2F.S8 / I2F.F16.S16, issued on sm_90's quarter-rate conversion
+    pipe for every loaded element of every step: 40 of them in the chunked selective scan's loop and 64 in the SSD
+    chunk scan (Triton 3.6) before _common.int8_to_float / int8_to_half replaced them (H100, 2026-12-07: int8 scan
+    102.4 -> 99.5 us, int8 SSD 140.7 -> 135.2 us)."""
+    out = tmp_path / "counts.json"
+    r = _run("--kernels", "scan-int8-prefill,ssd-scan-int8-prefill", "--json", str(out))
+    if r.returncode and "nvidia backend" in r.stderr:
+        pytest.skip("this triton has no CUDA backend tools (cuobjdump / nvdisasm)")
+    assert r.returncode == 0, r.stderr[-2000:]
+    counts = json.loads(out.read_text())["kernels"]
+    for name, c in counts.items():
+        assert c["instructions"] > 500 and "issue_us" not in c, name  # loops over time: no issue bound
+        assert c["slow_conversions"] == 0, name
+
+
 def test_unknown_kernel_is_refused():
     r = _run("--kernels", "gemv-w2a2")
     assert r.returncode == 2 and "unknown --kernels gemv-w2a2: choose from gemv-w4a8" in r.stderr

@@ -189,6 +189,32 @@ def round_to_int32(v):
 
 
 @triton.jit
+def int8_to_float(v):
+    """Integer v in [-2^22, 2^22] (int8 loads, bounded int32 sums) as fp32, exactly, in two full-rate instructions:
+    v added to the bits of 1.5 * 2^23 (where the float ulp is 1) reads as 1.5 * 2^23 + v. The plain conversion of
+    an int8 or int16 (I2F.S8 / .S16) issues on sm_90's quarter-rate conversion pipe: in the int8 scans it is
+    issued for every loaded element of every step (benchmarks/sass_counts.py counts them)."""
+    return (v.to(tl.int32) + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+
+
+@triton.jit
+def int8_to_half(v):
+    """int8 v as fp16, exactly, without the conversion pipe (I2F.F16): v + 128 in the low byte of 1024.0's bits
+    (the fp16 ulp is 1 in [1024, 2048)) reads as 1152 + v."""
+    return (v.to(tl.int16) + 0x6480).to(tl.float16, bitcast=True) - 1152.0
+
+
+@triton.jit
+def dequant(v, scale, QUANT: tl.constexpr):
+    """A loaded input as fp32: int8 times its scale (the reference's ``q.float() * scale``), or the float itself."""
+    if QUANT:
+        v = int8_to_float(v) * scale
+    else:
+        v = v.to(tl.float32)
+    return v
+
+
+@triton.jit
 def quantize_int8(y, scale):
     """``quantize_ref`` in registers: clamp(round_half_even(y / scale), -128, 127) as int8, the division IEEE-rounded
     (``div_rn``: Triton's ``/`` is approximate on NVIDIA). Clamping after rounding is the same: the bounds are

@@ -24,11 +24,11 @@ from ._common import (cdiv, check_float, check_runnable, check_same_device, chec
 
 _MAX_WIDTH = 4  # d_conv of every Mamba checkpoint is 4; the kernels unroll the taps
 QCONV_TILE = (128, 8, 4)  # the int8 prefill kernel's (block_d, block_l, num_warps) on long inputs: the fastest of
-# QCONV_SWEEP on an H100 at mamba-2.8b's prefill (20.0 us; (64, 16, 8) 22.5, fp16 conv 15.6; 2026-12-07;
-# benchmarks/sweep_prefill.py)
+# QCONV_SWEEP on an H100 at mamba-2.8b's prefill (17.6 us with SiLU's approximate division; (128, 16, 4) 17.7,
+# (256, 16, 8) 18.1, (64, 16, 8) 20.1, fp16 conv 15.5; 2026-12-07; benchmarks/sweep_prefill.py)
 # (block_d, block_l, num_warps) of the int8 prefill kernel to time on a GPU (the default first)
 QCONV_SWEEP = [(64, 16, 8), (64, 32, 8), (128, 16, 8), (128, 32, 8), (64, 64, 8), (256, 16, 8), (128, 8, 4),
-               (32, 32, 4), (64, 16, 4), (256, 32, 16)]
+               (32, 32, 4), (64, 16, 4), (256, 32, 16), (128, 32, 4), (256, 16, 4), (128, 16, 4)]
 
 
 @triton.jit
@@ -245,12 +245,16 @@ def _causal_conv1d_update_launch(
 @triton.jit
 def _silu_requant(acc, scale, bias, out_scale, HAS_BIAS: tl.constexpr):
     """int32 acc -> int8 in the reference's order: acc * scale (+ bias), silu, / out_scale, round half
-    to even, clamp. scale / bias / out_scale fp32, broadcastable to acc."""
+    to even, clamp. scale / bias / out_scale fp32, broadcastable to acc.
+
+    SiLU divides with Triton's approximate `/` (2 ulp): exp already differs from torch's by an ulp, so an output
+    next to a rounding tie may be one step off either way (the tests bound how often). The IEEE division it
+    replaced took a branch to its slow path and 4% of the prefill kernel's fast-path instructions (18.3 -> 17.6 us
+    at mamba-2.8b's prefill, H100, 2026-12-07). The requantizing division stays IEEE."""
     y = acc.to(tl.float32) * scale
     if HAS_BIAS:
         y = y + bias
-    y = tl.math.div_rn(y, 1.0 + tl.exp(-y))  # silu; div_rn: Triton's `/` is approximate on NVIDIA
-    return quantize_int8(y, out_scale)
+    return quantize_int8(silu(y), out_scale)
 
 
 @triton.jit

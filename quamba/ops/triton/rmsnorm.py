@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import (check_float, check_runnable, check_same_device, check_shape, device_of, early_params,
-                      next_pow2, pdl_start, quantize_int8, silu, use_pdl)
+from ._common import (check_float, check_runnable, check_same_device, check_shape, dequant, device_of,
+                      early_params, next_pow2, pdl_start, quantize_int8, silu, use_pdl)
 
 _MAX_ROW = 65536  # one program holds a whole row (or group) in registers
 
@@ -95,10 +95,7 @@ def _gated_rms_norm_kernel(
         w, z_scale = _norm_params(w_ptr, zs_ptr, cols, mask, Z_INT8)
     x = tl.load(x_ptr + row * sx + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_Z:
-        z = tl.load(z_ptr + row * sz + cols, mask=mask, other=0).to(tl.float32)
-        if Z_INT8:
-            z = z * z_scale
-        gate = silu(z)
+        gate = silu(dequant(tl.load(z_ptr + row * sz + cols, mask=mask, other=0), z_scale, Z_INT8))
         if not NORM_BEFORE_GATE:
             x = x * gate
     mean_sq = tl.math.div_rn(tl.sum(x * x, axis=0), group_size * 1.0)

@@ -30,22 +30,13 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, dp4a, next_pow2,
-                      pdl_start, quantize_int8, silu, softplus, stride_or_zero, use_pdl)
+from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, dequant, device_of, dp4a,
+                      next_pow2, pdl_start, quantize_int8, silu, softplus, stride_or_zero, use_pdl)
 
 _MAX_STATE = 256  # the state of a channel block lives in registers
 
 
 # ---------------------------------------------------------------------------------------------- jit helpers
-
-@triton.jit
-def dequant(v, scale, QUANT: tl.constexpr):
-    """A loaded input as fp32: int8 times its scale (the reference's ``q.float() * scale``), or the float itself."""
-    v = v.to(tl.float32)
-    if QUANT:
-        v = v * scale
-    return v
-
 
 @triton.jit
 def quantize_state_rows(h):

@@ -61,8 +61,8 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import (FLOAT_DTYPES, cdiv, check_float, check_runnable, check_same_device, check_shape, device_of,
-                      next_pow2, silu, softplus, stride_or_zero)
+from ._common import (FLOAT_DTYPES, cdiv, check_float, check_runnable, check_same_device, check_shape, dequant,
+                      device_of, next_pow2, silu, softplus, stride_or_zero)
 
 _MAX_STATE = 256  # a program's [BLOCK_L, N, BLOCK_D] tile lives in registers
 # CPU tensors (the interpreter) scan by doubling (see the module docstring); a test turns it off to cover
@@ -121,16 +121,16 @@ def _load_chunk(u_p, dt_p, z_p, b_p, c_p, t, seqlen, sul, sdl, szl, sbl, scl, ma
 
 @triton.jit
 def _prepare_chunk(u, dt, b, c, t, seqlen, bias, u_s, dt_s, b_s, c_s, HAS_BIAS: tl.constexpr,
-                   SOFTPLUS: tl.constexpr):
-    """fp32 dt and dt * u [BLOCK_L, BLOCK_D], B and C [BLOCK_L, BLOCK_N] of a loaded chunk (the scales are
-    1.0 for float inputs); dt = 0 past the end (a = 1, b = 0 there: the state passes through unchanged)."""
-    dt = dt.to(tl.float32) * dt_s
+                   SOFTPLUS: tl.constexpr, QUANT: tl.constexpr):
+    """fp32 dt and dt * u [BLOCK_L, BLOCK_D], B and C [BLOCK_L, BLOCK_N] of a loaded chunk (int8 inputs times
+    their scales); dt = 0 past the end (a = 1, b = 0 there: the state passes through unchanged)."""
+    dt = dequant(dt, dt_s, QUANT)
     if HAS_BIAS:
         dt += bias[None, :]
     if SOFTPLUS:
         dt = softplus(dt)
     dt = tl.where((t < seqlen)[:, None], dt, 0.0)
-    return dt, dt * (u.to(tl.float32) * u_s), b.to(tl.float32) * b_s, c.to(tl.float32) * c_s
+    return dt, dt * dequant(u, u_s, QUANT), dequant(b, b_s, QUANT), dequant(c, c_s, QUANT)
 
 
 # ---------------------------------------------------------------------------------------------- kernel
@@ -186,7 +186,7 @@ def _selective_scan_parallel_kernel(
     Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    u_s = 1.0  # int8 inputs are read as q * scale (the reference's q.float() * scale); x * 1.0 folds away
+    u_s = 1.0  # int8 inputs are read as q * scale (the reference's q.float() * scale)
     dt_s = 1.0
     b_s = 1.0
     c_s = 1.0
@@ -212,7 +212,7 @@ def _selective_scan_parallel_kernel(
     u, dt_raw, z, b_raw, c_raw = _load_chunk(u_p, dt_p, z_p, b_p, c_p, l_begin + offs_l, l_end, sul, sdl, szl, sbl,
                                              scl, mask_d, mask_n, HAS_Z)
     dt, dtu, Bc, Cc = _prepare_chunk(u, dt_raw, b_raw, c_raw, l_begin + offs_l, l_end, bias, u_s, dt_s, b_s, c_s,
-                                     HAS_BIAS, SOFTPLUS)
+                                     HAS_BIAS, SOFTPLUS, HAS_SCALES)
     dsum = tl.zeros([BLOCK_D], dtype=tl.float32)
     for l0 in range(l_begin, l_end, BLOCK_L):
         t = l0 + offs_l
@@ -232,16 +232,16 @@ def _selective_scan_parallel_kernel(
         else:
             y = tl.sum(hs * Cc[:, :, None], axis=1)
             if HAS_D:
-                y += Dv[None, :] * (u.to(tl.float32) * u_s)
+                y += Dv[None, :] * dequant(u, u_s, HAS_SCALES)
             if HAS_Z:
-                y *= silu(z.to(tl.float32) * z_s)
+                y *= silu(dequant(z, z_s, HAS_SCALES))
             tl.store(y_p + t[:, None] * syl, y.to(y_ptr.dtype.element_ty),
                      mask=(t < l_end)[:, None] & mask_d[None, :])
 
         u = u_nx
         z = z_nx
         dt, dtu, Bc, Cc = _prepare_chunk(u_nx, dt_nx, b_nx, c_nx, t + BLOCK_L, l_end, bias, u_s, dt_s, b_s, c_s,
-                                         HAS_BIAS, SOFTPLUS)
+                                         HAS_BIAS, SOFTPLUS, HAS_SCALES)
 
     if PASS == 1:
         tl.store(hseg_p + pid_s * (BLOCK_N * dim), h, mask=mask_nd)

@@ -28,9 +28,9 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, next_pow2,
-                      pdl_start, softplus, stride_or_zero, use_pdl)
-from .selective_scan import _copy_initial, _state_parts, dequant, quantize_state_rows
+from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, dequant, device_of,
+                      int8_to_float, int8_to_half, next_pow2, pdl_start, softplus, stride_or_zero, use_pdl)
+from .selective_scan import _copy_initial, _state_parts, quantize_state_rows
 
 _MAX_STATE = 256  # the scan kernel keeps a [BLOCK_M, N] tile of C in registers
 _FLOAT_MAX = 3.4e38  # stands in for an infinite upper dt limit
@@ -56,6 +56,15 @@ def _dot_operand(a, DOT: tl.constexpr):
         return a.to(tl.float16)
     else:
         return a.to(tl.bfloat16)
+
+
+@triton.jit
+def _int8_operand(q, DOT: tl.constexpr):
+    """int8 q as _dot_operand(q, DOT), exactly (int8 fits fp16 and bf16) and without the conversion pipe."""
+    if DOT == 1:
+        return int8_to_half(q)
+    else:
+        return _dot_operand(int8_to_float(q), DOT)
 
 
 @triton.jit
@@ -283,7 +292,7 @@ def _ssd_chunk_scan_kernel(
         xs = tl.load(x_base + ss[:, None] * sxl + offs_p[None, :] * sxp, mask=in_s[:, None] & in_p[None, :],
                      other=0)  # [S, P]
         if INT_DOTS:
-            acc_x = _mm(w, xs, acc_x, DOT)
+            acc_x = _mm(w, _int8_operand(xs, DOT), acc_x, DOT)
         else:
             if QUANT:
                 xs = dequant(xs, x_scale, QUANT)
@@ -526,7 +535,8 @@ def _ssd_chunked_launch(
 
 
 # The int8 chunk scan's integer products (see _ssd_chunk_scan_kernel). On an H100 at mamba2-2.7b's prefill (1024
-# tokens): 140.3 us with them, 156.0 without, fp16 SSD 124.4 (2026-12-07, benchmarks/sweep_prefill.py); the two differ by 5e-4 relative.
+# tokens): 135.7 us with them, 148.3 without, fp16 SSD 123.7 (2026-12-07, benchmarks/sweep_prefill.py, after the int8
+# loads stopped converting on the quarter-rate pipe: 140.3 / 156.0 before); the two differ by 5e-4 relative.
 INT8_DOTS = True
 
 
