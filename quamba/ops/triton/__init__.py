@@ -16,6 +16,10 @@ Switches, read on every call (environment variables, so that a run can be flippe
   QUAMBA_W4_DENSE_MIN_M=M   W4A8 / W4A16 GEMMs of M or more rows dequantize the packed weights once and run the
                             dense kernel (same results; see :func:`w4_dense_min_m`). Unset: from 128 rows
                             (``W4_DENSE_MIN_M_DEFAULT``).
+Read when the kernel files are imported (compile-time constants of the kernels):
+  QUAMBA_FAST_EPILOGUE=1    the int8 epilogues divide by a scale that many elements share through its reciprocal
+                            and round with saturation in one instruction (same bits; not yet run on a GPU, so off:
+                            see ``_common.FAST_EPILOGUE`` and benchmarks/gpu_check.sh).
 Autograd: the kernels are forward-only, so an op whose inputs need gradients takes the reference
 (with a warning on the GPU); run inference under ``torch.inference_mode()`` or ``torch.no_grad()``.
 """

@@ -171,9 +171,17 @@ def round_half_even(v):
     return tl.where(up, f + 1.0, f)
 
 
-# Compiled kernels round with one PTX instruction, the interpreter from floor (it runs no inline assembly). Read when
-# this file is (re)imported: quamba.ops.triton.interpreted_kernels reimports it under TRITON_INTERPRET=1.
-ROUND_ASM: tl.constexpr = tl.constexpr(not interpreting())
+# Compiled kernels round with one PTX instruction; the interpreter rounds from floor (it runs no inline assembly) and
+# divides with div_rn (its fma is not fused). Read when this file is (re)imported: quamba.ops.triton.interpreted_kernels
+# reimports it under TRITON_INTERPRET=1.
+COMPILED: tl.constexpr = tl.constexpr(not interpreting())
+# QUAMBA_FAST_EPILOGUE=1 (read at import; off until checked on a GPU): the int8 epilogues divide by a scale that many
+# elements share through its reciprocal (div_by_reciprocal) and round and clamp in one saturating conversion
+# (round_to_int8). Both give the same bits by construction; compiled for sm_90 they cut the int8 GEMM's prefill
+# epilogue from 2152 to 1872 instructions a thread (32 fewer branches) and the Hadamard program's fast path from 670
+# to 604 (benchmarks/sass_counts.py, Triton 3.6). Not yet run on a GPU: gpu_check.sh runs the bit-exactness tests
+# with it on and times it.
+FAST_EPILOGUE: tl.constexpr = tl.constexpr(not interpreting() and os.environ.get("QUAMBA_FAST_EPILOGUE") == "1")
 
 
 @triton.jit
@@ -181,11 +189,24 @@ def round_to_int32(v):
     """torch.round of fp32 v (ties to even) as int32, saturating at the int32 bounds. Compiled: ``cvt.rni.s32.f32``,
     one F2I instead of the ~10 instructions of round_half_even (the int8 conv's epilogue is bound by instruction
     issue, benchmarks/sass_counts.py)."""
-    if ROUND_ASM:
+    if COMPILED:
         out = tl.inline_asm_elementwise("cvt.rni.s32.f32 $0, $1;", "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
     else:
         out = round_half_even(tl.minimum(tl.maximum(v, -2147483648.0), 2147483520.0)).to(tl.int32)
     return out
+
+
+@triton.jit
+def round_to_int8(v):
+    """clamp(torch.round(v), -128, 127) of fp32 v (ties to even) as int8. With FAST_EPILOGUE one
+    ``cvt.rni.sat.s8.f32`` (F2I.S8) rounds and saturates in the conversion; otherwise ``round_to_int32`` and a
+    clamp (clamping after rounding is the same: the bounds are integers and rounding is monotone)."""
+    if FAST_EPILOGUE:
+        out = tl.inline_asm_elementwise("cvt.rni.sat.s8.f32 $0, $1;", "=r,r", [v], dtype=tl.int32, is_pure=True,
+                                        pack=1)
+    else:
+        out = tl.minimum(tl.maximum(round_to_int32(v), -128), 127)
+    return out.to(tl.int8)
 
 
 @triton.jit
@@ -215,9 +236,38 @@ def dequant(v, scale, QUANT: tl.constexpr):
 
 
 @triton.jit
+def div_by_reciprocal(y, d, r):
+    """The IEEE quotient y / d (what ``div_rn`` gives) from r = div_rn(1, d): q = y * r, then two corrections
+    q += fma(-q, d, y) * r. The residual of a quotient within an ulp is exact, so the second correction rounds
+    correctly (Markstein's theorem: r within half an ulp of 1 / d, q within an ulp of y / d; the first correction
+    brings q there). No underflow or overflow at quantization's magnitudes. Where many elements share d (a scale per
+    tensor or per column), this is five full-rate instructions an element in straight-line code instead of
+    ``div_rn``'s reciprocal, corrections and checked branch to a slow path. Interpreted: div_rn (its fma is not
+    fused)."""
+    if COMPILED:
+        neg_d = -d  # on d's own shape (a scalar, a row of columns), not on each element
+        q = y * r
+        q = tl.fma(tl.fma(q, neg_d, y), r, q)
+        q = tl.fma(tl.fma(q, neg_d, y), r, q)
+    else:
+        q = tl.math.div_rn(y, d)
+    return q
+
+
+@triton.jit
+def quantize_int8_shared(y, scale):
+    """``quantize_int8`` where many elements of y share each scale: a scalar, or per-column scales [1, N] broadcast
+    over a tile's rows. With FAST_EPILOGUE the quotient goes through the scale's reciprocal, one ``div_rn`` a scale
+    (``div_by_reciprocal``: the same bits); otherwise it is ``quantize_int8``."""
+    if FAST_EPILOGUE:
+        q = div_by_reciprocal(y, scale, tl.math.div_rn(1.0, scale))
+    else:
+        q = tl.math.div_rn(y, scale)
+    return round_to_int8(q)
+
+
+@triton.jit
 def quantize_int8(y, scale):
     """``quantize_ref`` in registers: clamp(round_half_even(y / scale), -128, 127) as int8, the division IEEE-rounded
-    (``div_rn``: Triton's ``/`` is approximate on NVIDIA). Clamping after rounding is the same: the bounds are
-    integers and rounding is monotone."""
-    q = round_to_int32(tl.math.div_rn(y, scale))
-    return tl.minimum(tl.maximum(q, -128), 127).to(tl.int8)
+    (``div_rn``: Triton's ``/`` is approximate on NVIDIA)."""
+    return round_to_int8(tl.math.div_rn(y, scale))

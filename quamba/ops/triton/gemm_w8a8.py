@@ -8,8 +8,10 @@ bit-identical to it:
                                                           or  -> clamp(round_half_even(y / out_scale[n]))
 The kernels are launched with ``enable_fp_fusion=False`` so that the compiler does not contract the
 multiply and the bias add into one fused multiply-add (rounded once instead of twice); the division
-is ``div_rn`` (Triton's ``/`` is an approximate division on NVIDIA GPUs); rounding half to even is
-built from ``floor`` so that it is the same in Triton's interpreter, which has no libdevice.
+is IEEE-rounded: ``div_rn`` (Triton's ``/`` is an approximate division on NVIDIA GPUs), or in a
+tensor-core tile, whose rows share each column's scale, the product by that column's reciprocal
+corrected twice with fused multiply-adds (``_common.div_by_reciprocal``: the same quotient); rounding
+half to even and the clamp are one ``cvt.rni.sat.s8`` (from ``floor`` in Triton's interpreter).
 
 Shapes (``pick_config``): prefill (M > 64) runs [64|128, 128|256] tiles, picked against wave
 quantization, in grouped order for L2 reuse; decode (M <= 64) runs [16..64, 64] tiles with split-K:
@@ -35,7 +37,8 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from . import gemm_tma
-from ._common import FLOAT_DTYPES, cdiv, check_runnable, check_same_device, device_of, next_pow2, quantize_int8
+from ._common import (FLOAT_DTYPES, cdiv, check_runnable, check_same_device, device_of, next_pow2, quantize_int8,
+                      quantize_int8_shared)
 
 # int8 x int8 products are at most 2^14 in magnitude, so K < 2^17 terms cannot overflow int32.
 MAX_K = 2 ** 17 - 1
@@ -100,7 +103,10 @@ def int_epilogue(
     y_ptrs = y_ptr + offs_m[:, None] * sym + offs_n[None, :] * syn
     if REQUANT:
         out_scale = tl.load(os_ptr + offs_n * sos, mask=mask_n, other=1.0)
-        y = quantize_int8(y, out_scale[None, :])
+        if acc.shape[0] >= 16:  # a tensor-core tile: its rows share each column's scale
+            y = quantize_int8_shared(y, out_scale[None, :])
+        else:
+            y = quantize_int8(y, out_scale[None, :])
         tl.store(y_ptrs, y, mask=mask)
     else:
         tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)

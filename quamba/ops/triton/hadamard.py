@@ -13,7 +13,8 @@ cost more than the extra reads:
   2. H_P: log2(P) butterfly stages of constant geometry: view [MP, P/2, 2], (a, b) -> (a + b, a - b),
      and put the pair index on top ([MP, 2, P/2]). Stage s combines the pairs of the original index's
      bit s, exactly the reference's butterflies in the reference's order.
-  3. times 1/sqrt(n) (fp32), / out_scale (div_rn), clamp, round half to even, int8 store.
+  3. times 1/sqrt(n) (fp32), / out_scale (IEEE-rounded, through its reciprocal: ``div_by_reciprocal``), clamp,
+     round half to even, int8 store.
 For n = 2^k (no H_m) every operation is the reference's, so the output is bit-identical to it. With
 m > 1 the H_m sums run before the butterflies and in another order than the reference's einsum, so
 fp32 rounding differs by a few ulps: an int8 output may differ by one step where the value lies within
@@ -33,7 +34,7 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from ._common import (cdiv, check_float, check_runnable, check_same_device, device_of, early_params, next_pow2,
-                      pdl_start, quantize_int8, use_pdl)
+                      pdl_start, quantize_int8_shared, use_pdl)
 
 _MAX_N = 16384  # one program holds an [MP, P] fp32 tile in registers
 
@@ -53,14 +54,15 @@ def _base_column(i, j: tl.constexpr, HCOLS: tl.constexpr):
 def butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, out_scale, y_ptr, M: tl.constexpr,
                             MP: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr, ROWS: tl.constexpr):
     """Steps 2 and 3 on the [ROWS, MP, P] tile t (H_m already applied; MP: its sub-rows, offs_i their indices in the
-    row, those >= M not stored): the H_P butterflies, * 1/sqrt(n), div_rn by
-    out_scale (fp32 scalar), clamp, round half to even, int8 rows of y ([num_rows, M * P], contiguous)."""
+    row, those >= M not stored): the H_P butterflies, * 1/sqrt(n), / out_scale (fp32 scalar; IEEE-rounded),
+    clamp, round half to even, int8 rows of y ([num_rows, M * P], contiguous)."""
     for _ in tl.static_range(LOG_P):
         a, b = tl.split(tl.reshape(t, [ROWS, MP, P // 2, 2]))
         t = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), [ROWS, MP, P])
     t = t * inv_sqrt_n
     y_ptrs = y_ptr + rows[:, None, None] * (M * P) + offs_i[None, :, None] * P + offs_p[None, None, :]
-    tl.store(y_ptrs, quantize_int8(t, out_scale), mask=row_mask[:, None, None] & (offs_i < M)[None, :, None])
+    q = quantize_int8_shared(t, out_scale)  # one scale for the whole tile
+    tl.store(y_ptrs, q, mask=row_mask[:, None, None] & (offs_i < M)[None, :, None])
 
 
 @triton.jit

@@ -4,7 +4,8 @@ group of a row) per program, fp32 arithmetic, contracts of ``quamba.ops.rmsnorm`
 The quantized variants fuse the int8 ends into the same kernels: the norm's output is requantized
 (``rms_norm_quant`` / ``add_rms_norm_quant``: y / out_scale, round half to even, clamp, int8 store),
 and the gated norm reads its gate as int8 with a per-tensor scale (``qgated_rms_norm``). Divisions
-and the square root are IEEE-rounded (``div_rn`` / ``sqrt_rn``), so the only difference from the
+and the square root are IEEE-rounded (``div_rn`` / ``sqrt_rn``; the requantizing division through the scale's
+reciprocal, ``div_by_reciprocal``, the same quotient), so the only difference from the
 reference is the order of the fp32 sum of squares: an int8 output can differ by one step where the
 value lies within a few ulps of a rounding tie.
 """
@@ -16,7 +17,7 @@ import triton.language as tl
 
 from ...errors import QuambaError
 from ._common import (check_float, check_runnable, check_same_device, check_shape, dequant, device_of,
-                      early_params, next_pow2, pdl_start, quantize_int8, silu, use_pdl)
+                      early_params, next_pow2, pdl_start, quantize_int8_shared, silu, use_pdl)
 
 _MAX_ROW = 65536  # one program holds a whole row (or group) in registers
 
@@ -69,7 +70,8 @@ def _rms_norm_kernel(
     rstd = tl.math.div_rn(1.0, tl.sqrt_rn(mean_sq + eps))
     y = s * rstd * w
     if QUANT:
-        tl.store(y_ptr + row * sy + cols, quantize_int8(y, out_scale), mask=mask)
+        q = quantize_int8_shared(y, out_scale)  # one scale for the row
+        tl.store(y_ptr + row * sy + cols, q, mask=mask)
     else:
         tl.store(y_ptr + row * sy + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
 
