@@ -21,32 +21,33 @@ def _run(*args, **extra_env):
                           text=True, cwd=ROOT, env=env)
 
 
-def test_counts_of_the_w4a8_gemv(tmp_path):
-    out = tmp_path / "counts.json"
-    r = _run("--kernels", "gemv-w4a8", "--json", str(out))
+def _counts(tmp_path, kernels: str, **extra_env):
+    """(counts by kernel, stdout) of ``--kernels kernels``; skips where triton has no CUDA tools."""
+    out = tmp_path / f"counts_{kernels}_{'_'.join(extra_env.values())}.json"
+    r = _run("--kernels", kernels, "--json", str(out), **extra_env)
     if r.returncode and "nvidia backend" in r.stderr:
         pytest.skip("this triton has no CUDA backend tools (cuobjdump / nvdisasm)")
     assert r.returncode == 0, r.stderr[-2000:]
-    c = json.loads(out.read_text())["kernels"]["gemv-w4a8"]
+    return json.loads(out.read_text())["kernels"], r.stdout
+
+
+def test_counts_of_the_w4a8_gemv(tmp_path):
+    counts, stdout = _counts(tmp_path, "gemv-w4a8")
+    c = counts["gemv-w4a8"]
     assert 16 <= c["registers"] <= 255 and c["stack_bytes"] >= 0
     assert 0 < c["before_first_global_load"] < c["instructions"]
-    assert "gemv-w4a8:" in r.stdout and "sm_90" in r.stdout
+    assert "gemv-w4a8:" in stdout and "sm_90" in stdout
 
 
 def test_prefill_kernels_get_an_issue_time(tmp_path):
     """The prefill kernels report the time issuing their instructions takes at their model shape; the Hadamard
     kernel's column signs are compile-time constants (the Paley construction evaluated in the kernel, an integer
     modulo per entry, compiled to 1050-1680 fast-path instructions a program with Triton 3.6-3.9; 700-750 now)."""
-    out = tmp_path / "counts.json"
-    r = _run("--kernels", "hadamard-prefill,conv-int8-prefill", "--json", str(out))
-    if r.returncode and "nvidia backend" in r.stderr:
-        pytest.skip("this triton has no CUDA backend tools (cuobjdump / nvdisasm)")
-    assert r.returncode == 0, r.stderr[-2000:]
-    counts = json.loads(out.read_text())["kernels"]
+    counts, stdout = _counts(tmp_path, "hadamard-prefill,conv-int8-prefill")
     for name, c in counts.items():
         assert 0 < c["fast_path_instructions"] <= c["instructions"], name
         assert c["programs"] > 0 and 1.0 < c["issue_us"] < 100.0, name
-        assert f"{name}:" in r.stdout and "us (" in r.stdout
+        assert f"{name}:" in stdout and "us (" in stdout
     assert counts["hadamard-prefill"]["fast_path_instructions"] < 900
     # int8 quantization rounds with cvt.rni (F2I), not round_half_even's floors (FRND), in compiled kernels
     assert counts["hadamard-prefill"]["float_roundings"] == counts["conv-int8-prefill"]["float_roundings"] == 0
@@ -57,12 +58,7 @@ def test_int8_scans_convert_their_loads_without_the_conversion_pipe(tmp_path):
     pipe for every loaded element of every step: 40 of them in the chunked selective scan's loop and 64 in the SSD
     chunk scan (Triton 3.6) before _common.int8_to_float / int8_to_half replaced them (H100, 2026-12-07: int8 scan
     102.4 -> 99.5 us, int8 SSD 140.7 -> 135.2 us)."""
-    out = tmp_path / "counts.json"
-    r = _run("--kernels", "scan-int8-prefill,ssd-scan-int8-prefill", "--json", str(out))
-    if r.returncode and "nvidia backend" in r.stderr:
-        pytest.skip("this triton has no CUDA backend tools (cuobjdump / nvdisasm)")
-    assert r.returncode == 0, r.stderr[-2000:]
-    counts = json.loads(out.read_text())["kernels"]
+    counts, _ = _counts(tmp_path, "scan-int8-prefill,ssd-scan-int8-prefill")
     for name, c in counts.items():
         assert c["instructions"] > 500 and "issue_us" not in c, name  # loops over time: no issue bound
         assert c["slow_conversions"] == 0, name
@@ -72,14 +68,8 @@ def test_fast_epilogue_cuts_the_hadamard_programs_instructions(tmp_path):
     """QUAMBA_FAST_EPILOGUE=1 (read when the kernels are imported): one reciprocal for the tile's scale and the
     quotient from it in straight-line code, and rounding with saturation in one conversion (Triton 3.6: 604 fast-path
     instructions a Hadamard program against 670)."""
-    counts = {}
-    for flag in ("0", "1"):
-        out = tmp_path / f"counts{flag}.json"
-        r = _run("--kernels", "hadamard-prefill", "--json", str(out), QUAMBA_FAST_EPILOGUE=flag)
-        if r.returncode and "nvidia backend" in r.stderr:
-            pytest.skip("this triton has no CUDA backend tools (cuobjdump / nvdisasm)")
-        assert r.returncode == 0, r.stderr[-2000:]
-        counts[flag] = json.loads(out.read_text())["kernels"]["hadamard-prefill"]
+    counts = {flag: _counts(tmp_path, "hadamard-prefill", QUAMBA_FAST_EPILOGUE=flag)[0]["hadamard-prefill"]
+              for flag in ("0", "1")}
     assert counts["1"]["fast_path_instructions"] < counts["0"]["fast_path_instructions"] - 30
     assert counts["1"]["float_roundings"] == counts["0"]["float_roundings"] == 0
 
