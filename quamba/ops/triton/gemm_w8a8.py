@@ -8,10 +8,10 @@ bit-identical to it:
                                                           or  -> clamp(round_half_even(y / out_scale[n]))
 The kernels are launched with ``enable_fp_fusion=False`` so that the compiler does not contract the
 multiply and the bias add into one fused multiply-add (rounded once instead of twice); the division
-is IEEE-rounded: ``div_rn`` (Triton's ``/`` is an approximate division on NVIDIA GPUs), or in a
-tensor-core tile, whose rows share each column's scale, the product by that column's reciprocal
-corrected twice with fused multiply-adds (``_common.div_by_reciprocal``: the same quotient); rounding
-half to even and the clamp are one ``cvt.rni.sat.s8`` (from ``floor`` in Triton's interpreter).
+is IEEE-rounded: ``div_rn`` (Triton's ``/`` is an approximate division on NVIDIA GPUs); with
+``QUAMBA_FAST_EPILOGUE=1`` a tensor-core tile, whose rows share each column's scale, takes the product by
+that column's reciprocal corrected twice with fused multiply-adds instead (``_common.div_by_reciprocal``:
+the same quotient). Rounding half to even is one ``cvt.rni`` (from ``floor`` in Triton's interpreter).
 
 Shapes (``pick_config``): prefill (M > 64) runs [64|128, 128|256] tiles, picked against wave
 quantization, in grouped order for L2 reuse; decode (M <= 64) runs [16..64, 64] tiles with split-K:

@@ -13,8 +13,8 @@ cost more than the extra reads:
   2. H_P: log2(P) butterfly stages of constant geometry: view [MP, P/2, 2], (a, b) -> (a + b, a - b),
      and put the pair index on top ([MP, 2, P/2]). Stage s combines the pairs of the original index's
      bit s, exactly the reference's butterflies in the reference's order.
-  3. times 1/sqrt(n) (fp32), / out_scale (IEEE-rounded, through its reciprocal: ``div_by_reciprocal``), clamp,
-     round half to even, int8 store.
+  3. times 1/sqrt(n) (fp32), / out_scale (IEEE-rounded: div_rn, or with QUAMBA_FAST_EPILOGUE=1 through its
+     reciprocal, ``div_by_reciprocal``), clamp, round half to even, int8 store.
 For n = 2^k (no H_m) every operation is the reference's, so the output is bit-identical to it. With
 m > 1 the H_m sums run before the butterflies and in another order than the reference's einsum, so
 fp32 rounding differs by a few ulps: an int8 output may differ by one step where the value lies within

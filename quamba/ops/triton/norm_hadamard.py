@@ -31,8 +31,8 @@ import triton
 import triton.language as tl
 
 from ...errors import QuambaError
-from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, device_of, early_params,
-                      int8_to_float, next_pow2, pdl_start, silu, use_pdl)
+from ._common import (cdiv, check_float, check_runnable, check_same_device, check_shape, dequant, device_of,
+                      early_params, next_pow2, pdl_start, silu, use_pdl)
 from .hadamard import _MAX_N, _as_3d, _base_column, _plan, _rows_per_program, butterflies_quant_store
 
 
@@ -43,7 +43,7 @@ def _gated_sub_row(y_rows, z_rows, zs, j: tl.constexpr, row_mask, syc, szc,
     x = y * gate unless NORM_BEFORE_GATE (then x = y), gate = silu(z_q * z_scale)."""
     cols = j * P + tl.arange(0, P)
     x = tl.load(y_rows[:, None] + cols[None, :] * syc, mask=row_mask[:, None], other=0.0).to(tl.float32)
-    gate = silu(int8_to_float(tl.load(z_rows[:, None] + cols[None, :] * szc, mask=row_mask[:, None], other=0)) * zs)
+    gate = silu(dequant(tl.load(z_rows[:, None] + cols[None, :] * szc, mask=row_mask[:, None], other=0), zs, True))
     if not NORM_BEFORE_GATE:
         x = x * gate
     return x, gate
@@ -129,7 +129,7 @@ def _qgated_norm_hadamard_row_kernel(
     cols = tl.arange(0, BLOCK)
     mask = cols < N
     x = tl.load(y_row + cols * syc, mask=mask, other=0.0).to(tl.float32)
-    gate = silu(int8_to_float(tl.load(z_row + cols * szc, mask=mask, other=0)) * zs)
+    gate = silu(dequant(tl.load(z_row + cols * szc, mask=mask, other=0), zs, True))
     if not NORM_BEFORE_GATE:
         x = x * gate
     rstd = _rstd(tl.sum(x * x, axis=0), eps, N)

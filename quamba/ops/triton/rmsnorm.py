@@ -4,8 +4,8 @@ group of a row) per program, fp32 arithmetic, contracts of ``quamba.ops.rmsnorm`
 The quantized variants fuse the int8 ends into the same kernels: the norm's output is requantized
 (``rms_norm_quant`` / ``add_rms_norm_quant``: y / out_scale, round half to even, clamp, int8 store),
 and the gated norm reads its gate as int8 with a per-tensor scale (``qgated_rms_norm``). Divisions
-and the square root are IEEE-rounded (``div_rn`` / ``sqrt_rn``; the requantizing division through the scale's
-reciprocal, ``div_by_reciprocal``, the same quotient), so the only difference from the
+and the square root are IEEE-rounded (``div_rn`` / ``sqrt_rn``; with QUAMBA_FAST_EPILOGUE=1 the requantizing
+division goes through the scale's reciprocal, ``div_by_reciprocal``, the same quotient), so the only difference from the
 reference is the order of the fp32 sum of squares: an int8 output can differ by one step where the
 value lies within a few ulps of a rounding tie.
 """
