@@ -30,13 +30,11 @@ QUAMBA_FAST_EPILOGUE=0 timeout 100 python benchmarks/e2e.py --models mamba-2.8b 
 QUAMBA_FAST_EPILOGUE=1 timeout 100 python benchmarks/e2e.py --models mamba-2.8b --variants fp16,W8A8 --cache-graph \
     --repeats 10 --tpot-repeats 30 --out-dir "$OUT/e2e_epilogue_on" 2>&1 | grep -v Warning | tail -3
 
-# 3. decode options off / on on the same models: the fused step against separate kernels for W4A8 mamba-2.8b now
-#    that its dt_proj is read as words (measured for W8A8 only: fused 1.982, unfused 2.158 ms)
-timeout 110 python benchmarks/decode_ab.py --switch fused-decode --models mamba-2.8b --variants fp16,W4A8 \
-    --rounds 2 --out-dir "$OUT" 2>&1 | grep -v Warning | tail -4
-cat "$OUT"/decode_ab_*.md 2>/dev/null
+# 3. the int8 conv's per-channel loads broadcast over its tile (conv1d BCAST: no conversion through shared memory),
+#    weight as stored [D, K] or tap-major, against the default tiles (the fastest, (128, 8, 4): 17.6 us, fp16 15.8)
+timeout 70 python benchmarks/sweep_prefill.py --parts conv --out "$OUT" 2>&1 | grep -v Warning | tail -26
 
 # 4. the Hadamard kernel's tile sweep, last run before its signs became constants (MI 4 chosen at 41.0 us)
-timeout 40 python benchmarks/sweep_prefill.py --parts hadamard --out "$OUT" 2>&1 | grep -v Warning | tail -14
+timeout 40 python benchmarks/sweep_prefill.py --parts hadamard --out "$OUT/hadamard" 2>&1 | grep -v Warning | tail -14
 # the device tool returns 8 files: keep the JSONs (tables and plots are redrawn from them; the A/B tables were printed)
 find "$OUT" -newer "$START" \( -name "*.png" -o -name "*.md" \) -delete; rm -f "$START"

@@ -334,7 +334,7 @@ def run(args) -> dict:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (or --smoke to check the script on the CPU)")
     torch.manual_seed(0)
-    timer = Timer(dev, 3 if args.smoke else args.reps, warmup=1 if args.smoke else 3)
+    timer = Timer(dev, 1 if args.smoke else args.reps, warmup=0 if args.smoke else 3)  # smoke: one call each
     bandwidth, peaks = measure_bandwidth(timer), measure_peaks(timer)
     phases = [("prefill", 1, 8), ("decode", 1, 1), ("decode", 4, 1)] if args.smoke else \
         [("prefill", 1, args.prompt_len), ("decode", 1, 1), ("decode", 16, 1)]

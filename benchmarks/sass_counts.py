@@ -106,6 +106,14 @@ KERNELS = {
                                 ("sxd", "swk", "sis", "sos", "syd", "sfk"), QCONV_WARPS,
                                 (CONV_DIM // QCONV_BD) * (CONV_LEN // QCONV_BL),
                                 note=f"int8 conv + SiLU, mamba-2.8b prefill [{CONV_DIM}, {CONV_LEN}]", fp_fusion=False),
+    # the same with its per-channel loads broadcast over the tile (BCAST) and a tap-major weight ([K, D] transposed)
+    "conv-int8-prefill-bcast": Kernel(conv1d._qcausal_conv1d_kernel, QCONV_TYPES,
+                                      {**CONV, "BLOCK_D": QCONV_BD, "BLOCK_L": QCONV_BL, "BCAST": True},
+                                      tuple(n for n in CONV_INTS if n != "swd") + ("swk",),
+                                      ("sxd", "swd", "sis", "sos", "syd", "sfk"), QCONV_WARPS,
+                                      (CONV_DIM // QCONV_BD) * (CONV_LEN // QCONV_BL),
+                                      note="int8 conv + SiLU, per-channel loads broadcast, tap-major weight",
+                                      fp_fusion=False),
     "conv-fp16-prefill": Kernel(conv1d._causal_conv1d_kernel, CONV_TYPES,
                                 {**CONV, "SILU": True, "BLOCK_D": 64, "BLOCK_L": 64}, CONV_INTS,
                                 ("sxd", "swk", "syd", "sfk"), 4, (CONV_DIM // 64) * (CONV_LEN // 64),
@@ -137,8 +145,8 @@ def compile_sm90(k: Kernel):
     names = k.kernel.arg_names
     sig, cx = {}, {}
     for i, name in enumerate(names):
-        if k.kernel.params[i].is_constexpr:
-            sig[name], cx[(i,)] = "constexpr", k.consts[name]
+        if k.kernel.params[i].is_constexpr:  # the kernel's default where the entry does not set it
+            sig[name], cx[(i,)] = "constexpr", k.consts.get(name, k.kernel.params[i].default)
         elif name in k.ones:
             sig[name], cx[(i,)] = "constexpr", 1
         else:
@@ -171,7 +179,10 @@ def counts(compiled, k: Kernel | None = None) -> dict:
            "before_first_global_load": first_load, "fast_path_instructions": fast,
            "float_roundings": sum(" FRND" in line for line in own),  # FRND: floor / round in float registers
            # int8 / int16 -> float on the quarter-rate conversion pipe (a 32-bit source takes the full-rate I2FP)
-           "slow_conversions": sum(bool(re.search(r" I2F\.(F16\.)?[SU](8|16)\b", line)) for line in own)}
+           "slow_conversions": sum(bool(re.search(r" I2F\.(F16\.)?[SU](8|16)\b", line)) for line in own),
+           # shared-memory loads and barriers: in kernels without dots, mostly layout conversions between threads
+           "shared_loads": sum(bool(re.search(r" LDS(M)?\b", line)) for line in own),
+           "barriers": sum(" BAR.SYNC" in line for line in own)}
     if k is not None and k.programs:
         threads = 32 * k.num_warps
         out["programs"] = k.programs

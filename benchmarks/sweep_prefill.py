@@ -1,6 +1,7 @@
 """Tile and option sweeps of the prefill kernels on a GPU, at 1024 tokens, batch 1: the numbers behind their defaults.
 
-  * int8 conv + SiLU (mamba-2.8b, d_inner 5120): every ``conv1d.QCONV_SWEEP`` tile against the fp16 conv;
+  * int8 conv + SiLU (mamba-2.8b, d_inner 5120): every ``conv1d.QCONV_SWEEP`` tile against the fp16 conv, and
+    ``QCONV_BCAST_TILES`` with the per-channel loads broadcast (weight [D, K] as stored, and tap-major);
   * Hadamard + int8 (1024 rows of 5120): the launch heuristic against forced (sub-rows, rows, warps);
   * fp16 Mamba1 scan: the first three ``selective_scan_parallel.SWEEP`` tiles in 1 .. 16 time segments;
   * Mamba2's int8 chunk scan (mamba2-2.7b) with and without exact int8 products (``ssd.INT8_DOTS``), and fp16 SSD.
@@ -12,6 +13,7 @@ Writes sweep_prefill_<gpu>.json (with the fastest conv tile and the best segment
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -37,6 +39,9 @@ def _try(label: str, fn):
         return None
 
 
+QCONV_BCAST_TILES = [(128, 8, 4), (128, 16, 4), (64, 16, 4), (256, 8, 8), (128, 16, 8)]
+
+
 def sweep_conv(t, dev, g) -> dict:
     from quamba.ops.triton import conv1d as C
 
@@ -57,7 +62,21 @@ def sweep_conv(t, dev, g) -> dict:
             r["vs_fp16"] = fp_us / r["us"]
             rows.append(r)
             print(f"conv {bd} {bl} {nw}: {r['us']:.1f} us, x{r['vs_fp16']:.2f} fp16, same {r['same']}", flush=True)
-    good = [r for r in rows if r["same"]]
+    # per-channel loads broadcast over the tile (BCAST: no layout conversion through shared memory), with the
+    # weight [D, K] as stored or tap-major (the transpose of a [K, D] tensor: one vector load a tap)
+    w_taps = w_q.t().contiguous().t()
+    for (bd, bl, nw), (wname, w) in itertools.product(QCONV_BCAST_TILES, (("[D, K]", w_q), ("taps", w_taps))):
+        f = lambda: C._qcausal_conv1d_launch(x_q, w, *scales, block_d=bd, block_l=bl, num_warps=nw,  # noqa: E731
+                                             bcast=True)
+        r = _try(f"conv bcast {wname} {bd} {bl} {nw}",
+                 lambda: {"tile": [bd, bl, nw], "bcast": True, "weight": wname,
+                          "same": bool(torch.equal(f(), ref)), "us": t(f)[0]})
+        if r:
+            r["vs_fp16"] = fp_us / r["us"]
+            rows.append(r)
+            print(f"conv bcast {wname} {bd} {bl} {nw}: {r['us']:.1f} us, x{r['vs_fp16']:.2f} fp16, same {r['same']}",
+                  flush=True)
+    good = [r for r in rows if r["same"] and not r.get("bcast")]
     return {"conv_fp16_us": fp_us, "conv": rows,
             "qconv_tile": min(good, key=lambda r: r["us"])["tile"] if good else None}
 

@@ -84,13 +84,20 @@ def _fp16_bytes(model) -> int:
     return total
 
 
-def _summarise_quantized(qmodel, src_bytes: int) -> list[str]:
+def _summarise_quantized(model, qmodel, src_bytes: int) -> list[str]:
     from collections import Counter
 
     types = Counter(type(m).__name__ for m in qmodel.modules() if type(m).__module__.startswith("quamba.modules"))
     q_bytes = _param_bytes(qmodel)
-    return [f"quantized    {', '.join(f'{k} x{n}' for k, n in sorted(types.items()))}",
-            f"size         {src_bytes / 2**20:.2f} MiB (fp16) -> {q_bytes / 2**20:.2f} MiB ({q_bytes / src_bytes:.2f}x)"]
+    size = f"size         {src_bytes / 2**20:.2f} MiB (fp16) -> {q_bytes / 2**20:.2f} MiB ({q_bytes / src_bytes:.2f}x)"
+    if model.config.tie_embeddings and not qmodel.config.tie_embeddings:
+        # quamba2's rotation folds norm_f into lm_head, so lm_head stops being the embedding: say where the size went
+        head = _param_bytes(qmodel.lm_head) / 2**20
+        hint = "" if type(qmodel.lm_head).__module__.startswith("quamba.modules") else \
+            "; --quantize-lm-head / --quantize-embedding shrink them"
+        size += (f"; lm_head has its own weights now ({head:.2f} MiB: the rotation folds the final norm into it, so it "
+                 f"no longer shares the embedding's{hint})")
+    return [f"quantized    {', '.join(f'{k} x{n}' for k, n in sorted(types.items()))}", size]
 
 
 def _read_layer_precision(path: str) -> list[str]:
@@ -199,7 +206,7 @@ def _cmd_quantize(args):
     print(f"model        {model_name} ({model.config.arch}, {model.config.n_layer} layers, {model.dtype})")
     print(f"recipe       {cfg.name} W{rec['w_bits']}A{rec['a_bits']}{mixed}, calibration {qz['calibration']['source']} "
           f"({rec['calib_samples']} x {rec['calib_seqlen']} tokens, seed {rec['seed']})")
-    for line in _summarise_quantized(qmodel, _fp16_bytes(model)):
+    for line in _summarise_quantized(model, qmodel, _fp16_bytes(model)):
         print(line)
     print(f"saved        {out_dir} ({getattr(qmodel, 'quantize_seconds', 0.0):.1f} s to quantize)")
     if not args.no_check:

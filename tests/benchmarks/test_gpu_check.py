@@ -1,5 +1,5 @@
 """benchmarks/gpu_check.sh, the one device call of a GPU session: valid bash, its steps' time limits fit the device
-tool's ten minutes, and every file, test selection and decode_ab switch it names exists."""
+tool's ten minutes, and every file it names exists, and every decode_ab switch and sweep_prefill part."""
 import re
 import shlex
 import subprocess
@@ -30,7 +30,11 @@ def test_named_files_exist():
 
 
 @requires_triton
-def test_named_switches_exist():
-    bench = load_benchmark("decode_ab")
-    named = {s for c in _commands() for s in re.findall(r"--switch (\S+)", c) for s in s.split(",")}
-    assert named and named <= set(bench.SWITCHES), named - set(bench.SWITCHES)
+def test_named_switches_and_parts_exist():
+    """decode_ab's --switch and sweep_prefill's --parts values it passes: a misspelt one would cost a device call."""
+    option = r"benchmarks/(\w+)\.py .*?--(?:switch|parts) (\S+)"
+    named = {(m.group(1), v) for c in _commands() for m in re.finditer(option, c) for v in m.group(2).split(",")}
+    known = {"decode_ab": set(load_benchmark("decode_ab").SWITCHES),
+             "sweep_prefill": set(load_benchmark("sweep_prefill").PARTS)}
+    assert named, "gpu_check.sh names no --switch or --parts: update this test with what it runs"
+    assert all(v in known.get(script, ()) for script, v in named), sorted(named)

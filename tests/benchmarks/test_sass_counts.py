@@ -53,6 +53,18 @@ def test_prefill_kernels_get_an_issue_time(tmp_path):
     assert counts["hadamard-prefill"]["float_roundings"] == counts["conv-int8-prefill"]["float_roundings"] == 0
 
 
+def test_broadcast_channel_loads_take_no_shared_memory_round_trip(tmp_path):
+    """The int8 conv loads its per-channel weights and scales as [BLOCK_D] vectors, one element a thread, and Triton
+    moves them to the tile's layout through shared memory behind barriers (Triton 3.6: 39 shared loads and 15 barriers
+    a program); loaded as broadcasts in the tile's layout (BCAST) with a tap-major weight, at most the final state's
+    one conversion is left. Whether that is faster is for a GPU to say (gpu_check.sh times it)."""
+    counts, _ = _counts(tmp_path, "conv-int8-prefill,conv-int8-prefill-bcast")
+    default, bcast = counts["conv-int8-prefill"], counts["conv-int8-prefill-bcast"]
+    assert default["shared_loads"] >= 8 and default["barriers"] >= 8  # Triton 3.9: 15 and 15
+    assert bcast["shared_loads"] <= 2 and bcast["barriers"] <= 2
+    assert bcast["registers"] <= default["registers"] and bcast["stack_bytes"] == 0
+
+
 def test_int8_scans_convert_their_loads_without_the_conversion_pipe(tmp_path):
     """int8 -> fp32 / fp16 with `.to()` compiles to I2F.S8 / I2F.F16.S16, issued on sm_90's quarter-rate conversion
     pipe for every loaded element of every step: 40 of them in the chunked selective scan's loop and 64 in the SSD

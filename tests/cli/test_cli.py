@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from quamba.cli import main
 from quamba.models import build_random_model, tiny_config
@@ -49,6 +50,25 @@ def test_quamba2_with_layer_precision_file(model_dir, tmp_path, capsys):
             "--calib-samples", "4", "--calib-seqlen", "32", "-o", str(tmp_path / "q2")]
     assert main(args) == 0
     assert "['W4A8', 'W4A16']" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("lm_head", [[], ["--quantize-lm-head"]])
+def test_size_line_says_why_the_rotation_untied_lm_head(tmp_path, capsys, lm_head):
+    """quamba2 folds a final norm that is not all ones into lm_head, so a tied lm_head gets its own weights: on a
+    small model that can outweigh what quantizing the projections saves, and the size line says so."""
+    model = build_random_model(tiny_config("mamba1"), seed=1)
+    with torch.no_grad():
+        model.backbone.norm_f.weight.uniform_(0.5, 1.5)
+    model.save_pretrained(tmp_path / "fp", tokenizer=byte_tokenizer())
+    (tmp_path / "calib.txt").write_text(TEXT)
+    args = ["quantize", str(tmp_path / "fp"), "--recipe", "quamba2", "--w-bits", "4", "--a-bits", "16",
+            "--group-size", "32", "--calib-data", str(tmp_path / "calib.txt"), "--calib-samples", "2",
+            "--calib-seqlen", "32", "-o", str(tmp_path / "q"), "--no-check", *lm_head]
+    assert main(args) == 0
+    size = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("size"))
+    assert "lm_head has its own weights now" in size and "folds the final norm" in size
+    assert ("--quantize-lm-head / --quantize-embedding shrink them" in size) == (not lm_head)
+    assert json.loads((tmp_path / "q" / "config.json").read_text())["tie_embeddings"] is False
 
 
 @pytest.mark.parametrize("extra,message", [

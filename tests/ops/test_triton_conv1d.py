@@ -195,6 +195,25 @@ def test_qconv_prefill_matches_reference(poisoned_int8, b, d, length, k, with_bi
     assert torch.equal(qcausal_conv1d(x_q, *params, state), y)  # without the state: the same y
 
 
+@requires_triton
+@pytest.mark.parametrize("tap_major", [False, True])
+def test_qconv_broadcast_channel_loads_give_the_same_bits(poisoned_int8, tap_major):
+    """The BCAST variant (per-channel weights and scales loaded as broadcasts in the tile's layout, being timed)
+    computes the same integers and the same epilogue: the default launch's bytes, whatever the weight's strides."""
+    from quamba.ops.triton.conv1d import _qcausal_conv1d_launch
+
+    b, d, length, k = 2, 37, 21, 4
+    x_q = _in_proj_slice(b, d, length)
+    weight_q, *scales = _qconv_params(d, k)
+    if tap_major:  # [D, K] with strides (1, D): a [K, D] tensor's transpose
+        weight_q = weight_q.t().contiguous().t()
+    state = _rand_q(b, d, k)
+    y, final = _qcausal_conv1d_launch(x_q, weight_q, *scales, state, True)
+    y_b, final_b = _qcausal_conv1d_launch(x_q, weight_q, *scales, state, True, bcast=True, block_d=16, block_l=8)
+    assert torch.equal(y_b, y) and torch.equal(final_b, final)
+    _assert_int8_close(y_b, qcausal_conv1d_ref(x_q, weight_q, *scales, state))
+
+
 def test_qconv_accumulates_exactly():
     """Extreme inputs: K products of -128 * -128 sum to K * 2^14 = 2^16, beyond int16; with the scale 2^-14
     the expected outputs are known in closed form, so a narrow or lossy accumulator would show."""

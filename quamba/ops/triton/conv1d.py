@@ -33,21 +33,25 @@ QCONV_SWEEP = [(64, 16, 8), (64, 32, 8), (128, 16, 8), (128, 32, 8), (64, 64, 8)
 
 @triton.jit
 def _conv_taps(acc, x_base, init_base, w_ptr, offs_d, offs_l, mask_d, mask_l, sxd, sxl, swd, swk, sid, sik,
-               K: tl.constexpr, HAS_INIT: tl.constexpr):
+               K: tl.constexpr, HAS_INIT: tl.constexpr, BCAST: tl.constexpr = False):
     """acc [BLOCK_D, BLOCK_L] + the K taps, multiplied in acc's dtype (fp32, or int32: exact for int8 inputs).
 
     Tap k reads input position t + k - (K - 1); negative positions are the history, which the initial state holds
     at index K + position (its slot 0 is the one that just fell out)."""
     for k in tl.static_range(K):
         pos = offs_l + (k - (K - 1))
-        w = tl.load(w_ptr + offs_d * swd + k * swk, mask=mask_d, other=0).to(acc.dtype)
+        if BCAST:
+            w = tl.load(w_ptr + offs_d[:, None] * swd + k * swk + offs_l[None, :] * 0, mask=mask_d[:, None],
+                        other=0).to(acc.dtype)
+        else:
+            w = tl.load(w_ptr + offs_d * swd + k * swk, mask=mask_d, other=0).to(acc.dtype)[:, None]
         in_x = mask_d[:, None] & (mask_l & (pos >= 0))[None, :]
         xv = tl.load(x_base + offs_d[:, None] * sxd + pos[None, :] * sxl, mask=in_x, other=0).to(acc.dtype)
         if HAS_INIT:
             in_h = mask_d[:, None] & (pos < 0)[None, :]
             xv += tl.load(init_base + offs_d[:, None] * sid + (pos + K)[None, :] * sik, mask=in_h,
                           other=0).to(acc.dtype)
-        acc += w[:, None] * xv
+        acc += w * xv
     return acc
 
 
@@ -263,7 +267,7 @@ def _qcausal_conv1d_kernel(
     dim, seqlen,
     sxb, sxd, sxl, swd, swk, sis, sos, sib, sid, sik, syb, syd, syl, sfb, sfd, sfk,
     K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-    WRITE_FINAL: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    WRITE_FINAL: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BCAST: tl.constexpr = False,
 ):
     """One [BLOCK_D, BLOCK_L] int8 tile of y; grid (B, cdiv(D, BLOCK_D), cdiv(L, BLOCK_L)). The taps
     accumulate exactly in int32 (|acc| <= K * 2^14)."""
@@ -277,13 +281,23 @@ def _qcausal_conv1d_kernel(
     init_base = init_ptr + pid_b * sib
 
     acc = _conv_taps(tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.int32), x_base, init_base, w_ptr, offs_d, offs_l,
-                     mask_d, mask_l, sxd, sxl, swd, swk, sid, sik, K, HAS_INIT)
-    scale = tl.load(ws_ptr) * tl.load(is_ptr + offs_d * sis, mask=mask_d, other=1.0)
-    out_scale = tl.load(os_ptr + offs_d * sos, mask=mask_d, other=1.0)
+                     mask_d, mask_l, sxd, sxl, swd, swk, sid, sik, K, HAS_INIT, BCAST)
+    if BCAST:
+        chan = offs_d[:, None] + offs_l[None, :] * 0
+        mask_c = mask_d[:, None]
+    else:
+        chan = offs_d
+        mask_c = mask_d
+    scale = tl.load(ws_ptr) * tl.load(is_ptr + chan * sis, mask=mask_c, other=1.0)
+    out_scale = tl.load(os_ptr + chan * sos, mask=mask_c, other=1.0)
     bias = scale  # placeholder, unused without HAS_BIAS
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
-    y = _silu_requant(acc, scale[:, None], bias[:, None], out_scale[:, None], HAS_BIAS)
+        bias = tl.load(bias_ptr + chan, mask=mask_c, other=0.0)
+    if not BCAST:
+        scale = scale[:, None]
+        out_scale = out_scale[:, None]
+        bias = bias[:, None]
+    y = _silu_requant(acc, scale, bias, out_scale, HAS_BIAS)
     y_ptrs = y_ptr + pid_b * syb + offs_d[:, None] * syd + offs_l[None, :] * syl
     tl.store(y_ptrs, y, mask=mask_d[:, None] & mask_l[None, :])
 
@@ -378,9 +392,12 @@ def _qcausal_conv1d_launch(
     block_d: int | None = None,
     block_l: int | None = None,
     num_warps: int | None = None,
+    bcast: bool = False,
 ):
     """Checks and launches ``_qcausal_conv1d_kernel``; same contract as ``qcausal_conv1d_ref``.
-    ``block_d`` / ``block_l`` / ``num_warps`` override the tile (powers of two), for tuning (``QCONV_SWEEP``).
+    ``block_d`` / ``block_l`` / ``num_warps`` override the tile (powers of two), for tuning (``QCONV_SWEEP``);
+    ``bcast`` loads the per-channel weights and scales as [BLOCK_D, BLOCK_L] broadcasts in the tile's own layout
+    instead of [BLOCK_D] vectors converted to it through shared memory (being timed: benchmarks/sweep_prefill.py).
 
     y is allocated [B, L, D] (returned as the [B, D, L] view): the x projection / the scan read it
     channels-last without a copy. The final state is a new [B, D, K] int8 tensor.
@@ -420,7 +437,7 @@ def _qcausal_conv1d_launch(
                 *y.stride(),
                 stride_or_zero(final, 0), stride_or_zero(final, 1), stride_or_zero(final, 2),
                 K=width, KP=next_pow2(width), HAS_BIAS=bias is not None, HAS_INIT=init is not None,
-                WRITE_FINAL=final is not None, BLOCK_D=block_d, BLOCK_L=block_l,
+                WRITE_FINAL=final is not None, BLOCK_D=block_d, BLOCK_L=block_l, BCAST=bcast,
                 num_warps=num_warps, enable_fp_fusion=False,
             )
     return (y, final) if return_final_state else y
