@@ -117,15 +117,21 @@ def test_w8a8_bit_exact(k, poisoned, m, n, kdim, per_channel, with_bias, output,
         assert (y.abs() >= 127).any() and (y.abs() < 100).any()
 
 
+@pytest.mark.parametrize("split_last,depth", [(False, 128), (True, 128), (True, 112)])
 @pytest.mark.parametrize("output", ["int8", "float16"])
-def test_w8a8_split_k_and_batch_dims(k, poisoned, output):
-    """Split-K sums int32 partials (exact in any order) before the same epilogue; [..., K] inputs keep their dims."""
-    x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype = _w8a8_operands(5, 40, 128, True, True, output)
-    x_q = _q(2, 3, 128)
+def test_w8a8_split_k_and_batch_dims(k, poisoned, output, split_last, depth):
+    """Split-K sums int32 partials (exact in any order) before the same epilogue, in a second kernel or, with
+    split_last, in each tile's last K slice to finish (its counter back at 0 after); [..., K] inputs keep their
+    dims. N = 40 and M = 6 leave part-filled tiles; K = 112 a short last slice."""
+    x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype = _w8a8_operands(5, 40, depth, True, True, output)
+    x_q = _q(2, 3, depth)
     ref = w8a8_gemm_ref(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype)
-    y = k[0]._w8a8_gemm_launch(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype, config=_split_config(k))
+    cfg = dataclasses.replace(_split_config(k), split_last=split_last)
+    y = k[0]._w8a8_gemm_launch(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype, config=cfg)
     assert y.shape == (2, 3, 40) and torch.equal(y, ref)
     assert torch.equal(w8a8_gemm(x_q, x_scale, w_q, w_scale, bias, out_scale, out_dtype), ref)
+    if split_last:
+        assert not k[0]._COUNTERS[x_q.get_device()].any()
 
 
 @pytest.mark.parametrize("persistent", [False, True])

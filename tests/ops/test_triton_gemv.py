@@ -314,7 +314,7 @@ def test_strided_activations_and_counters_reset(gv, poisoned):
     args = (x_q, torch.tensor(0.01, device=DEVICE), _q(N, K), torch.rand(N, device=DEVICE) * 1e-3)
     y = gv[1]._w8a8_gemm_launch(*args, config=_small(gv, block_m=2, block_k=32, split=4))
     assert torch.equal(y, w8a8_gemm_ref(x_q.contiguous(), *args[1:]))
-    counters = gv[0]._COUNTERS[x_q.get_device()]
+    counters = gv[1]._COUNTERS[x_q.get_device()]
     assert counters.dtype == torch.int32 and not counters.any()
 
 
@@ -451,7 +451,7 @@ def test_cuda_decode_shapes_and_graph_capture(gv):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(y, w4a8_gemm_ref(x_q, 0.02, packed, gs, cs, g, None, torch.float16))
-    assert not gv[0]._COUNTERS[x_q.get_device()].any()
+    assert not gv[1]._COUNTERS[x_q.get_device()].any()
 
 
 def test_dependent_launch_switch(monkeypatch):

@@ -16,7 +16,9 @@ the same quotient). Rounding half to even is one ``cvt.rni`` (from ``floor`` in 
 Shapes (``pick_config``): prefill (M > 64) runs [64|128, 128|256] tiles, picked against wave
 quantization, in grouped order for L2 reuse; decode (M <= 64) runs [16..64, 64] tiles with split-K:
 each K slice writes int32 partial sums, a second kernel adds them (exact, any order) and applies the
-epilogue, so there are enough programs to keep every SM streaming weights. The W4A8 kernels
+epilogue, so there are enough programs to keep every SM streaming weights. ``GemmConfig.split_last`` (off until
+timed on a GPU; benchmarks/kernels_gemm.py's "split-last" rows) does without the second kernel: each tile's last K
+slice to finish adds the partials and applies the epilogue, as the GEMVs do (``publish_partial``). The W4A8 kernels
 (``gemm_w4``) share the epilogue, the split-K reduction and this dense kernel. For M <= ``gemv.GEMV_MAX_M``
 the launcher hands the call to the CUDA-core GEMV (``gemv``), which streams the weights at decode sizes;
 an explicit ``GemmConfig`` or ``GemvConfig`` picks the path.
@@ -61,6 +63,7 @@ class GemmConfig:
     num_stages: int = 3
     tma: bool = False  # operand tiles through tensor descriptors (gemm_w8a8_tma; int8 weights, sm_90+, one K slice)
     persistent: bool = False  # with tma: one program per SM walks the tiles
+    split_last: bool = False  # W8A8, split_k > 1: each tile's last K slice sums the partials, no reduction kernel
 
 
 # ---------------------------------------------------------------------------------------------- jit helpers
@@ -130,19 +133,45 @@ def store_partial(acc, part_ptr, pid_k, offs_m, offs_n, M, N, spk, spm):
     tl.store(part_ptr + pid_k * spk + offs_m[:, None] * spm + offs_n[None, :], acc, mask=mask)
 
 
+@triton.jit
+def publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
+    """Split-K within one launch (the GEMVs; the tensor-core GEMM with ``GemmConfig.split_last``): store this K
+    slice's (program_id 1) partial tile into the tile's workspace [SPLIT, BLOCK_M, BLOCK_N], then count it; returns
+    how many slices were counted before (SPLIT - 1: this program is the tile's last and finishes it)."""
+    offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    tl.store(part_ptr + (tile * SPLIT + tl.program_id(1)) * (BLOCK_M * BLOCK_N) + offs, acc)
+    tl.debug_barrier()  # every thread's stores precede the (single-thread) release below
+    return tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+
+
+@triton.jit
+def sum_partials(part_ptr, cnt_ptr, tile, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Split-K, last slice of a tile: the partial tiles summed in slice order (deterministic); resets the counter."""
+    offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    ptrs = part_ptr + tile * SPLIT * (BLOCK_M * BLOCK_N) + offs
+    total = tl.load(ptrs, cache_modifier=".cg")  # .cg: from L2, where the other SMs' partials are
+    for s in tl.static_range(1, SPLIT):
+        total += tl.load(ptrs + s * (BLOCK_M * BLOCK_N), cache_modifier=".cg")
+    tl.store(cnt_ptr + tile, 0)
+    return total
+
+
 # ---------------------------------------------------------------------------------------------- kernels
 
 @triton.jit(do_not_specialize=["M"])  # M = 1 and M = 16 share one compiled kernel
 def _w8a8_gemm_kernel(
-    x_ptr, w_ptr, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr,
+    x_ptr, w_ptr, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
     M, N, K, k_split,
     sxm, sxk, swn, swk, sws, sos, sym, syn, spk, spm,
     HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SCALE_ORDER: tl.constexpr, SPLIT: tl.constexpr,
     EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
+    GROUP_M: tl.constexpr, SPLIT_LAST: tl.constexpr = 0,
 ):
     """One [BLOCK_M, BLOCK_N] tile of x @ w^T over K slice pid_k, finished by the epilogue or, when SPLIT,
-    stored as int32 partial sums; grid (row x column tiles, K slices)."""
+    stored as int32 partial sums; grid (row x column tiles, K slices). SPLIT_LAST = the number of K slices (> 1):
+    the partials go to the tile's workspace and the tile's last slice to finish adds them and runs the epilogue
+    (``publish_partial``), instead of ``_int_splitk_reduce_kernel``."""
     pid_m, pid_n = tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     pid_k = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -166,7 +195,12 @@ def _w8a8_gemm_kernel(
         acc = tl.dot(a, b, acc, out_dtype=tl.int32)  # triton < 3.7 does not take the type from acc
         x_ptrs += BLOCK_K * sxk
         w_ptrs += BLOCK_K * swk
-    if SPLIT:
+    if SPLIT_LAST:
+        tile = tl.program_id(0)
+        if publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT_LAST, BLOCK_M, BLOCK_N) == SPLIT_LAST - 1:
+            int_epilogue(sum_partials(part_ptr, cnt_ptr, tile, SPLIT_LAST, BLOCK_M, BLOCK_N), offs_m, offs_n, M, N,
+                         xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, sws, sos, sym, syn, HAS_BIAS, REQUANT, SCALE_ORDER)
+    elif SPLIT:
         store_partial(acc, part_ptr, pid_k, offs_m, offs_n, M, N, spk, spm)
     else:
         int_epilogue(acc, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, sws, sos, sym, syn,
@@ -190,6 +224,29 @@ def _int_splitk_reduce_kernel(
         acc += tl.load(ptrs + s * spk, mask=mask, other=0)
     int_epilogue(acc, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, sws, sos, sym, syn,
                  HAS_BIAS, REQUANT, SCALE_ORDER)
+
+
+# ---------------------------------------------------------------------------------------------- split-K buffers
+
+COUNTER_SLOTS = 1 << 14  # split-K tiles per launch (N blocks x M blocks); 64 KiB of int32 per device
+_COUNTERS: dict[int, torch.Tensor] = {}
+
+
+def split_buffers(t: torch.Tensor, work: int, dtype: torch.dtype, dummy: torch.Tensor):
+    """(partials workspace of ``work`` elements, the device's counters) of a launch that splits K within itself
+    (``publish_partial``); (dummy, dummy) without split. The counters are one zeroed int32 buffer per device, each
+    tile's counter reset by its last slice: allocated at the first such launch (run one eagerly before capturing a
+    CUDA graph); kernels using them must not run concurrently on two streams of one device."""
+    if not work:
+        return dummy, dummy
+    key = t.get_device()
+    counters = _COUNTERS.get(key)
+    if counters is None:
+        if t.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise QuambaError("the first split-K GEMV or GEMM on a device allocates its counters, which a CUDA graph "
+                              "capture cannot do: run the model once eagerly (a warm-up) before capturing")
+        counters = _COUNTERS[key] = torch.zeros(COUNTER_SLOTS, dtype=torch.int32, device=t.device)
+    return torch.empty(work, dtype=dtype, device=t.device), counters
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -411,19 +468,28 @@ def int8_gemm_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, con
             gemm_w8a8_tma.w8a8_gemm_tma_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order, cfg,
                                               _sm_count(x2.get_device()) if x2.is_cuda else 1)
         return
-    part = torch.empty(cfg.split_k, m, n, device=x2.device, dtype=torch.int32) if cfg.split_k > 1 else y
+    last = cfg.split_last and cfg.split_k > 1
+    if last:
+        tiles = grid[0]
+        if tiles > COUNTER_SLOTS:
+            raise QuambaError(f"split-K over {tiles} tiles exceeds the {COUNTER_SLOTS} counters: use "
+                              "split_last=False or larger blocks")
+        part, cnt = split_buffers(x2, tiles * cfg.split_k * cfg.block_m * cfg.block_n, torch.int32, y)
+    else:
+        part = torch.empty(cfg.split_k, m, n, device=x2.device, dtype=torch.int32) if cfg.split_k > 1 else y
+        cnt = y
     with device_of(x2):
         _w8a8_gemm_kernel[grid](
-            x2, w8, xs, ws, bias if bias is not None else ws, os_ if os_ is not None else ws, y, part,
+            x2, w8, xs, ws, bias if bias is not None else ws, os_ if os_ is not None else ws, y, part, cnt,
             m, n, k, ks,
             *x2.stride(), *w8.stride(), sws, sos, *y.stride(),
             *(part.stride()[:2] if part.dim() == 3 else (part.stride(0), 0)),
             HAS_BIAS=bias is not None, REQUANT=os_ is not None, SCALE_ORDER=scale_order, SPLIT=cfg.split_k > 1,
             EVEN_K=even_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            enable_fp_fusion=False,
+            BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, SPLIT_LAST=cfg.split_k if last else 0,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=False,
         )
-        if cfg.split_k > 1:
+        if cfg.split_k > 1 and not last:
             launch_int_reduce(part, y, xs, ws, sws, bias, os_, sos, scale_order, cfg)
 
 

@@ -54,7 +54,8 @@ Split-K (``split`` > 1, for shapes with few N blocks): program (tile, s) sums K 
 sums into a per-tile workspace; the program that finishes last (an int32 atomic counter per tile, acq_rel at GPU
 scope, after a CTA barrier so every thread's partial is written) adds the partials in slice order 0, 1, ... and
 runs the epilogue, so results do not depend on which slice finishes last (deterministic, fp32 included); it then
-resets its counter to 0 for the next launch. The counters live in one zeroed int32 buffer per device, allocated
+resets its counter to 0 for the next launch (``gemm_w8a8.publish_partial`` / ``sum_partials``, shared with the
+tensor-core GEMM's ``split_last``). The counters live in one zeroed int32 buffer per device, allocated
 at the first split launch (do one eager call before capturing a CUDA graph); kernels using them must not run
 concurrently on two streams of one device. Everything else is sized by shapes only: CUDA-graph capturable.
 """
@@ -72,7 +73,8 @@ from ...errors import QuambaError
 from ._common import cdiv, device_of, early_params, next_pow2, pdl_start, prefetch_l2, use_pdl
 from ._common import dp4a as _dp4a
 from .conv1d import conv_step_args, conv_step_tile
-from .gemm_w8a8 import _sm_count, float_epilogue, int_epilogue
+from .gemm_w8a8 import COUNTER_SLOTS, _sm_count, float_epilogue, int_epilogue, publish_partial, split_buffers, \
+    sum_partials
 
 # The formats: the FMT constexpr of the shared loop (jit code cannot read module globals: the kernels pass literals)
 FMT_W8A8, FMT_W4A8, FMT_W4A16 = 0, 1, 2
@@ -82,7 +84,6 @@ SCALE_PER_ROW, SCALE_PER_STEP, SCALE_PER_WORD = 0, 1, 2
 # The launchers take this path for M <= GEMV_MAX_M[format] (M = rows of x after flattening the batch dims)
 GEMV_MAX_M = {"w8a8": 4, "w4a8": 8, "w4a16": 8}
 VALUES_PER_WORD = {"w8a8": 4, "w4a8": 8, "w4a16": 8}
-_COUNTER_SLOTS = 1 << 14  # split-K tiles per launch (N blocks x M blocks); 64 KiB of int32 per device
 # weight bytes a default config keeps in flight per SM, and the most programs per SM for slices of two steps
 # (see default_config)
 IN_FLIGHT_PER_SM = {"w8a8": 24 * 1024, "w4a8": 96 * 1024, "w4a16": 96 * 1024}
@@ -354,28 +355,6 @@ def _accumulate(
 
 
 @triton.jit
-def _publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr):
-    """Split-K: store this K slice's partial tile, then count it; returns how many slices were counted before."""
-    offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-    tl.store(part_ptr + (tile * SPLIT + tl.program_id(1)) * (BLOCK_M * BLOCK_N) + offs, acc)
-    tl.debug_barrier()  # every thread's stores precede the (single-thread) release below
-    return tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
-
-
-@triton.jit
-def _sum_partials(part_ptr, cnt_ptr, tile, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Split-K, last slice of a tile: the partial tiles summed in slice order (deterministic); resets the counter."""
-    offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-    ptrs = part_ptr + tile * SPLIT * (BLOCK_M * BLOCK_N) + offs
-    total = tl.load(ptrs, cache_modifier=".cg")  # .cg: from L2, where the other SMs' partials are
-    for s in tl.static_range(1, SPLIT):
-        total += tl.load(ptrs + s * (BLOCK_M * BLOCK_N), cache_modifier=".cg")
-    tl.store(cnt_ptr + tile, 0)
-    return total
-
-
-@triton.jit
 def _prefetch_tail(rows, cols, ws_ptr, sws, bias_ptr, os_ptr, sos, cv_state, cv_w, cv_is, cv_os, cv_bias, cv_lo,
                    cv_dim, cv_ssb, cv_ssd, cv_swd, cv_sis, cv_sos, HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr,
                    CONV: tl.constexpr, CONV_BIAS: tl.constexpr, USE_ASM: tl.constexpr):
@@ -413,10 +392,10 @@ def _finish_int(acc, tile, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_pt
     that writes the int8 tile then steps the conv (``ConvStep``) of its channels in [cv_lo, cv_lo + cv_dim)."""
     last = True
     if SPLIT > 1:
-        last = _publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N) == SPLIT - 1
+        last = publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N) == SPLIT - 1
     if last:
         if SPLIT > 1:
-            acc = _sum_partials(part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N)
+            acc = sum_partials(part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N)
         q = int_epilogue(acc, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, sws, sos, N, 1,
                          HAS_BIAS, REQUANT, SCALE_ORDER)
         if CONV:
@@ -498,8 +477,8 @@ def _w4a16_gemv_kernel(
                       NUM_STAGES, UNROLL, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, LOOKAHEAD, USE_PDL, EARLY, L2_PTS)
     if SPLIT == 1:
         float_epilogue(acc, offs_m, offs_n, M, N, bias_ptr, y_ptr, N, 1, HAS_BIAS)
-    elif _publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N) == SPLIT - 1:
-        float_epilogue(_sum_partials(part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N), offs_m, offs_n, M, N,
+    elif publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N) == SPLIT - 1:
+        float_epilogue(sum_partials(part_ptr, cnt_ptr, tile, SPLIT, BLOCK_M, BLOCK_N), offs_m, offs_n, M, N,
                        bias_ptr, y_ptr, N, 1, HAS_BIAS)
 
 
@@ -643,31 +622,14 @@ def _plan(fmt: str, m: int, n: int, k: int, group_size: int | None, device_index
     per_slice = cdiv(k_blocks, cfg.split)
     split = cdiv(k_blocks, per_slice)  # non-empty slices only: the last one to finish is the split-th
     tiles = cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n)
-    if split > 1 and tiles > _COUNTER_SLOTS:
-        raise QuambaError(f"split-K over {tiles} tiles exceeds the {_COUNTER_SLOTS} counters: use split=1 or "
+    if split > 1 and tiles > COUNTER_SLOTS:
+        raise QuambaError(f"split-K over {tiles} tiles exceeds the {COUNTER_SLOTS} counters: use split=1 or "
                           "larger blocks")
     work = tiles * split * cfg.block_m * cfg.block_n if split > 1 else 0
     mode = _scale_mode(fmt, k, group_size, cfg.block_k)
     l2_pts = next_pow2(cdiv(per_slice * cfg.block_k // vpw, 16) + 1) if cfg.l2_prefetch else 0
     grid = (cdiv(n, cfg.block_n), split, cdiv(m, cfg.block_m))
     return cfg, grid, split, per_slice * cfg.block_k, k % cfg.block_k == 0, mode, work, l2_pts
-
-
-_COUNTERS: dict[int, torch.Tensor] = {}
-
-
-def _split_buffers(t: torch.Tensor, work: int, dtype: torch.dtype, dummy: torch.Tensor):
-    """(partials workspace, counters) of a split launch; (dummy, dummy) without split."""
-    if not work:
-        return dummy, dummy
-    key = t.get_device()
-    counters = _COUNTERS.get(key)
-    if counters is None:
-        if t.is_cuda and torch.cuda.is_current_stream_capturing():
-            raise QuambaError("the first split-K GEMV on a device allocates its counters, which a CUDA graph "
-                              "capture cannot do: run the model once eagerly (a warm-up) before capturing")
-        counters = _COUNTERS[key] = torch.zeros(_COUNTER_SLOTS, dtype=torch.int32, device=t.device)
-    return torch.empty(work, dtype=dtype, device=t.device), counters
 
 
 class _Launch(NamedTuple):
@@ -703,7 +665,7 @@ def _launch_plan(fmt: str, x2: torch.Tensor, w: torch.Tensor, g: int | None, y: 
     elif x2.stride(1) != 1 or x2.stride(0) % 4 or x2.data_ptr() % 4:
         x2 = x2.clone(memory_format=torch.contiguous_format)
     cfg, grid, split, k_slice, even_k, mode, work, l2_pts = _plan(fmt, m, n, k, g, x2.get_device(), config)
-    part, cnt = _split_buffers(x2, work, torch.float32 if fmt == "w4a16" else torch.int32, y)
+    part, cnt = split_buffers(x2, work, torch.float32 if fmt == "w4a16" else torch.int32, y)
     return _Launch(x2, m, n, k, cfg, grid, split, k_slice // VALUES_PER_WORD[fmt], even_k, mode, part, cnt,
                    use_pdl(x2), l2_pts)
 
