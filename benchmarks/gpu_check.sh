@@ -36,9 +36,9 @@ timeout 70 python benchmarks/sweep_prefill.py --parts conv --out "$OUT" 2>&1 | g
 
 # 4. the Hadamard kernel's tile sweep, last run before its signs became constants (MI 4 chosen at 41.0 us)
 timeout 40 python benchmarks/sweep_prefill.py --parts hadamard --out "$OUT/hadamard" 2>&1 | grep -v Warning | tail -14
-# 5. split-K GEMMs without the reduction kernel (GemmConfig.split_last): mamba-2.8b's projections with an int8 output
-#    at batch-16 decode and 1024-token prefill (x_proj splits K 4 ways; its reduction kernel took 9 us a layer)
-timeout 50 python benchmarks/kernels_gemm.py --shapes mamba-2.8b --ms 16,1024 --formats "w8a8 int8" --tag split-last \
-    --out "$OUT" 2>&1 | grep -E "split|wrote" | tail -12
+# 5. split-K GEMMs without the reduction kernel (GemmConfig.split_last): mamba-2.8b's in_proj and x_proj, int8 output,
+#    W8A8 and W4A8, at batch-16 decode and 1024-token prefill (x_proj splits K 4 ways: its reduction took 9 us a layer)
+timeout 50 python benchmarks/kernels_gemm.py --shapes "mamba-2.8b in_proj,mamba-2.8b x_proj" --ms 16,1024 \
+    --formats "w8a8 int8,w4a8 int8" --tag split-last --out "$OUT" 2>&1 | grep -E "split|wrote" | tail -16
 # the device tool returns 8 files: keep the JSONs (tables and plots are redrawn from them; the A/B tables were printed)
 find "$OUT" -newer "$START" \( -name "*.png" -o -name "*.md" \) -delete; rm -f "$START"

@@ -10,7 +10,7 @@ quamba/ops/triton/gemv.py for M <= GEMV_MAX_M, else the tensor-core kernels), an
 path forced ("mma": the tensor-core kernel with its own decode config; "gemv": the GEMV's default config), so
 the crossover is visible. The "dense" rows time the alternative prefill path of the W4 launchers (dequantize the
 weights once, then the int8 kernel (W4A8) or cuBLAS (W4A16); ``dense_min_m``), charged the same floor as the op.
-The "split-last" rows (W8A8, tensor-core shapes the picked config splits over K) time the same tile with the
+The "split-last" rows (W8A8, and W4A8 at decode sizes: tensor-core shapes the picked config splits over K) time the same tile with the
 partials summed by each tile's last K slice to finish instead of a second kernel (``GemmConfig.split_last``).
 The "tma" rows (W8A8, prefill M, CUDA) time the kernel of gemm_w8a8_tma.py (operand tiles through TMA tensor
 descriptors; ``QUAMBA_GEMM_TMA``) with the picked tile, plain and persistent (--tma-sweep: more tiles).
@@ -204,7 +204,9 @@ def variants(m: int, n: int, k: int, o: dict, device: torch.device, formats=tupl
                              gemv.config_for(base, m, n, k, None if base == "w8a8" else group_for(k), device), {}))
         if base != "w8a8" and m > gemv.GEMV_MAX_M[base]:  # the other tensor-core path: dequantize once, then dense
             rows.append((name + ", dense", fmt, None, {"dense_min_m": 1}))
-        if base == "w8a8" and m > gemv.GEMV_MAX_M[base]:  # split-K: the reduction in the last K slice of each tile
+        # split-K with the reduction in each tile's last K slice: the tensor-core path of W8A8, and of W4A8 below the
+        # sizes it dequantizes at
+        if m > gemv.GEMV_MAX_M[base] and (base == "w8a8" or (base == "w4a8" and m <= DECODE_MAX_M)):
             picked = gemm_w8a8.mma_plan(mma_config(fmt, m, n, k, device), m, n, k, device)[0]
             if picked.split_k > 1:
                 rows.append((name + ", split-last", fmt, dataclasses.replace(picked, split_last=True), {}))

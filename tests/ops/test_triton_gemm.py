@@ -238,18 +238,22 @@ def test_w4a8_bit_exact(k, poisoned, m, n, kdim, g, output, path):
                                  else torch.float16, out_scale=out_scale if output == "int8" else None), ref)
 
 
-@pytest.mark.parametrize("variant", ["split_k", "dense", "gathered_scales"])
+@pytest.mark.parametrize("variant", ["split_k", "split_last", "dense", "gathered_scales"])
 def test_w4a8_other_paths_bit_exact(k, poisoned, variant):
-    """Split-K; dequantize-then-dense (the prefill option); a group size (48) that no K tile fits, so a
-    scale is gathered per column, with a ragged last K tile (K = 96)."""
+    """Split-K, its partials summed by a second kernel or by each tile's last K slice; dequantize-then-dense (the
+    prefill option); a group size (48) that no K tile fits, so a scale is gathered per column, with a ragged last K
+    tile (K = 96)."""
     n, kdim, g = (40, 128, 32) if variant != "gathered_scales" else (24, 96, 48)
     packed, gs, cs = _w4a8_operands(n, kdim, g)
     x_q, x_scale = _q(2, 3, kdim), 0.017  # a Python float scale, as the reference allows
     ref = w4a8_gemm_ref(x_q, x_scale, packed, gs, cs, g, None, torch.float32)
     kw = {"split_k": dict(config=_split_config(k)), "dense": dict(dense_min_m=1),
+          "split_last": dict(config=dataclasses.replace(_split_config(k), split_last=True)),
           "gathered_scales": dict(config=_config(k, block_m=16, block_n=16, block_k=64, num_warps=1, num_stages=1))}
     y = k[1]._w4a8_gemm_launch(x_q, x_scale, packed, gs, cs, g, None, torch.float32, **kw[variant])
     assert y.shape == (2, 3, n) and torch.equal(y, ref)
+    if variant == "split_last":
+        assert not k[0]._COUNTERS[x_q.get_device()].any()
 
 
 def test_w4_dense_switch_routes_the_public_ops(k, monkeypatch):

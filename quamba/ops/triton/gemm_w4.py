@@ -32,8 +32,8 @@ from ...errors import QuambaError
 from ..w4_gemm import _check_packed
 from ._common import FLOAT_DTYPES, cdiv, check_float, check_runnable, check_same_device, device_of
 from .gemm_w8a8 import (MAX_K, SCALES_W4A8, GemmConfig, as_bias, check_index_range, float_epilogue, gemv,
-                        int8_gemm_into, int_epilogue, int_epilogue_args, launch_int_reduce,
-                        finish_output, mma_plan, new_output, rows_of, store_partial, tile_ids)
+                        finish_int_tile, int8_gemm_into, int_epilogue_args, launch_int_reduce,
+                        finish_output, mma_plan, new_output, rows_of, split_k_buffers, tile_ids)
 
 # What a K tile of weights is unpacked to: the W_KIND constexpr of the kernels (which compare it with the
 # literals, since jit code cannot read plain module globals)
@@ -106,15 +106,16 @@ def w4_accumulate(
 
 @triton.jit(do_not_specialize=["M"])
 def _w4a8_gemm_kernel(
-    x_ptr, w_ptr, gs_ptr, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, part_ptr,
+    x_ptr, w_ptr, gs_ptr, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
     M, N, K, G, k_split,
     sxm, sxk, swn, swk, sgn, sgg, sos, sym, syn, spk, spm,
     HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, SPLIT: tl.constexpr, SCALES_PER_TILE: tl.constexpr,
     EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
+    GROUP_M: tl.constexpr, SPLIT_LAST: tl.constexpr = 0,
 ):
     """One [BLOCK_M, BLOCK_N] tile over K slice pid_k: int32 sums of x_q * (q4 * s_g), finished by the epilogue or,
-    when SPLIT, stored as partial sums; grid (tiles, K slices)."""
+    when SPLIT, stored as partial sums (SPLIT_LAST: summed by the tile's last slice, ``finish_int_tile``); grid
+    (tiles, K slices)."""
     pid_m, pid_n = tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     pid_k = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -124,11 +125,8 @@ def _w4a8_gemm_kernel(
     acc = w4_accumulate(acc, x_ptr, w_ptr, gs_ptr, offs_m % M, offs_n % N, k_lo, tl.minimum(k_lo + k_split, K), K, G,
                         sxm, sxk, swn, swk, sgn, sgg,
                         0, SCALES_PER_TILE, EVEN_K, False, BLOCK_N, BLOCK_K)  # 0: W_INT8
-    if SPLIT:
-        store_partial(acc, part_ptr, pid_k, offs_m, offs_n, M, N, spk, spm)
-    else:
-        int_epilogue(acc, offs_m, offs_n, M, N, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, 1, sos, sym, syn,
-                     HAS_BIAS, REQUANT, 1)  # 1: SCALES_W4A8
+    finish_int_tile(acc, offs_m, offs_n, M, N, xs_ptr, cs_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
+                    1, sos, sym, syn, spk, spm, HAS_BIAS, REQUANT, 1, SPLIT, SPLIT_LAST, BLOCK_M, BLOCK_N)  # 1: W4A8
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -323,17 +321,16 @@ def _w4a8_mma(x2, w_packed, group_scales, g: int, xs, cs, bias, os_, sos, y, con
     """The tensor-core W4A8 kernel (+ the split-K reduction)."""
     (m, k), n = x2.shape, w_packed.shape[0]
     cfg, ks, grid, even_k, per_tile = mma_plan(config, m, n, k, x2.device, False, g)
-    part = torch.empty(cfg.split_k, m, n, device=x2.device, dtype=torch.int32) if cfg.split_k > 1 else y
+    part, cnt, spk, spm, split_last = split_k_buffers(cfg, grid, x2, y)
     with device_of(x2):
         _w4a8_gemm_kernel[grid](
             x2, w_packed, group_scales, xs, cs, bias if bias is not None else cs, os_ if os_ is not None else cs,
-            y, part,
+            y, part, cnt,
             m, n, k, g, ks,
-            *x2.stride(), *w_packed.stride(), *group_scales.stride(), sos, *y.stride(),
-            part.stride(0), part.stride(1) if part.dim() == 3 else 0,
+            *x2.stride(), *w_packed.stride(), *group_scales.stride(), sos, *y.stride(), spk, spm,
             HAS_BIAS=bias is not None, REQUANT=os_ is not None, SPLIT=cfg.split_k > 1, SCALES_PER_TILE=per_tile,
             EVEN_K=even_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=False,
+            SPLIT_LAST=split_last, num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=False,
         )
-        if cfg.split_k > 1:
+        if cfg.split_k > 1 and not split_last:
             launch_int_reduce(part, y, xs, cs, 1, bias, os_, sos, SCALES_W4A8, cfg)

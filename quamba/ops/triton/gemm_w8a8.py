@@ -63,7 +63,7 @@ class GemmConfig:
     num_stages: int = 3
     tma: bool = False  # operand tiles through tensor descriptors (gemm_w8a8_tma; int8 weights, sm_90+, one K slice)
     persistent: bool = False  # with tma: one program per SM walks the tiles
-    split_last: bool = False  # W8A8, split_k > 1: each tile's last K slice sums the partials, no reduction kernel
+    split_last: bool = False  # int8 kernels, split_k > 1: each tile's last K slice sums the partials, no second kernel
 
 
 # ---------------------------------------------------------------------------------------------- jit helpers
@@ -157,6 +157,26 @@ def sum_partials(part_ptr, cnt_ptr, tile, SPLIT: tl.constexpr, BLOCK_M: tl.const
     return total
 
 
+@triton.jit
+def finish_int_tile(acc, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
+                    sws, sos, sym, syn, spk, spm, HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr,
+                    SCALE_ORDER: tl.constexpr, SPLIT: tl.constexpr, SPLIT_LAST: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A tensor-core kernel's int32 tile over K slice program_id(1): the epilogue; with SPLIT, the slice's partial
+    sums for ``_int_splitk_reduce_kernel``; with SPLIT_LAST (the number of slices), the partials to the tile's
+    workspace, and the tile's last slice to finish adds them and runs the epilogue."""
+    if SPLIT_LAST:
+        tile = tl.program_id(0)
+        if publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT_LAST, BLOCK_M, BLOCK_N) == SPLIT_LAST - 1:
+            int_epilogue(sum_partials(part_ptr, cnt_ptr, tile, SPLIT_LAST, BLOCK_M, BLOCK_N), offs_m, offs_n, M, N,
+                         xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, sws, sos, sym, syn, HAS_BIAS, REQUANT, SCALE_ORDER)
+    elif SPLIT:
+        store_partial(acc, part_ptr, tl.program_id(1), offs_m, offs_n, M, N, spk, spm)
+    else:
+        int_epilogue(acc, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, sws, sos, sym, syn,
+                     HAS_BIAS, REQUANT, SCALE_ORDER)
+
+
 # ---------------------------------------------------------------------------------------------- kernels
 
 @triton.jit(do_not_specialize=["M"])  # M = 1 and M = 16 share one compiled kernel
@@ -195,16 +215,8 @@ def _w8a8_gemm_kernel(
         acc = tl.dot(a, b, acc, out_dtype=tl.int32)  # triton < 3.7 does not take the type from acc
         x_ptrs += BLOCK_K * sxk
         w_ptrs += BLOCK_K * swk
-    if SPLIT_LAST:
-        tile = tl.program_id(0)
-        if publish_partial(acc, part_ptr, cnt_ptr, tile, SPLIT_LAST, BLOCK_M, BLOCK_N) == SPLIT_LAST - 1:
-            int_epilogue(sum_partials(part_ptr, cnt_ptr, tile, SPLIT_LAST, BLOCK_M, BLOCK_N), offs_m, offs_n, M, N,
-                         xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, sws, sos, sym, syn, HAS_BIAS, REQUANT, SCALE_ORDER)
-    elif SPLIT:
-        store_partial(acc, part_ptr, pid_k, offs_m, offs_n, M, N, spk, spm)
-    else:
-        int_epilogue(acc, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, sws, sos, sym, syn,
-                     HAS_BIAS, REQUANT, SCALE_ORDER)
+    finish_int_tile(acc, offs_m, offs_n, M, N, xs_ptr, ws_ptr, bias_ptr, os_ptr, y_ptr, part_ptr, cnt_ptr,
+                    sws, sos, sym, syn, spk, spm, HAS_BIAS, REQUANT, SCALE_ORDER, SPLIT, SPLIT_LAST, BLOCK_M, BLOCK_N)
 
 
 @triton.jit(do_not_specialize=["M", "n_split"])
@@ -439,6 +451,23 @@ def mma_plan(config: GemmConfig | None, m: int, n: int, k: int, device: torch.de
     return config, ks, grid, k % config.block_k == 0 and ks % config.block_k == 0, per_tile
 
 
+def split_k_buffers(cfg: GemmConfig, grid: tuple, x2: torch.Tensor, y: torch.Tensor):
+    """(part, counters, part's slice and row strides, SPLIT_LAST) of a tensor-core launch: without split, y
+    stands in; with split, part [SPLIT, M, N] int32 for the reduction kernel or, with ``cfg.split_last``, a
+    tile-major workspace and the device's counters (``split_buffers``)."""
+    if cfg.split_k == 1:
+        return y, y, 0, 0, 0
+    if cfg.split_last:
+        tiles = grid[0]
+        if tiles > COUNTER_SLOTS:
+            raise QuambaError(f"split-K over {tiles} tiles exceeds the {COUNTER_SLOTS} counters: use "
+                              "split_last=False or larger blocks")
+        part, cnt = split_buffers(x2, tiles * cfg.split_k * cfg.block_m * cfg.block_n, torch.int32, y)
+        return part, cnt, 0, 0, cfg.split_k
+    part = torch.empty(cfg.split_k, x2.shape[0], y.shape[1], device=x2.device, dtype=torch.int32)
+    return part, y, part.stride(0), part.stride(1), 0
+
+
 def launch_int_reduce(part, y, xs, ws, sws, bias, os_, sos, scale_order: int, cfg: GemmConfig) -> None:
     """Second pass of split-K: sum part [SPLIT, M, N] int32, epilogue into y [M, N]."""
     m, n = y.shape
@@ -468,28 +497,18 @@ def int8_gemm_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order: int, con
             gemm_w8a8_tma.w8a8_gemm_tma_into(x2, w8, xs, ws, sws, bias, os_, sos, y, scale_order, cfg,
                                               _sm_count(x2.get_device()) if x2.is_cuda else 1)
         return
-    last = cfg.split_last and cfg.split_k > 1
-    if last:
-        tiles = grid[0]
-        if tiles > COUNTER_SLOTS:
-            raise QuambaError(f"split-K over {tiles} tiles exceeds the {COUNTER_SLOTS} counters: use "
-                              "split_last=False or larger blocks")
-        part, cnt = split_buffers(x2, tiles * cfg.split_k * cfg.block_m * cfg.block_n, torch.int32, y)
-    else:
-        part = torch.empty(cfg.split_k, m, n, device=x2.device, dtype=torch.int32) if cfg.split_k > 1 else y
-        cnt = y
+    part, cnt, spk, spm, split_last = split_k_buffers(cfg, grid, x2, y)
     with device_of(x2):
         _w8a8_gemm_kernel[grid](
             x2, w8, xs, ws, bias if bias is not None else ws, os_ if os_ is not None else ws, y, part, cnt,
             m, n, k, ks,
-            *x2.stride(), *w8.stride(), sws, sos, *y.stride(),
-            *(part.stride()[:2] if part.dim() == 3 else (part.stride(0), 0)),
+            *x2.stride(), *w8.stride(), sws, sos, *y.stride(), spk, spm,
             HAS_BIAS=bias is not None, REQUANT=os_ is not None, SCALE_ORDER=scale_order, SPLIT=cfg.split_k > 1,
             EVEN_K=even_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, SPLIT_LAST=cfg.split_k if last else 0,
+            BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, SPLIT_LAST=split_last,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=False,
         )
-        if cfg.split_k > 1 and not last:
+        if cfg.split_k > 1 and not split_last:
             launch_int_reduce(part, y, xs, ws, sws, bias, os_, sos, scale_order, cfg)
 
 
