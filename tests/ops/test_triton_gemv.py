@@ -151,9 +151,14 @@ def test_w4a8_gemv_bit_exact(gv, poisoned, m, g, with_bias, output):
         assert torch.equal(w4a8_gemm(*args[:-1], out_scale=args[-1]), ref)
 
 
-@PREFETCH_L2
-@pytest.mark.parametrize("g", GROUPS)
-@pytest.mark.parametrize("block_k", [8, 64])
+PREFETCH_MODES = [True, 2, False, "l2"]  # PREFETCH_L2's values
+# block_k 64: every group size x every prefetch mode; block_k 8 (one word a step, 16 steps a slice: 4.5 s a case in
+# the interpreter): every prefetch mode at one group size, every group size with the default prefetch
+W4A8_SPLIT_CASES = ([(64, g, p) for g in GROUPS for p in PREFETCH_MODES] + [(8, 48, p) for p in PREFETCH_MODES]
+                    + [(8, g, True) for g in GROUPS if g != 48])
+
+
+@pytest.mark.parametrize("block_k,g,prefetch", W4A8_SPLIT_CASES)
 def test_w4a8_gemv_split(gv, poisoned, g, block_k, prefetch):
     """Split-K over 3 slices; block_k 64 does not divide 48 (a scale gathered per word), 8 is one word a step."""
     args, ref = _w4a8_case(3, g, True, "int8")
