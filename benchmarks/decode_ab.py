@@ -3,7 +3,7 @@ flipped, alternated round by round so that drift of the GPU's clocks falls on bo
 such a same-run ratio. Random weights of the published shapes; the fp16 rows give the ratio to full precision.
 
     python benchmarks/decode_ab.py --switch early-params --models mamba2-2.7b,mamba-2.8b --variants fp16,W4A8
-    python benchmarks/decode_ab.py --switch fused-gate,gemv-l2 --models mamba2-2.7b --variants W4A8
+    python benchmarks/decode_ab.py --switch gemv-l2,gemv-lookahead --models mamba2-2.7b --variants W4A8
 
 Several comma-separated switches are timed one after the other on the same built models (each model is built once),
 each into its own files.
@@ -18,8 +18,6 @@ Switches ("on" is the option, "off" the alternative; which one is the default is
   gemv-m16        the CUDA-core GEMV for up to 16 rows instead of the tensor-core kernels above
                   gemv.GEMV_MAX_M (default off; time it with --batch 16)
   fused-decode    QUAMBA_FUSED_DECODE (default on; fused_decode.py times both batch sizes in one table)
-  fused-gate      Mamba2's gated norm + Hadamard in one kernel also where the norm group spans the Hadamard's
-                  sub-rows (mamba2-2.7b; norm_hadamard.ROW_FUSED; default off: 1.873 against 1.639 ms)
   dt-proj-words   Mamba1's fused update reads dt_proj's weights as int32 words (dp4a, loaded before the wait)
                   instead of bytes after it (selective_scan.DT_PROJ_WORDS; default on: W8A8 mamba-2.8b 1.982 against
                   2.495 ms a token)
@@ -116,14 +114,6 @@ def _gemv_m16(on: bool):
     return restore
 
 
-def _fused_gate(on: bool):
-    from quamba.ops.triton import norm_hadamard
-
-    old = norm_hadamard.ROW_FUSED
-    norm_hadamard.ROW_FUSED = on
-    return lambda: setattr(norm_hadamard, "ROW_FUSED", old)
-
-
 def _dt_proj_words(on: bool):
     from quamba.ops.triton import selective_scan
 
@@ -183,7 +173,6 @@ SWITCHES = {
     "gemv-l2": ("GEMV programs ask L2 for their whole K slice before the wait", False, _gemv_l2),
     "gemv-m16": ("CUDA-core GEMV up to 16 rows", False, _gemv_m16),
     "fused-decode": ("conv and Mamba1 dt_proj fused into the decode kernels", True, _fused_decode),
-    "fused-gate": ("gated norm + Hadamard in one kernel where the group spans the row", False, _fused_gate),
     "dt-proj-words": ("Mamba1's fused dt_proj read as words (dp4a) before the wait", True, _dt_proj_words),
     "state-int8": ("the quantized scans cache their state as int8 (else fp32)", False, _state_int8),
 }

@@ -24,12 +24,6 @@ def _kernel_modules():
     return _common, gemv, selective_scan, ssd
 
 
-def _norm_hadamard():
-    from quamba.ops.triton import norm_hadamard
-
-    return norm_hadamard
-
-
 def _scan():
     """A quantized Mamba1 scan built without an int8 state."""
     return QSelectiveScan(4, 2)
@@ -37,7 +31,6 @@ def _scan():
 
 def test_switches_set_their_option_and_restore_it(monkeypatch):
     _common, gemv, selective_scan, ssd = _kernel_modules()
-    norm_hadamard = _norm_hadamard()
     bench = load_benchmark("decode_ab")
     monkeypatch.delenv("QUAMBA_FUSED_DECODE", raising=False)
     max_m, ssd_launch = dict(gemv.GEMV_MAX_M), ssd._ssd_state_update_launch
@@ -48,7 +41,6 @@ def test_switches_set_their_option_and_restore_it(monkeypatch):
         "gemv-l2": lambda: gemv.config_for("w4a8", 1, 256, 512, 128, torch.device("cuda", 0)).l2_prefetch,
         "fused-decode": lambda: os.environ["QUAMBA_FUSED_DECODE"] == "1",
         "prefetch-state": lambda: ssd._ssd_state_update_launch is ssd_launch,
-        "fused-gate": lambda: norm_hadamard.ROW_FUSED,
         "dt-proj-words": lambda: selective_scan.DT_PROJ_WORDS,
         "state-int8": lambda: isinstance(_scan().empty_state(1), Int8State),
     }
@@ -62,7 +54,7 @@ def test_switches_set_their_option_and_restore_it(monkeypatch):
             restore()
         assert _common.EARLY_PARAMS is True and gemv.GEMV_MAX_M == max_m, name
         assert ssd._ssd_state_update_launch is ssd_launch and "QUAMBA_FUSED_DECODE" not in os.environ, name
-        assert norm_hadamard.ROW_FUSED is False and selective_scan.DT_PROJ_WORDS is True, name
+        assert selective_scan.DT_PROJ_WORDS is True, name
         assert type(_scan().empty_state(1)) is torch.Tensor, name
     cfg = gemv.config_for("w4a8", 1, 256, 512, 128, torch.device("cuda", 0))
     assert cfg.lookahead == 1 and not cfg.l2_prefetch
@@ -86,14 +78,14 @@ def test_prefetch_state_off_reaches_the_launchers(monkeypatch):
 
 def test_smoke_run_alternates_and_writes_tables(tmp_path):
     bench = load_benchmark("decode_ab")
-    stem, stem2, stem3 = bench.main(["--switch", "early-params,fused-gate,state-int8", "--models", "tiny-mamba2",
+    stem, stem2, stem3 = bench.main(["--switch", "early-params,prefetch-state,state-int8", "--models", "tiny-mamba2",
                                      "--variants", "fp16,W4A8", "--device", "cpu", "--rounds", "2", "--steps", "2",
                                      "--out-dir", str(tmp_path)])
     assert len(json.loads(Path(stem3 + ".json").read_text())["rows"][1]["on_ms"]) == 2  # decoded on an int8 state
     assert Path(stem).name.startswith("decode_ab_early-params_tiny-mamba2_")  # then the device name
-    assert Path(stem2).name.startswith("decode_ab_fused-gate_tiny-mamba2_")  # the same models, a second switch
+    assert Path(stem2).name.startswith("decode_ab_prefetch-state_tiny-mamba2_")  # the same models, a second switch
     second = json.loads(Path(stem2 + ".json").read_text())
-    assert second["settings"]["switch"] == "fused-gate" and len(second["rows"][1]["on_ms"]) == 2
+    assert second["settings"]["switch"] == "prefetch-state" and len(second["rows"][1]["on_ms"]) == 2
     report = json.loads(Path(stem + ".json").read_text())
     assert report["settings"]["switch"] == "early-params" and report["settings"]["default"] == "on"
     fp, q = report["rows"]

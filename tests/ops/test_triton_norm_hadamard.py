@@ -178,47 +178,6 @@ def test_unfused_shapes_fall_back_to_the_two_kernels(poisoned_int8, launches, mo
     _assert_close(q, qgated_norm_hadamard_quant_ref(y, z_q, z_scale, w, EPS, group_size, False, s))
 
 
-@pytest.fixture
-def row_fused(monkeypatch):
-    """The row kernel (one group spanning a row's sub-rows, few rows) switched on, as benchmarks/decode_ab.py does."""
-    import quamba.ops.triton.norm_hadamard as kernels
-
-    monkeypatch.setattr(kernels, "ROW_FUSED", True)
-    return kernels
-
-
-@pytest.mark.parametrize("norm_before_gate", [False, True], ids=["gate-then-norm", "norm-then-gate"])
-@pytest.mark.parametrize("lead,d", [((1,), 20 * 256), ((2, 2), 96), ((1,), 56)], ids=["mamba2-2.7b", "D96", "D56"])
-def test_row_kernel_for_a_group_spanning_sub_rows(poisoned_int8, launches, row_fused, lead, d, norm_before_gate):
-    """One group per row over m = 20 / 12 / 28 sub-rows: decode rows (batch dims too) through the row kernel, the
-    two-kernel path's output (exact in the interpreter) and within one int8 step of the reference."""
-    y, z_q, z_scale, w = _inputs(lead, d)
-    _check(y, z_q, z_scale, w, None, norm_before_gate, None)
-    assert launches == {"calls": 1, "fused": 1}
-
-
-@pytest.mark.parametrize("y_dtype,w_dtype", [(torch.float32, torch.float16), (torch.bfloat16, torch.bfloat16)],
-                         ids=["fp32-fp16w", "bf16"])
-def test_row_kernel_dtypes_and_strided_views(poisoned_int8, launches, row_fused, y_dtype, w_dtype):
-    """The normalised value rounded to y's dtype, then to weight's; y a slice of a wider buffer, z_q transposed."""
-    y = (torch.randn(2, 130, device=DEVICE) * 2).to(y_dtype)[:, 17:113]  # D = 96 = 12 * 8, rows 130 apart
-    z_q = torch.randint(-128, 128, (96, 2), dtype=torch.int8, device=DEVICE).t()
-    w = (torch.rand(96, device=DEVICE) + 0.5).to(w_dtype)
-    _check(y, z_q, torch.tensor(0.05, device=DEVICE), w, None, False, None)
-    assert launches["fused"] == 1
-
-
-def test_row_kernel_takes_only_few_rows_of_one_group(poisoned_int8, launches, row_fused):
-    """More than ROW_FUSED_MAX_ROWS rows (prefill), several groups per row, or a 2^k row: not the row kernel."""
-    y, z_q, z_scale, w = _inputs((row_fused.ROW_FUSED_MAX_ROWS + 1,), 96)
-    s = _scale_for(y, z_q, z_scale, w, None, False)
-    q = qgated_norm_hadamard_quant(y, z_q, z_scale, w, EPS, None, False, s)
-    assert launches == {"calls": 1, "fused": 0}
-    assert torch.equal(q, hadamard_quant(qgated_rms_norm(y, z_q, z_scale, w, EPS, None, False), s))
-    assert not row_fused._row_fused(96, 24, 1) and not row_fused._row_fused(64, 64, 1)
-    assert row_fused._row_fused(96, 96, 1) and not row_fused._row_fused(96, 96, 0)
-
-
 def test_force_reference_switch(launches, monkeypatch):
     y, z_q, z_scale, w = _inputs((3,), 48)
     s = _scale_for(y, z_q, z_scale, w, None, False)

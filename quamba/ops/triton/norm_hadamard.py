@@ -15,11 +15,11 @@ The group's squares are summed by the same tl.sum as the two-kernel path's, so t
 Groups larger than P (mamba2-2.7b: one group of 5120 = 20 * 256) are not fused by this kernel: a group spanning
 sub-rows needs a pass over the row for its sums of squares before the first sub-row can be normalised, and a
 single-program version of that (since removed) measured slower than the two kernels on an H100: 19.3 vs 16.4 us at
-1 row of 5120, 118 vs 69 us at 1024 rows, and 1.3 ms vs 16 us with groups of 1280. ``_qgated_norm_hadamard_row_kernel``
-takes the case that matters for decode, one group per row and few rows, with the Hadamard kernel's parallelism
-instead (one program per output sub-row, each repeating the row's sum of squares); it is off (``ROW_FUSED``) until it
-has been timed. Neither are group sizes that do not divide P, nor orders the Hadamard kernel does not take: for all
-of these the launcher returns None and the dispatcher runs the two kernels.
+1 row of 5120, 118 vs 69 us at 1024 rows, and 1.3 ms vs 16 us with groups of 1280. A row kernel (also removed)
+took the decode case, one group per row and few rows, with the Hadamard kernel's parallelism (one program per
+output sub-row, each repeating the row's sum of squares): it too was slower (W4A8 mamba2-2.7b 1.873 against 1.639 ms a
+token, H100, 2026-12-07). Neither are group sizes that do not divide P, nor orders the Hadamard
+kernel does not take: for all of these the launcher returns None and the dispatcher runs the two kernels.
 """
 from __future__ import annotations
 
@@ -104,57 +104,6 @@ def _qgated_norm_hadamard_kernel(
     butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, out_scale, out_ptr, M, MP, P, LOG_P, ROWS)
 
 
-@triton.jit
-def _qgated_norm_hadamard_row_kernel(
-    y_ptr, z_ptr, zs_ptr, w_ptr, os_ptr, out_ptr,
-    rows_per_batch, eps, inv_sqrt_n,
-    syb, syr, syc, szb, szr, szc,
-    N: tl.constexpr, BLOCK: tl.constexpr, M: tl.constexpr, P: tl.constexpr, LOG_P: tl.constexpr,
-    HCOLS: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, USE_PDL: tl.constexpr, EARLY: tl.constexpr,
-):
-    """One norm group per row, spanning its M sub-rows (mamba2-2.7b: 5120 = 20 * 256), for decode rows: program
-    (r, i) writes output sub-row i of row r. It first sums the whole row's squares itself (the gated-norm kernel's
-    arithmetic on the row as one [BLOCK] vector), then builds its sub-row of the Hadamard tile from the M
-    normalised sub-rows, each rounded as the two-kernel path stores it, in the Hadamard kernel's order; then the
-    butterflies and the int8 store. Every program of a row repeats the first pass (N values from L2), which is why
-    the launcher takes only few rows. Grid (rows, M)."""
-    if EARLY:
-        zs, out_scale = tl.load(zs_ptr), tl.load(os_ptr)
-    pdl_start(USE_PDL)  # decode chains: see _common's dependent launch
-    if not EARLY:
-        zs, out_scale = tl.load(zs_ptr), tl.load(os_ptr)
-    row = tl.program_id(0).to(tl.int64)
-    y_row = y_ptr + (row // rows_per_batch) * syb + (row % rows_per_batch) * syr
-    z_row = z_ptr + (row // rows_per_batch) * szb + (row % rows_per_batch) * szr
-    cols = tl.arange(0, BLOCK)
-    mask = cols < N
-    x = tl.load(y_row + cols * syc, mask=mask, other=0.0).to(tl.float32)
-    gate = silu(dequant(tl.load(z_row + cols * szc, mask=mask, other=0), zs, True))
-    if not NORM_BEFORE_GATE:
-        x = x * gate
-    rstd = _rstd(tl.sum(x * x, axis=0), eps, N)
-    rows = row + tl.arange(0, 1)  # the [ROWS] = [1] vectors of the shared helpers
-    row_mask = rows >= 0
-    offs_i = tl.program_id(1) + tl.arange(0, 1)
-    offs_p = tl.arange(0, P)
-    t = tl.zeros([1, 1, P], dtype=tl.float32)
-    for j in tl.static_range(M):
-        xj, gj = _gated_sub_row(y_row + rows * 0, z_row + rows * 0, zs, j, row_mask, syc, szc, P, NORM_BEFORE_GATE)
-        v = xj * rstd * tl.load(w_ptr + j * P + offs_p).to(tl.float32)[None, :]
-        if NORM_BEFORE_GATE:
-            v = v * gj
-        v = _store_dtype_round(v, y_ptr, w_ptr)
-        t += _base_column(offs_i, j, HCOLS)[None, :, None] * v[:, None, :]
-    butterflies_quant_store(t, rows, row_mask, offs_i, offs_p, inv_sqrt_n, out_scale, out_ptr, M, 1, P, LOG_P, 1)
-
-
-# The row kernel (one group spanning a row's sub-rows) is off: W4A8 mamba2-2.7b decodes at 1.873 ms a token with it
-# against 1.639 with the two kernels (H100, 2026-12-07, benchmarks/decode_ab.py --switch fused-gate; each of a row's
-# M programs re-reads and re-normalises the whole row, 20x the work). ROW_FUSED_MAX_ROWS bounds the rows it takes.
-ROW_FUSED = False
-ROW_FUSED_MAX_ROWS = 16
-
-
 @functools.lru_cache(maxsize=None)
 def _fused_plan(n: int, group_size: int) -> tuple[int, int, int] | None:
     """(m, P, H_m's column bits) for rows of n channels normed in groups of group_size, or None where the fused
@@ -168,14 +117,6 @@ def _fused_plan(n: int, group_size: int) -> tuple[int, int, int] | None:
     return plan
 
 
-def _row_fused(n: int, group_size: int, num_rows: int) -> bool:
-    """Whether the row kernel takes this call: ROW_FUSED on, one group per row spanning m > 1 sub-rows of a
-    supported order, and 1..ROW_FUSED_MAX_ROWS rows."""
-    plan = _plan(n)
-    return (ROW_FUSED and group_size == n and plan is not None and plan[0] > 1 and plan[1] <= _MAX_N
-            and 0 < num_rows <= ROW_FUSED_MAX_ROWS)
-
-
 def _check_scalar(name: str, t: torch.Tensor) -> None:
     if t.numel() != 1 or t.dtype != torch.float32:
         raise QuambaError(f"{name} is {t.dtype} of shape {list(t.shape)}: expected one float32 per-tensor scale")
@@ -184,10 +125,9 @@ def _check_scalar(name: str, t: torch.Tensor) -> None:
 def _qgated_norm_hadamard_launch(y: torch.Tensor, z_q: torch.Tensor, z_scale: torch.Tensor, weight: torch.Tensor,
                                  eps: float, group_size: int | None, norm_before_gate: bool,
                                  out_scale: torch.Tensor) -> torch.Tensor | None:
-    """Checks and launches ``_qgated_norm_hadamard_kernel`` (or, with ``ROW_FUSED``, the row kernel for a group
-    spanning sub-rows); the contract of ``qgated_norm_hadamard_quant_ref``. y and z_q may be strided views (z_q is a
-    slice of in_proj's output); returns a new contiguous int8 tensor, or None where the shape is not fused (see
-    ``_fused_plan``, ``_row_fused``) and the caller must run the two kernels."""
+    """Checks and launches ``_qgated_norm_hadamard_kernel``; the contract of ``qgated_norm_hadamard_quant_ref``. y
+    and z_q may be strided views (z_q is a slice of in_proj's output); returns a new contiguous int8 tensor, or None
+    where the shape is not fused (see ``_fused_plan``) and the caller must run the two kernels."""
     if y.dim() == 0:
         raise QuambaError("the gated norm + Hadamard takes y of shape [..., D], got a scalar")
     n = y.shape[-1]
@@ -197,9 +137,6 @@ def _qgated_norm_hadamard_launch(y: torch.Tensor, z_q: torch.Tensor, z_scale: to
     if group_size <= 0 or n % group_size:
         raise QuambaError(f"group_size {group_size} does not divide the {n} channels of the gated norm")
     plan = _fused_plan(n, group_size)
-    spanning = plan is None and _row_fused(n, group_size, y.numel() // n if n else 0)
-    if spanning:
-        plan = _plan(n)
     if plan is None:
         return None
     check_float("y", y)
@@ -217,19 +154,6 @@ def _qgated_norm_hadamard_launch(y: torch.Tensor, z_q: torch.Tensor, z_scale: to
     if num_rows == 0:
         return out
     pdl = use_pdl(y)
-    if spanning:
-        block = next_pow2(n)
-        with device_of(y):
-            _qgated_norm_hadamard_row_kernel[(num_rows, m)](
-                y3, z3, z_scale, weight, out_scale, out,
-                y3.shape[1], float(eps), 1.0 / math.sqrt(n),
-                *y3.stride(), *z3.stride(),
-                N=n, BLOCK=block, M=m, P=p, LOG_P=p.bit_length() - 1, HCOLS=hcols,
-                NORM_BEFORE_GATE=bool(norm_before_gate),
-                num_warps=min(16, max(1, block // 256)),  # the gated-norm kernel's, for its row sum's layout
-                USE_PDL=pdl, EARLY=early_params(), launch_pdl=pdl,
-            )
-        return out
     tile = next_pow2(m) * p
     rows = _rows_per_program(num_rows, tile, y.is_cuda)
     with device_of(y):
