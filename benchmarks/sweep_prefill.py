@@ -53,28 +53,23 @@ def sweep_conv(t, dev, g) -> dict:
     wf, bf = torch.randn(D, 4, generator=g).half().to(dev), torch.randn(D, generator=g).half().to(dev)
     fp_us, _ = t(lambda: C._causal_conv1d_launch(xf, wf, bf, None, "silu"))
     ref = C._qcausal_conv1d_launch(x_q, w_q, *scales)
-    rows = []
-    for bd, bl, nw in C.QCONV_SWEEP:
-        f = lambda: C._qcausal_conv1d_launch(x_q, w_q, *scales, block_d=bd, block_l=bl, num_warps=nw)  # noqa: E731
-        r = _try(f"conv {bd} {bl} {nw}", lambda: {"tile": [bd, bl, nw], "same": bool(torch.equal(f(), ref)),
-                                                   "us": t(f)[0]})
-        if r:
-            r["vs_fp16"] = fp_us / r["us"]
-            rows.append(r)
-            print(f"conv {bd} {bl} {nw}: {r['us']:.1f} us, x{r['vs_fp16']:.2f} fp16, same {r['same']}", flush=True)
-    # per-channel loads broadcast over the tile (BCAST: no layout conversion through shared memory), with the
-    # weight [D, K] as stored or tap-major (the transpose of a [K, D] tensor: one vector load a tap)
+    # every tile with the default loads, then QCONV_BCAST_TILES with the per-channel loads broadcast over the tile
+    # (BCAST: no layout conversion through shared memory), the weight [D, K] as stored or tap-major (the transpose of
+    # a [K, D] tensor: one vector load a tap)
     w_taps = w_q.t().contiguous().t()
-    for (bd, bl, nw), (wname, w) in itertools.product(QCONV_BCAST_TILES, (("[D, K]", w_q), ("taps", w_taps))):
+    variants = [((bd, bl, nw), "", w_q, {}) for bd, bl, nw in C.QCONV_SWEEP] + [
+        (tile, f"bcast {wname} ", w, {"bcast": True, "weight": wname})
+        for tile, (wname, w) in itertools.product(QCONV_BCAST_TILES, (("[D, K]", w_q), ("taps", w_taps)))]
+    rows = []
+    for (bd, bl, nw), label, w, extra in variants:
         f = lambda: C._qcausal_conv1d_launch(x_q, w, *scales, block_d=bd, block_l=bl, num_warps=nw,  # noqa: E731
-                                             bcast=True)
-        r = _try(f"conv bcast {wname} {bd} {bl} {nw}",
-                 lambda: {"tile": [bd, bl, nw], "bcast": True, "weight": wname,
-                          "same": bool(torch.equal(f(), ref)), "us": t(f)[0]})
+                                             bcast=bool(extra))
+        r = _try(f"conv {label}{bd} {bl} {nw}", lambda: {"tile": [bd, bl, nw], **extra,
+                                                          "same": bool(torch.equal(f(), ref)), "us": t(f)[0]})
         if r:
             r["vs_fp16"] = fp_us / r["us"]
             rows.append(r)
-            print(f"conv bcast {wname} {bd} {bl} {nw}: {r['us']:.1f} us, x{r['vs_fp16']:.2f} fp16, same {r['same']}",
+            print(f"conv {label}{bd} {bl} {nw}: {r['us']:.1f} us, x{r['vs_fp16']:.2f} fp16, same {r['same']}",
                   flush=True)
     good = [r for r in rows if r["same"] and not r.get("bcast")]
     return {"conv_fp16_us": fp_us, "conv": rows,

@@ -244,6 +244,13 @@ COUNTER_SLOTS = 1 << 14  # split-K tiles per launch (N blocks x M blocks); 64 Ki
 _COUNTERS: dict[int, torch.Tensor] = {}
 
 
+def check_counter_slots(tiles: int) -> None:
+    """A launch that splits K within itself needs a counter per tile."""
+    if tiles > COUNTER_SLOTS:
+        raise QuambaError(f"split-K over {tiles} tiles exceeds the {COUNTER_SLOTS} counters: use one K slice or "
+                          "larger blocks")
+
+
 def split_buffers(t: torch.Tensor, work: int, dtype: torch.dtype, dummy: torch.Tensor):
     """(partials workspace of ``work`` elements, the device's counters) of a launch that splits K within itself
     (``publish_partial``); (dummy, dummy) without split. The counters are one zeroed int32 buffer per device, each
@@ -458,11 +465,8 @@ def split_k_buffers(cfg: GemmConfig, grid: tuple, x2: torch.Tensor, y: torch.Ten
     if cfg.split_k == 1:
         return y, y, 0, 0, 0
     if cfg.split_last:
-        tiles = grid[0]
-        if tiles > COUNTER_SLOTS:
-            raise QuambaError(f"split-K over {tiles} tiles exceeds the {COUNTER_SLOTS} counters: use "
-                              "split_last=False or larger blocks")
-        part, cnt = split_buffers(x2, tiles * cfg.split_k * cfg.block_m * cfg.block_n, torch.int32, y)
+        check_counter_slots(grid[0])
+        part, cnt = split_buffers(x2, grid[0] * cfg.split_k * cfg.block_m * cfg.block_n, torch.int32, y)
         return part, cnt, 0, 0, cfg.split_k
     part = torch.empty(cfg.split_k, x2.shape[0], y.shape[1], device=x2.device, dtype=torch.int32)
     return part, y, part.stride(0), part.stride(1), 0

@@ -73,8 +73,8 @@ from ...errors import QuambaError
 from ._common import cdiv, device_of, early_params, next_pow2, pdl_start, prefetch_l2, use_pdl
 from ._common import dp4a as _dp4a
 from .conv1d import conv_step_args, conv_step_tile
-from .gemm_w8a8 import COUNTER_SLOTS, _sm_count, float_epilogue, int_epilogue, publish_partial, split_buffers, \
-    sum_partials
+from .gemm_w8a8 import (_sm_count, check_counter_slots, float_epilogue, int_epilogue, publish_partial,
+                         split_buffers, sum_partials)
 
 # The formats: the FMT constexpr of the shared loop (jit code cannot read module globals: the kernels pass literals)
 FMT_W8A8, FMT_W4A8, FMT_W4A16 = 0, 1, 2
@@ -622,9 +622,8 @@ def _plan(fmt: str, m: int, n: int, k: int, group_size: int | None, device_index
     per_slice = cdiv(k_blocks, cfg.split)
     split = cdiv(k_blocks, per_slice)  # non-empty slices only: the last one to finish is the split-th
     tiles = cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n)
-    if split > 1 and tiles > COUNTER_SLOTS:
-        raise QuambaError(f"split-K over {tiles} tiles exceeds the {COUNTER_SLOTS} counters: use split=1 or "
-                          "larger blocks")
+    if split > 1:
+        check_counter_slots(tiles)
     work = tiles * split * cfg.block_m * cfg.block_n if split > 1 else 0
     mode = _scale_mode(fmt, k, group_size, cfg.block_k)
     l2_pts = next_pow2(cdiv(per_slice * cfg.block_k // vpw, 16) + 1) if cfg.l2_prefetch else 0
